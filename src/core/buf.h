@@ -16,7 +16,8 @@
  * is the same buffer; internals use the mp_buf_ functions on it. */
 typedef mpreg_bytes mp_buf;
 
-#define MP_BUF_INIT {NULL, 0, 0}
+#define MP_BUF_INIT                                                                                \
+    { NULL, 0, 0 }
 
 void mp_buf_init(mp_buf *b);
 void mp_buf_free(mp_buf *b);

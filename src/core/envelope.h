@@ -21,13 +21,13 @@
 
 #define MP_PROTOCOL_VERSION 1
 
-#define MP_MAX_PATH 32         /* entries in routing_path / federation_path */
-#define MP_MAX_HEADERS 64      /* header entries */
-#define MP_MAX_HOPS 64         /* largest hop budget a sender may ask for */
-#define MP_DEFAULT_HOPS 16     /* hop budget when a sender gives none */
-#define MP_MAX_NAME_LEN 128    /* node ids and cluster ids, bytes */
-#define MP_MAX_TOPIC_LEN 255   /* topic field, bytes (syntax checked by topic.h) */
-#define MP_MAX_HEADER_KEY 256  /* header key, bytes */
+#define MP_MAX_PATH 32           /* entries in routing_path / federation_path */
+#define MP_MAX_HEADERS 64        /* header entries */
+#define MP_MAX_HOPS 64           /* largest hop budget a sender may ask for */
+#define MP_DEFAULT_HOPS 16       /* hop budget when a sender gives none */
+#define MP_MAX_NAME_LEN 128      /* node ids and cluster ids, bytes */
+#define MP_MAX_TOPIC_LEN 255     /* topic field, bytes (syntax checked by topic.h) */
+#define MP_MAX_HEADER_KEY 256    /* header key, bytes */
 #define MP_MAX_HEADER_VALUE 4096 /* header value, bytes */
 
 /* Wire numbers of the kinds. Grouped by service in blocks of 16; never
@@ -92,24 +92,24 @@ typedef struct mp_header {
 } mp_header;
 
 typedef struct mp_envelope {
-    uint32_t version;       /* MP_PROTOCOL_VERSION */
+    uint32_t version; /* MP_PROTOCOL_VERSION */
     mp_kind kind;
-    mp_id id;               /* unique per message; never zero */
-    mp_id correlation_id;   /* the request this answers; zero = none */
-    mp_str topic;           /* pub/sub topic, queue name, cache key, ... per kind */
+    mp_id id;             /* unique per message; never zero */
+    mp_id correlation_id; /* the request this answers; zero = none */
+    mp_str topic;         /* pub/sub topic, queue name, cache key, ... per kind */
     mp_str source_node;
     mp_str source_cluster;
-    mp_str target_cluster;  /* empty = the local cluster */
-    mp_str target_node;     /* empty = let the routing engine choose */
-    uint32_t hop_budget;    /* counts down at each forwarding hop; 0 = drop with error */
+    mp_str target_cluster; /* empty = the local cluster */
+    mp_str target_node;    /* empty = let the routing engine choose */
+    uint32_t hop_budget;   /* counts down at each forwarding hop; 0 = drop with error */
     uint32_t routing_path_len;
-    mp_str routing_path[MP_MAX_PATH];       /* node ids this message passed */
+    mp_str routing_path[MP_MAX_PATH]; /* node ids this message passed */
     uint32_t federation_path_len;
-    mp_str federation_path[MP_MAX_PATH];    /* cluster ids this message passed */
-    uint64_t deadline_ms;   /* Unix epoch milliseconds; 0 = none */
+    mp_str federation_path[MP_MAX_PATH]; /* cluster ids this message passed */
+    uint64_t deadline_ms;                /* Unix epoch milliseconds; 0 = none */
     uint32_t header_count;
     mp_header headers[MP_MAX_HEADERS];
-    mp_bytes payload;       /* service-specific bytes; see docs/PROTOCOL.md per kind */
+    mp_bytes payload; /* service-specific bytes; see docs/PROTOCOL.md per kind */
 } mp_envelope;
 
 /* Zeroes *e and sets version and the default hop budget. */
@@ -123,8 +123,8 @@ const char *mp_kind_name(mp_kind kind); /* "rpc_request", ...; "unknown" */
 
 /* Checks every rule of docs/PROTOCOL.md "Validation": version, kind, id,
  * correlation for replies, topic for pub/sub kinds, lengths of names, paths,
- * headers and topic, hop budget range. On error *why (if non-NULL) gets a
- * static description naming the field. */
+ * headers (keys unique) and topic, hop budget range. On error *why (if
+ * non-NULL) gets a static description naming the field. */
 mpreg_err mp_envelope_validate(const mp_envelope *e, const char **why);
 
 /* Appends the MessagePack encoding of e to out. Validates first: an invalid
@@ -135,12 +135,21 @@ mpreg_err mp_envelope_encode_frame(const mp_envelope *e, mp_buf *out);
 
 /* Decodes one envelope spanning all of data[0..len) and validates it. Fields
  * of *out point into data. On error *why (if non-NULL) gets a static
- * description. Never reads outside data, never crashes on any input. */
+ * description naming the field, and *out holds no meaning; on success *why is
+ * NULL. Path and header entries beyond their counts are left untouched (not
+ * zeroed). Never allocates, never reads outside data, never crashes on any
+ * input. */
 mpreg_err mp_envelope_decode(const void *data, size_t len, mp_envelope *out, const char **why);
 
 /* Header lookup (first match); MP_STR_NULL when absent. */
 mp_str mp_envelope_header(const mp_envelope *e, const char *key);
-/* Adds a header (borrowing key and value); MPREG_E_TOO_LARGE when full. */
+/* Adds a header (borrowing key and value). Keys are unique: adding a key
+ * that is present replaces its value. MPREG_E_TOO_LARGE when full or when key
+ * or value is over its limit, MPREG_E_INVALID for an empty key. */
 mpreg_err mp_envelope_add_header(mp_envelope *e, mp_str key, mp_str value);
+
+/* Field-by-field equality (strings and payload by content, paths and headers
+ * up to their counts, in order). */
+bool mp_envelope_equal(const mp_envelope *a, const mp_envelope *b);
 
 #endif

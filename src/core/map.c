@@ -49,7 +49,9 @@ static size_t mp_map_find(const mp_map *m, uint64_t h, const void *key, size_t k
             *found = false;
             return i;
         }
-        if (s->hash == h && s->klen == klen && memcmp(s->key, key, klen) == 0) {
+        /* klen == 0 may come with key == NULL (an empty mp_str): memcmp must
+         * not see a NULL pointer even for zero bytes. */
+        if (s->hash == h && s->klen == klen && (klen == 0 || memcmp(s->key, key, klen) == 0)) {
             *found = true;
             return i;
         }
@@ -87,7 +89,8 @@ static mpreg_err mp_map_grow(mp_map *m) {
     for (size_t i = 0; i < old.cap; i++) {
         if (old.slots[i].hash) {
             bool found;
-            size_t j = mp_map_find(m, old.slots[i].hash, old.slots[i].key, old.slots[i].klen, &found);
+            size_t j =
+                mp_map_find(m, old.slots[i].hash, old.slots[i].key, old.slots[i].klen, &found);
             m->slots[j] = old.slots[i];
         }
     }
@@ -117,7 +120,9 @@ mpreg_err mp_map_put(mp_map *m, const void *key, size_t klen, void *val, void **
     if (!kcopy) {
         return MPREG_E_NOMEM;
     }
-    memcpy(kcopy, key, klen);
+    if (klen) {
+        memcpy(kcopy, key, klen);
+    }
     m->slots[i] = (mp_map_slot){h, kcopy, klen, val};
     m->count++;
     if (old) {

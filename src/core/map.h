@@ -27,7 +27,8 @@ typedef struct mp_map {
     size_t count;
 } mp_map;
 
-#define MP_MAP_INIT {NULL, 0, 0}
+#define MP_MAP_INIT                                                                                \
+    { NULL, 0, 0 }
 
 void mp_map_init(mp_map *m);
 /* Frees the map's storage; calls free_val(val) on each value when non-NULL. */
