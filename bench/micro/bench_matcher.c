@@ -55,8 +55,9 @@ static void text_append(bench_text *t, const char *word) {
     t->len += (size_t)sprintf(t->text + t->len, "%s%s", t->len ? "." : "", word);
 }
 
-/* A pattern: literal words, then (for 30% of them) '*' or '#' put in place
- * of one word, and for a quarter of the '*' patterns of a second one. */
+/* A pattern: literal words, then for 30% of patterns a wildcard in place of
+ * a word, at any position: '#' (10%) or '*' (20%, a quarter of those with a
+ * second '*'). */
 static void make_pattern(mp_rng *r, const bench_word *vocab, bench_text *out) {
     size_t n = 2 + mp_rng_below(r, 4);
     const char *words[5];
@@ -91,8 +92,7 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* One batch: match pool topics round-robin until BATCH_SECONDS have passed.
- * Returns matches per second and adds to the totals. */
+/* One subscription count under test: its matcher and its measurements. */
 typedef struct bench_size {
     size_t subs;
     mp_matcher *m;
@@ -102,6 +102,8 @@ typedef struct bench_size {
     double rates[BATCHES];
 } bench_size;
 
+/* One batch: match pool topics round-robin until BATCH_SECONDS have passed.
+ * Returns matches per second and adds to the totals. */
 static double run_batch(bench_size *b, const bench_text *topics) {
     size_t done = 0;
     double t0 = now_sec(), elapsed;

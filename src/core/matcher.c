@@ -4,7 +4,7 @@
  *   - mp_mnode: a trie node. Its literal children, the '*' and '#' children
  *     apart, and the bindings whose pattern ends here (as mp_mentry: the
  *     subscription pointer sits next to the binding so reporting a hit
- *     touches one cache line less).
+ *     does not read the binding).
  *   - mp_msub: a subscription: its id, its bindings, and `seen_epoch`, the
  *     number of the last match that reported it. Each match takes a fresh
  *     epoch, so "already reported?" is one compare, and nothing needs to be
@@ -23,16 +23,18 @@
  * per-node map took 512 bytes for even one child (1.3 KB per subscription
  * all told), and a found lookup read the slot, the separately allocated
  * key, then the child. Now (cachegrind with a 512 KB last level, per match
- * at 100k subscriptions: 16.4 misses before, 5.8 after; the bench process
- * went from 157 MB to 74 MB):
+ * at 100k subscriptions: 16.4 misses before, 5.0 after; the process went
+ * from 157 MB to 73 MB):
  *   - a node is one cache line, line-aligned, and holds the first 15 bytes
  *     of its word, so checking a found child and visiting it read one line;
  *   - children are held by count (see "literal children" below): one
- *     inline, a few in an array behind a Bloom signature, many in a table
- *     of one-word tagged slots;
+ *     inline, a few in an array, many in a table of one-word tagged slots,
+ *     and up to 24 behind a signature in the node that turns most lookups
+ *     for absent words away without reading anything else;
+ *   - a node with one entry holds the subscription pointer itself;
  *   - the topic's word hashes and keys are computed once per match.
  * Prefetching the branches of a node ahead of the walk was tried as well
- * and gained nothing measurable, so it is not here. */
+ * and made matching no faster (a little slower), so it is not here. */
 #include "core/matcher.h"
 
 #include "core/map.h"
@@ -56,7 +58,7 @@ struct mp_msub {
 struct mp_mbind {
     mp_msub *sub;
     mp_mnode *node;
-    size_t node_idx; /* index in node->entries */
+    size_t node_idx; /* index in node->entries.many */
     size_t sub_idx;  /* index in sub->binds */
     size_t plen;
     char pattern[]; /* the pattern's bytes, to rebuild keys and the trie path */
@@ -109,15 +111,18 @@ struct mp_mnode {
     } kids;
     mp_mnode *star;
     mp_mnode *hash;
-    mp_mentry *entries; /* capacity: nentries rounded up to a power of two */
+    union {
+        mp_msub *one;    /* nentries <= 1: the subscription, or NULL */
+        mp_mentry *many; /* nentries >= 2 */
+    } entries;
     uint32_t nkids;
     uint32_t kidcap;
     uint32_t nentries;
     /* A signature of the literal children, so that most lookups for a
      * word that is not there fail without reading the children: with one
-     * child, the low half of its word's hash; with an array, a 32-bit Bloom
-     * filter (one bit per child, chosen by the hash's top bits). Unused
-     * for tables, which a failed lookup reads once anyway. */
+     * child, the low half of its word's hash; with up to MP_SIG_KIDS, a
+     * 32-bit Bloom filter (one bit per child, chosen by the hash's top
+     * bits); with more, all ones (it would be anyway). */
     uint32_t sig;
     union {
         mp_wkey key;     /* literal nodes: the edge word's length and first bytes */
@@ -209,17 +214,19 @@ static uint64_t mp_mnode_word_hash(const mp_mnode *n) {
  * trie stay small and a lookup reads as little as possible:
  *   kidcap == 0: at most one child, pointed to directly (kids.one), with
  *                its hash in sig;
- *   kidcap <= MP_KIDS_SMALL: an unordered array of (hash, child), with a
- *                Bloom filter of the hashes in sig;
+ *   kidcap <= MP_KIDS_SMALL: an unordered array of (hash, child);
  *   otherwise: an open-addressing table, kidcap a power of two, linear
  *                probing, at most 3/4 full, backward-shift deletion (no
  *                tombstones) as in map.c. A slot is one word: the child's
  *                address, whose low 6 bits are free because nodes are
- *                cache-line aligned, holding 6 more bits of the hash. Only
- *                1 probe in 64 for another word reads that word's node, and
- *                the root's table for 10k words is 128 KB, not 256. */
+ *                cache-line aligned, holding the hash's top 6 bits. Only 1
+ *                probe in 64 for another word reads that word's node, and
+ *                the root's table for 10k words is 128 KB, not 256.
+ * With 2 to MP_SIG_KIDS children, array or table, sig is a Bloom filter of
+ * their hashes. */
 
 #define MP_KIDS_SMALL 8
+#define MP_SIG_KIDS 24
 #define MP_KIDS_TABLE_MIN 16
 #define MP_SLOT_TAG ((uintptr_t)MP_CACHE_LINE - 1)
 
@@ -243,17 +250,27 @@ static uint32_t mp_sig_bit(uint64_t h) {
     return (uint32_t)1 << (h >> 59);
 }
 
+/* The same bit from a table slot, whose tag is the hash's top 6 bits. */
+static uint32_t mp_slot_sig_bit(uintptr_t slot) {
+    return (uint32_t)1 << ((slot & MP_SLOT_TAG) >> 1);
+}
+
 /* Recomputes n->sig after its children changed. */
 static void mp_kids_resign(mp_mnode *n) {
     if (n->kidcap == 0) {
         n->sig = n->kids.one ? (uint32_t)mp_mnode_word_hash(n->kids.one) : 0;
+    } else if (n->nkids > MP_SIG_KIDS) {
+        n->sig = UINT32_MAX;
     } else if (!mp_kids_is_table(n)) {
         n->sig = 0;
         for (uint32_t i = 0; i < n->nkids; i++) {
             n->sig |= mp_sig_bit(n->kids.many[i].hash);
         }
     } else {
-        n->sig = UINT32_MAX;
+        n->sig = 0;
+        for (uint32_t i = 0; i < n->kidcap; i++) {
+            n->sig |= n->kids.table[i] ? mp_slot_sig_bit(n->kids.table[i]) : 0;
+        }
     }
 }
 
@@ -263,10 +280,10 @@ static mp_mnode *mp_kids_get(const mp_mnode *n, const mp_mword *w) {
         mp_mnode *c = n->kids.one;
         return c && n->sig == (uint32_t)h && mp_mnode_has_word(c, w) ? c : NULL;
     }
+    if (!(n->sig & mp_sig_bit(h))) {
+        return NULL;
+    }
     if (!mp_kids_is_table(n)) {
-        if (!(n->sig & mp_sig_bit(h))) {
-            return NULL;
-        }
         for (uint32_t i = 0; i < n->nkids; i++) {
             if (n->kids.many[i].hash == h && mp_mnode_has_word(n->kids.many[i].node, w)) {
                 return n->kids.many[i].node;
@@ -474,7 +491,9 @@ static void mp_mnode_free(mp_matcher *m, mp_mnode *n) {
         m->nodes--;
     }
     mp_kids_free(n);
-    free(n->entries);
+    if (n->nentries >= 2) {
+        free(n->entries.many);
+    }
     free(n);
 }
 
@@ -568,22 +587,76 @@ static mpreg_err mp_grow(void **arr, size_t *cap, size_t need, size_t elem) {
     return MPREG_OK;
 }
 
-/* Room for one more entry. The capacity is not stored: it is nentries
- * rounded up to a power of two, so it must grow exactly when nentries is 0
- * or a power of two (after removals the array may be larger; realloc to the
- * computed size is then harmless). */
-static mpreg_err mp_mnode_entries_reserve(mp_mnode *n) {
+/* --- a node's entries -----------------------------------------------------
+ * Most nodes end one pattern of one subscription, so a single entry is just
+ * the subscription pointer (a hit reads one line less, and there is no
+ * array to allocate). From two entries on, an array of (sub, bind) whose
+ * capacity is not stored: it is nentries rounded up to a power of two. */
+
+/* The binding of s whose pattern ends at n (there is exactly one). */
+static mp_mbind *mp_msub_bind_at(const mp_msub *s, const mp_mnode *n) {
+    for (size_t i = 0; i < s->nbinds; i++) {
+        if (s->binds[i]->node == n) {
+            return s->binds[i];
+        }
+    }
+    return NULL; /* not reached */
+}
+
+/* Makes room for one more entry, so that mp_mnode_entries_push cannot
+ * fail. Going from one entry to two needs a new array, which is returned in
+ * *spare rather than installed: until the push, the node must stay as it
+ * is (the caller may still fail and back out). */
+static mpreg_err mp_mnode_entries_reserve(mp_mnode *n, mp_mentry **spare) {
     uint32_t used = n->nentries;
-    if (used & (used - 1)) {
+    *spare = NULL;
+    if (used == 1) {
+        *spare = malloc(2 * sizeof **spare);
+        return *spare ? MPREG_OK : MPREG_E_NOMEM;
+    }
+    if (used < 2 || (used & (used - 1))) {
         return MPREG_OK;
     }
-    size_t cap = used ? (size_t)used * 2 : 1;
-    mp_mentry *e = realloc(n->entries, cap * sizeof *e);
+    mp_mentry *e = realloc(n->entries.many, (size_t)used * 2 * sizeof *e);
     if (!e) {
         return MPREG_E_NOMEM;
     }
-    n->entries = e;
+    n->entries.many = e;
     return MPREG_OK;
+}
+
+static void mp_mnode_entries_push(mp_mnode *n, mp_mbind *b, mp_mentry *spare) {
+    uint32_t used = n->nentries;
+    if (used == 0) {
+        n->entries.one = b->sub;
+    } else if (used == 1) {
+        mp_msub *first = n->entries.one;
+        spare[0] = (mp_mentry){first, mp_msub_bind_at(first, n)};
+        spare[1] = (mp_mentry){b->sub, b};
+        n->entries.many = spare;
+    } else {
+        n->entries.many[used] = (mp_mentry){b->sub, b};
+    }
+    b->node_idx = used;
+    n->nentries++;
+}
+
+static void mp_mnode_entries_remove(mp_mnode *n, const mp_mbind *b) {
+    if (n->nentries == 1) {
+        n->entries.one = NULL;
+        n->nentries = 0;
+        return;
+    }
+    mp_mentry last = n->entries.many[--n->nentries];
+    if (b->node_idx != n->nentries) {
+        n->entries.many[b->node_idx] = last;
+        last.bind->node_idx = b->node_idx;
+    }
+    if (n->nentries == 1) {
+        mp_msub *rest = n->entries.many[0].sub;
+        free(n->entries.many);
+        n->entries.one = rest;
+    }
 }
 
 /* --- lifecycle ------------------------------------------------------------ */
@@ -650,26 +723,24 @@ static mpreg_err mp_matcher_make_path(mp_matcher *m, mp_mpath *p) {
 /* Everything that can fail happens before the binding is linked anywhere. */
 static mpreg_err mp_matcher_link(mp_matcher *m, mp_msub *s, mp_mnode *n, const mp_bind_key *k,
                                  const char *pattern, size_t len) {
-    if (mp_mnode_entries_reserve(n) ||
-        mp_grow((void **)&s->binds, &s->cap, s->nbinds + 1, sizeof *s->binds)) {
+    mp_mentry *spare;
+    if (mp_mnode_entries_reserve(n, &spare)) {
         return MPREG_E_NOMEM;
     }
     mp_mbind *b = malloc(sizeof *b + len);
-    if (!b) {
-        return MPREG_E_NOMEM;
-    }
-    if (mp_map_put(&m->binds, k->bytes, k->len, b, NULL)) {
+    if (!b || mp_grow((void **)&s->binds, &s->cap, s->nbinds + 1, sizeof *s->binds) ||
+        mp_map_put(&m->binds, k->bytes, k->len, b, NULL)) {
         free(b);
+        free(spare);
         return MPREG_E_NOMEM;
     }
     b->sub = s;
     b->node = n;
-    b->node_idx = n->nentries;
     b->sub_idx = s->nbinds;
     b->plen = len;
     memcpy(b->pattern, pattern, len);
-    n->entries[n->nentries++] = (mp_mentry){s, b};
     s->binds[s->nbinds++] = b;
+    mp_mnode_entries_push(n, b, spare);
     return MPREG_OK;
 }
 
@@ -720,11 +791,7 @@ static void mp_matcher_unbind(mp_matcher *m, mp_mbind *b) {
     mp_bind_key_make(&k, s->id, b->pattern, b->plen);
     mp_map_remove(&m->binds, k.bytes, k.len);
 
-    mp_mentry last = n->entries[--n->nentries];
-    if (b->node_idx != n->nentries) {
-        n->entries[b->node_idx] = last;
-        last.bind->node_idx = b->node_idx;
-    }
+    mp_mnode_entries_remove(n, b);
     mp_mbind *lastb = s->binds[--s->nbinds];
     if (b->sub_idx != s->nbinds) {
         s->binds[b->sub_idx] = lastb;
@@ -780,16 +847,23 @@ typedef struct mp_mwalk {
     size_t hits;
 } mp_mwalk;
 
-static void mp_mwalk_report(mp_mwalk *w, const mp_mnode *n) {
-    for (size_t i = 0; i < n->nentries; i++) {
-        mp_msub *s = n->entries[i].sub;
-        if (s->seen_epoch != w->epoch) {
-            s->seen_epoch = w->epoch;
-            w->hits++;
-            if (w->cb) {
-                w->cb(w->ud, s->id);
-            }
+static void mp_mwalk_hit(mp_mwalk *w, mp_msub *s) {
+    if (s->seen_epoch != w->epoch) {
+        s->seen_epoch = w->epoch;
+        w->hits++;
+        if (w->cb) {
+            w->cb(w->ud, s->id);
         }
+    }
+}
+
+static void mp_mwalk_report(mp_mwalk *w, const mp_mnode *n) {
+    if (n->nentries == 1) {
+        mp_mwalk_hit(w, n->entries.one);
+        return;
+    }
+    for (size_t i = 0; i < n->nentries; i++) {
+        mp_mwalk_hit(w, n->entries.many[i].sub);
     }
 }
 

@@ -1,11 +1,13 @@
 /* matcher.h - many subscription patterns against one topic.
  *
- * A trie over pattern words. Each node has its literal children in an mp_map
- * keyed by the word, plus at most one '*' child and one '#' child, and lists
- * the subscriptions whose pattern ends there. Matching a topic walks only the
- * branches the topic's words can reach: the literal child named by the next
- * word, the '*' child, and the '#' child at each remaining position. So its
- * cost depends on the patterns that could match, not on how many there are.
+ * A trie over pattern words. Each node has its literal children (looked up
+ * by the word's hash), plus at most one '*' child and one '#' child, and
+ * lists the subscriptions whose pattern ends there. Matching a topic walks
+ * only the branches the topic's words can reach: the literal child named by
+ * the next word, the '*' child, and the '#' child at each remaining
+ * position, never twice at the same position. So its cost depends on the
+ * patterns that could match, not on how many there are (matcher.c says how
+ * the memory layout keeps that true once the trie outgrows the cache).
  *
  * Subscriptions are ids chosen by the caller. One subscription may hold many
  * patterns; a match reports it once however many of them match, and however
