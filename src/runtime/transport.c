@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <uv.h>
 
 /* Addresses kept per name (listen on each; dial each in turn). */
@@ -190,9 +191,15 @@ static void mp_sa_text(const struct sockaddr_storage *ss, char *buf, size_t size
     }
 }
 
-/* Parses an IPv4 or IPv6 literal (IPv6 optionally in brackets). */
+/* Parses an IPv4 or IPv6 literal (IPv6 optionally in brackets). "localhost"
+ * counts as the literal 127.0.0.1: RFC 6761 reserves the name for loopback,
+ * and asking the resolver would fail on hosts without an /etc/hosts entry
+ * (minimal containers) or, worse, ask DNS. */
 static bool mp_parse_literal(const char *host, uint16_t port, struct sockaddr_storage *ss) {
     char tmp[MP_ADDR_TEXT];
+    if (strcasecmp(host, "localhost") == 0) {
+        host = "127.0.0.1";
+    }
     size_t n = strlen(host);
     if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
         if (n - 2 >= sizeof tmp) {

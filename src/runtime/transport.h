@@ -143,8 +143,9 @@ mpreg_err mp_transport_free(mp_transport *t);
 mpreg_err mp_transport_shutdown(mp_transport *t, mp_transport_shutdown_cb cb);
 
 /* Listens on host:port. host is an IPv4 or IPv6 literal ("127.0.0.1", "::1",
- * "[::1]"), a name (resolved synchronously: this is a start-up call;
- * "localhost" listens on each of its addresses) or NULL / "" for every IPv4
+ * "[::1]"), "localhost" (always 127.0.0.1, never the resolver), another
+ * name (resolved synchronously: this is a start-up call; a name with several
+ * addresses listens on each) or NULL / "" for every IPv4
  * interface. Port 0 picks a free port; *bound_port (may be NULL) gets the
  * port actually bound. May be called several times. MPREG_E_IO on failure
  * with the reason in mp_transport_last_error, e.g.
