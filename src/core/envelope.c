@@ -3,13 +3,15 @@
  * Encoding goes through msgpack-c's packer into an mp_buf. Decoding does not
  * use msgpack-c: its object tree costs a zone allocation per container and a
  * hostile array32 header makes it try to allocate gigabytes before it notices
- * the input is short. Instead a small cursor walks the bytes once, checks
- * every length against the end of the input before trusting it, and points
- * the envelope's strings straight into the input. No allocation, no copy,
- * no recursion (unknown values are skipped with a counter, not a stack).
+ * the input is short. Instead a strict cursor (mp_rd, core/mpread.h) walks
+ * the bytes once, checks every length against the end of the input before
+ * trusting it, and points the envelope's strings straight into the input.
+ * No allocation, no copy, no recursion (unknown values are skipped with a
+ * counter, not a stack).
  *
  * The wire format is documented in docs/PROTOCOL.md; keep the two in step. */
 #include "core/envelope.h"
+#include "core/mpread.h"
 #include "mpreg/value.h" /* mpreg_utf8_valid */
 
 #include <msgpack.h>
@@ -603,241 +605,7 @@ mpreg_err mp_envelope_encode_frame(const mp_envelope *e, mp_buf *out) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Decoding: a strict cursor over MessagePack bytes                          */
-
-typedef enum mp_mtype {
-    MP_MT_NIL,
-    MP_MT_BOOL,
-    MP_MT_UINT, /* any integer format holding a value >= 0 */
-    MP_MT_NINT, /* any integer format holding a value < 0 */
-    MP_MT_FLOAT,
-    MP_MT_STR,
-    MP_MT_BIN,
-    MP_MT_EXT,
-    MP_MT_ARRAY,
-    MP_MT_MAP,
-} mp_mtype;
-
-/* One item's head. For str/bin/ext the body has been bounds-checked and
- * consumed; for array/map the elements follow at the cursor. */
-typedef struct mp_item {
-    mp_mtype type;
-    uint64_t n;         /* uint value, two's complement of a negative int,
-                           str/bin/ext length, array/map count */
-    const uint8_t *ptr; /* str/bin/ext body */
-} mp_item;
-
-typedef struct mp_cursor {
-    const uint8_t *p;
-    const uint8_t *end;
-} mp_cursor;
-
-static uint64_t mp_load_be(const uint8_t *p, unsigned width) {
-    uint64_t v = 0;
-    for (unsigned i = 0; i < width; i++) {
-        v = v << 8 | p[i];
-    }
-    return v;
-}
-
-/* Reads a big-endian unsigned of `width` bytes at the cursor. */
-static mpreg_err mp_take_be(mp_cursor *c, unsigned width, uint64_t *v) {
-    if ((size_t)(c->end - c->p) < width) {
-        return MPREG_E_TRUNCATED;
-    }
-    *v = mp_load_be(c->p, width);
-    c->p += width;
-    return MPREG_OK;
-}
-
-/* Points it->ptr at the next `len` bytes and steps over them. */
-static mpreg_err mp_take_body(mp_cursor *c, uint64_t len, mp_item *it) {
-    if ((uint64_t)(c->end - c->p) < len) {
-        return MPREG_E_TRUNCATED;
-    }
-    it->n = len;
-    it->ptr = c->p;
-    c->p += len;
-    return MPREG_OK;
-}
-
-/* A sized item: a big-endian length of `width` bytes, then a body
- * (+1 for the ext type byte, which the caller never needs). */
-static mpreg_err mp_take_sized(mp_cursor *c, mp_mtype type, unsigned width, unsigned extra,
-                               mp_item *it) {
-    uint64_t len;
-    mpreg_err err = mp_take_be(c, width, &len);
-    if (err) {
-        return err;
-    }
-    it->type = type;
-    return mp_take_body(c, len + extra, it);
-}
-
-static mpreg_err mp_take_count(mp_cursor *c, mp_mtype type, unsigned width, mp_item *it) {
-    it->type = type;
-    return mp_take_be(c, width, &it->n);
-}
-
-/* Signed integer formats: normalised to UINT when non-negative, so a field
- * written as int8 by another language's encoder still reads as a number. */
-static mpreg_err mp_take_int(mp_cursor *c, unsigned width, mp_item *it) {
-    uint64_t raw;
-    mpreg_err err = mp_take_be(c, width, &raw);
-    if (err) {
-        return err;
-    }
-    uint64_t sign = (uint64_t)1 << (width * 8 - 1);
-    if (raw & sign) {
-        /* Sign-extend to 64 bits so every width of -1 is the same key. */
-        it->type = MP_MT_NINT;
-        it->n = width == 8 ? raw : raw | ~((sign << 1) - 1);
-        return MPREG_OK;
-    }
-    it->type = MP_MT_UINT;
-    it->n = raw;
-    return MPREG_OK;
-}
-
-/* Reads the head of one item, whatever its type. With mp_next below, the
- * only code that interprets format bytes; everything else asks them. */
-static mpreg_err mp_next_slow(mp_cursor *c, mp_item *it) {
-    if (c->p >= c->end) {
-        return MPREG_E_TRUNCATED;
-    }
-    uint8_t b = *c->p++;
-    if (b <= 0x7f) {
-        it->type = MP_MT_UINT;
-        it->n = b;
-        return MPREG_OK;
-    }
-    if (b >= 0xe0) {
-        it->type = MP_MT_NINT;
-        it->n = (uint64_t)(int64_t)(int8_t)b;
-        return MPREG_OK;
-    }
-    if (b <= 0x8f) {
-        it->type = MP_MT_MAP;
-        it->n = b & 0x0f;
-        return MPREG_OK;
-    }
-    if (b <= 0x9f) {
-        it->type = MP_MT_ARRAY;
-        it->n = b & 0x0f;
-        return MPREG_OK;
-    }
-    if (b <= 0xbf) {
-        it->type = MP_MT_STR;
-        return mp_take_body(c, b & 0x1f, it);
-    }
-    switch (b) {
-    case 0xc0:
-        it->type = MP_MT_NIL;
-        return MPREG_OK;
-    case 0xc2:
-    case 0xc3:
-        it->type = MP_MT_BOOL;
-        it->n = b & 1;
-        return MPREG_OK;
-    case 0xc4:
-        return mp_take_sized(c, MP_MT_BIN, 1, 0, it);
-    case 0xc5:
-        return mp_take_sized(c, MP_MT_BIN, 2, 0, it);
-    case 0xc6:
-        return mp_take_sized(c, MP_MT_BIN, 4, 0, it);
-    case 0xc7:
-        return mp_take_sized(c, MP_MT_EXT, 1, 1, it);
-    case 0xc8:
-        return mp_take_sized(c, MP_MT_EXT, 2, 1, it);
-    case 0xc9:
-        return mp_take_sized(c, MP_MT_EXT, 4, 1, it);
-    case 0xca:
-        it->type = MP_MT_FLOAT;
-        return mp_take_body(c, 4, it);
-    case 0xcb:
-        it->type = MP_MT_FLOAT;
-        return mp_take_body(c, 8, it);
-    case 0xcc:
-    case 0xcd:
-    case 0xce:
-    case 0xcf:
-        it->type = MP_MT_UINT;
-        return mp_take_be(c, 1u << (b - 0xcc), &it->n);
-    case 0xd0:
-    case 0xd1:
-    case 0xd2:
-    case 0xd3:
-        return mp_take_int(c, 1u << (b - 0xd0), it);
-    case 0xd4:
-    case 0xd5:
-    case 0xd6:
-    case 0xd7:
-    case 0xd8:
-        it->type = MP_MT_EXT;
-        return mp_take_body(c, 1 + (1u << (b - 0xd4)), it);
-    case 0xd9:
-        return mp_take_sized(c, MP_MT_STR, 1, 0, it);
-    case 0xda:
-        return mp_take_sized(c, MP_MT_STR, 2, 0, it);
-    case 0xdb:
-        return mp_take_sized(c, MP_MT_STR, 4, 0, it);
-    case 0xdc:
-        return mp_take_count(c, MP_MT_ARRAY, 2, it);
-    case 0xdd:
-        return mp_take_count(c, MP_MT_ARRAY, 4, it);
-    case 0xde:
-        return mp_take_count(c, MP_MT_MAP, 2, it);
-    case 0xdf:
-        return mp_take_count(c, MP_MT_MAP, 4, it);
-    default: /* 0xc1: never used */
-        return MPREG_E_DECODE;
-    }
-}
-
-/* The two heads an envelope is mostly made of (field keys and small numbers,
- * short strings) inline; the rest goes the long way. */
-static inline mpreg_err mp_next(mp_cursor *c, mp_item *it) {
-    if (c->p < c->end) {
-        uint8_t b = *c->p;
-        if (b <= 0x7f) {
-            c->p++;
-            it->type = MP_MT_UINT;
-            it->n = b;
-            return MPREG_OK;
-        }
-        if ((b & 0xe0) == 0xa0 && (size_t)(c->end - c->p) > (size_t)(b & 0x1f)) {
-            it->type = MP_MT_STR;
-            it->n = b & 0x1f;
-            it->ptr = c->p + 1;
-            c->p += 1 + it->n;
-            return MPREG_OK;
-        }
-    }
-    return mp_next_slow(c, it);
-}
-
-/* Steps over one complete value of any shape. A counter of items still owed
- * replaces recursion, so nesting depth costs nothing; every item consumes at
- * least one byte, so a lying count ends in TRUNCATED, not a long loop. The
- * counter cannot overflow: a map 32 head adds at most 2^33 items for its 5
- * bytes, so even a 4 GiB frame of them stays below 2^63. */
-static mpreg_err mp_skip(mp_cursor *c) {
-    uint64_t owed = 1;
-    while (owed > 0) {
-        mp_item it;
-        mpreg_err err = mp_next(c, &it);
-        if (err) {
-            return err;
-        }
-        owed--;
-        if (it.type == MP_MT_ARRAY) {
-            owed += it.n;
-        } else if (it.type == MP_MT_MAP) {
-            owed += 2 * it.n;
-        }
-    }
-    return MPREG_OK;
-}
+/* Decoding: a strict cursor over MessagePack bytes (mpread.h)               */
 
 /* Unknown fields an envelope may carry. Bounded so that the duplicate
  * check needs no allocation; 32 is far more than any future version needs. */
@@ -852,7 +620,7 @@ typedef struct mp_key {
 /* Decoder state beyond the cursor: what has been seen, and the why text of
  * the first failure. */
 typedef struct mp_decoder {
-    mp_cursor c;
+    mp_rd c;
     const char *why;
     uint32_t seen;        /* bit f set when field f was read */
     uint32_t unknown_len; /* keys of unknown fields, for the duplicate check */
@@ -865,99 +633,84 @@ typedef struct mp_decoder {
         return (code);                                                                             \
     } while (0)
 
-/* Reads one item and insists on its type. A truncation inside the item is
- * reported as such (a short frame is not a type error). */
-static mpreg_err mp_expect(mp_decoder *d, mp_mtype type, mp_item *it, const char *why) {
-    mpreg_err err = mp_next(&d->c, it);
+/* A typed read failed: a truncation inside the item is reported as such
+ * (a short frame is not a type error), anything else as the field's type
+ * error. */
+static mpreg_err mp_read_failed(mp_decoder *d, mpreg_err err, const char *why) {
     if (err == MPREG_E_TRUNCATED) {
         MP_DFAIL(d, err, "envelope: input ends inside an item");
     }
-    if (err || it->type != type) {
-        MP_DFAIL(d, MPREG_E_DECODE, why);
-    }
-    return MPREG_OK;
+    MP_DFAIL(d, MPREG_E_DECODE, why);
 }
 
 static mpreg_err mp_read_str(mp_decoder *d, mp_str *s, const char *why) {
-    mp_item it;
-    mpreg_err err = mp_expect(d, MP_MT_STR, &it, why);
-    if (err) {
-        return err;
-    }
-    s->ptr = (const char *)it.ptr;
-    s->len = (size_t)it.n;
-    return MPREG_OK;
+    mpreg_err err = mp_rd_str(&d->c, s);
+    return err ? mp_read_failed(d, err, why) : MPREG_OK;
 }
 
 static mpreg_err mp_read_id(mp_decoder *d, mp_id *id, const char *why) {
-    mp_item it;
-    mpreg_err err = mp_expect(d, MP_MT_BIN, &it, why);
+    mp_bytes b;
+    mpreg_err err = mp_rd_bin(&d->c, &b);
     if (err) {
-        return err;
+        return mp_read_failed(d, err, why);
     }
-    if (it.n != MP_ID_LEN) {
+    if (b.len != MP_ID_LEN) {
         MP_DFAIL(d, MPREG_E_DECODE, why);
     }
-    memcpy(id->bytes, it.ptr, MP_ID_LEN);
+    memcpy(id->bytes, b.ptr, MP_ID_LEN);
     return MPREG_OK;
 }
 
 static mpreg_err mp_read_path(mp_decoder *d, mp_str *path, uint32_t *len, bool routing) {
-    mp_item it;
-    mpreg_err err = mp_expect(d, MP_MT_ARRAY, &it,
-                              routing ? "routing_path: expected array of str"
-                                      : "federation_path: expected array of str");
+    const char *why =
+        routing ? "routing_path: expected array of str" : "federation_path: expected array of str";
+    uint32_t n;
+    mpreg_err err = mp_rd_array(&d->c, &n);
     if (err) {
-        return err;
+        return mp_read_failed(d, err, why);
     }
-    if (it.n > MP_MAX_PATH) {
+    if (n > MP_MAX_PATH) {
         MP_DFAIL(d, MPREG_E_PATH_TOO_LONG,
                  routing ? "routing_path: more than MP_MAX_PATH entries"
                          : "federation_path: more than MP_MAX_PATH entries");
     }
-    for (uint32_t i = 0; i < (uint32_t)it.n; i++) {
-        err = mp_read_str(d, &path[i],
-                          routing ? "routing_path: expected array of str"
-                                  : "federation_path: expected array of str");
+    for (uint32_t i = 0; i < n; i++) {
+        err = mp_read_str(d, &path[i], why);
         if (err) {
             return err;
         }
     }
-    *len = (uint32_t)it.n;
+    *len = n;
     return MPREG_OK;
 }
 
 static mpreg_err mp_read_headers(mp_decoder *d, mp_envelope *e) {
-    mp_item it;
-    mpreg_err err = mp_expect(d, MP_MT_MAP, &it, "headers: expected map of str to str");
+    const char *why = "headers: expected map of str to str";
+    uint32_t n;
+    mpreg_err err = mp_rd_map(&d->c, &n);
     if (err) {
-        return err;
+        return mp_read_failed(d, err, why);
     }
-    if (it.n > MP_MAX_HEADERS) {
+    if (n > MP_MAX_HEADERS) {
         MP_DFAIL(d, MPREG_E_TOO_LARGE, "headers: more than MP_MAX_HEADERS entries");
     }
-    for (uint32_t i = 0; i < (uint32_t)it.n; i++) {
-        err = mp_read_str(d, &e->headers[i].key, "headers: expected map of str to str");
+    for (uint32_t i = 0; i < n; i++) {
+        err = mp_read_str(d, &e->headers[i].key, why);
         if (err == MPREG_OK) {
-            err = mp_read_str(d, &e->headers[i].value, "headers: expected map of str to str");
+            err = mp_read_str(d, &e->headers[i].value, why);
         }
         if (err) {
             return err;
         }
     }
-    e->header_count = (uint32_t)it.n;
+    e->header_count = n;
     return MPREG_OK;
 }
 
 /* An unsigned field: any integer format, but not a negative value. */
 static mpreg_err mp_read_uint(mp_decoder *d, uint64_t *v, const char *why) {
-    mp_item it;
-    mpreg_err err = mp_expect(d, MP_MT_UINT, &it, why);
-    if (err) {
-        return err;
-    }
-    *v = it.n;
-    return MPREG_OK;
+    mpreg_err err = mp_rd_uint(&d->c, v);
+    return err ? mp_read_failed(d, err, why) : MPREG_OK;
 }
 
 static mpreg_err mp_read_number_field(mp_decoder *d, mp_field f, mp_envelope *e) {
@@ -1025,13 +778,8 @@ static mpreg_err mp_read_field(mp_decoder *d, mp_field f, mp_envelope *e) {
     case MP_F_HEADERS:
         return mp_read_headers(d, e);
     case MP_F_PAYLOAD: {
-        mp_item it;
-        mpreg_err err = mp_expect(d, MP_MT_BIN, &it, "payload: expected bin");
-        if (err == MPREG_OK) {
-            e->payload.ptr = it.ptr;
-            e->payload.len = (size_t)it.n;
-        }
-        return err;
+        mpreg_err err = mp_rd_bin(&d->c, &e->payload);
+        return err ? mp_read_failed(d, err, "payload: expected bin") : MPREG_OK;
     }
     }
     return MPREG_E_INTERNAL;
@@ -1049,7 +797,8 @@ static mpreg_err mp_skip_unknown(mp_decoder *d, mp_key key) {
         MP_DFAIL(d, MPREG_E_TOO_LARGE, "envelope: too many unknown fields");
     }
     d->unknown[d->unknown_len++] = key;
-    mpreg_err err = mp_skip(&d->c);
+    /* Any depth: skipping counts the items owed, so nesting costs nothing. */
+    mpreg_err err = mp_rd_skip(&d->c, MP_RD_ANY_DEPTH);
     if (err == MPREG_E_TRUNCATED) {
         MP_DFAIL(d, err, "envelope: input ends inside an item");
     }
@@ -1060,16 +809,16 @@ static mpreg_err mp_skip_unknown(mp_decoder *d, mp_key key) {
 }
 
 static mpreg_err mp_decode_entry(mp_decoder *d, mp_envelope *e) {
-    mp_item key;
-    mpreg_err err = mp_next(&d->c, &key);
+    mp_rd_item key;
+    mpreg_err err = mp_rd_next(&d->c, &key);
     if (err == MPREG_E_TRUNCATED) {
         MP_DFAIL(d, err, "envelope: input ends inside the map");
     }
-    if (err || (key.type != MP_MT_UINT && key.type != MP_MT_NINT)) {
+    if (err || (key.type != MP_RD_UINT && key.type != MP_RD_NINT)) {
         MP_DFAIL(d, MPREG_E_DECODE, "envelope: field keys must be integers");
     }
-    if (key.type == MP_MT_NINT || key.n < MP_F_VERSION || key.n > MP_F_PAYLOAD) {
-        return mp_skip_unknown(d, (mp_key){key.n, key.type == MP_MT_NINT});
+    if (key.type == MP_RD_NINT || key.n < MP_F_VERSION || key.n > MP_F_PAYLOAD) {
+        return mp_skip_unknown(d, (mp_key){key.n, key.type == MP_RD_NINT});
     }
     uint32_t bit = 1u << key.n;
     if (d->seen & bit) {
@@ -1117,16 +866,13 @@ static void mp_envelope_reset(mp_envelope *e) {
 }
 
 static mpreg_err mp_decode_map(mp_decoder *d, mp_envelope *e) {
-    mp_item top;
-    mpreg_err err = mp_next(&d->c, &top);
-    if (err == MPREG_E_TRUNCATED) {
-        MP_DFAIL(d, err, "envelope: input ends inside an item");
-    }
-    if (err || top.type != MP_MT_MAP) {
-        MP_DFAIL(d, MPREG_E_DECODE, "envelope: expected a map");
+    uint32_t n;
+    mpreg_err err = mp_rd_map(&d->c, &n);
+    if (err) {
+        return mp_read_failed(d, err, "envelope: expected a map");
     }
     /* A lying count ends in TRUNCATED: each entry consumes bytes. */
-    for (uint64_t i = 0; i < top.n; i++) {
+    for (uint32_t i = 0; i < n; i++) {
         err = mp_decode_entry(d, e);
         if (err) {
             return err;
@@ -1140,9 +886,7 @@ static mpreg_err mp_decode_map(mp_decoder *d, mp_envelope *e) {
 
 mpreg_err mp_envelope_decode(const void *data, size_t len, mp_envelope *out, const char **why) {
     mp_decoder d;
-    /* NULL + 0 is undefined behaviour; an empty view of "" is not. */
-    d.c.p = data ? data : (const void *)"";
-    d.c.end = d.c.p + (data ? len : 0);
+    d.c = mp_rd_init(data, len);
     d.why = NULL;
     d.seen = 0;
     d.unknown_len = 0;

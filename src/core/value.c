@@ -6,12 +6,13 @@
  * scan beats any hash table. Only the decoder, which must reject duplicate
  * keys in maps of any size from strangers, builds a temporary hash index.
  *
- * Decoding untrusted MessagePack happens in two passes. mp_scan walks the
- * bytes once without allocating and checks the shape: truncation, trailing
- * bytes, reserved and ext types, and the depth/item/byte limits. Only input
- * that passes is handed to msgpack-c's unpacker, which would otherwise
- * allocate for whatever element count a 5-byte header claims, and whose
- * fixed 32-level stack turns deep input into an anonymous parse error. The
+ * Decoding untrusted MessagePack happens in two passes. mp_rd_scan
+ * (mpread.h) walks the bytes once without allocating and checks the shape:
+ * truncation, trailing bytes, reserved and ext types, and the depth/item/byte
+ * limits. Only input that passes is handed to msgpack-c's unpacker, which
+ * would otherwise allocate for whatever element count a 5-byte header
+ * claims, and whose fixed 32-level stack turns deep input into an anonymous
+ * parse error. The
  * second pass converts msgpack-c's objects into mpreg_values and checks
  * what needs the decoded data: key types, duplicate keys, integer range and
  * UTF-8. */
@@ -19,6 +20,7 @@
 
 #include "core/buf.h"
 #include "core/map.h"
+#include "core/mpread.h"
 
 #include <math.h>
 #include <msgpack.h>
@@ -534,157 +536,24 @@ mpreg_err mpreg_value_encode(const mpreg_value *v, mpreg_bytes *out) {
 
 /* --- MessagePack decoding, pass 1: shape and limits ------------------------ */
 
-typedef struct mp_limits {
-    uint32_t depth;
-    size_t items;
-    size_t bytes;
-} mp_limits;
-
-static mp_limits mp_limits_resolve(const mpreg_value_limits *l) {
-    mp_limits r = {MPREG_VALUE_DEFAULT_DEPTH, MPREG_VALUE_DEFAULT_ITEMS, MPREG_VALUE_DEFAULT_BYTES};
+/* The caller's limits, with zeros read as the defaults and the depth capped
+ * at the default, which every peer shares and msgpack-c's 32-level stack
+ * can hold. */
+static mp_rd_limits mp_limits_resolve(const mpreg_value_limits *l) {
+    mp_rd_limits r = {
+        .max_depth = MPREG_VALUE_DEFAULT_DEPTH,
+        .max_items = MPREG_VALUE_DEFAULT_ITEMS,
+        .max_bytes = MPREG_VALUE_DEFAULT_BYTES,
+        .allow_ext = false, /* values have no ext type */
+    };
     if (l) {
-        if (l->max_depth && l->max_depth < r.depth) {
-            r.depth = l->max_depth;
+        if (l->max_depth && l->max_depth < r.max_depth) {
+            r.max_depth = l->max_depth;
         }
-        r.items = l->max_items ? l->max_items : r.items;
-        r.bytes = l->max_bytes ? l->max_bytes : r.bytes;
+        r.max_items = l->max_items ? l->max_items : r.max_items;
+        r.max_bytes = l->max_bytes ? l->max_bytes : r.max_bytes;
     }
     return r;
-}
-
-enum { MP_H_SCALAR, MP_H_RAW, MP_H_ARRAY, MP_H_MAP };
-
-typedef struct mp_head {
-    int kind;
-    size_t size; /* bytes of the head itself, type byte included */
-    uint64_t n;  /* RAW: payload bytes; ARRAY/MAP: element/entry count */
-} mp_head;
-
-/* The heads of the type bytes from 0xc0 on that are not single-byte
- * scalars: kind and either the item's total size (SCALAR) or the width of
- * the big-endian length/count that follows the type byte. Kind -1 marks
- * 0xc1 (never used) and the ext family, which values do not have. */
-static const struct {
-    signed char kind;
-    unsigned char size;
-} mp_heads[32] = {
-    {MP_H_SCALAR, 1}, /* c0 nil */
-    {-1, 0},          /* c1 (never used) */
-    {MP_H_SCALAR, 1}, /* c2 false */
-    {MP_H_SCALAR, 1}, /* c3 true */
-    {MP_H_RAW, 1},    /* c4 bin8 */
-    {MP_H_RAW, 2},    /* c5 bin16 */
-    {MP_H_RAW, 4},    /* c6 bin32 */
-    {-1, 0},          /* c7 ext8 */
-    {-1, 0},          /* c8 ext16 */
-    {-1, 0},          /* c9 ext32 */
-    {MP_H_SCALAR, 5}, /* ca float32 */
-    {MP_H_SCALAR, 9}, /* cb float64 */
-    {MP_H_SCALAR, 2}, /* cc uint8 */
-    {MP_H_SCALAR, 3}, /* cd uint16 */
-    {MP_H_SCALAR, 5}, /* ce uint32 */
-    {MP_H_SCALAR, 9}, /* cf uint64 */
-    {MP_H_SCALAR, 2}, /* d0 int8 */
-    {MP_H_SCALAR, 3}, /* d1 int16 */
-    {MP_H_SCALAR, 5}, /* d2 int32 */
-    {MP_H_SCALAR, 9}, /* d3 int64 */
-    {-1, 0},          /* d4 fixext1 */
-    {-1, 0},          /* d5 fixext2 */
-    {-1, 0},          /* d6 fixext4 */
-    {-1, 0},          /* d7 fixext8 */
-    {-1, 0},          /* d8 fixext16 */
-    {MP_H_RAW, 1},    /* d9 str8 */
-    {MP_H_RAW, 2},    /* da str16 */
-    {MP_H_RAW, 4},    /* db str32 */
-    {MP_H_ARRAY, 2},  /* dc array16 */
-    {MP_H_ARRAY, 4},  /* dd array32 */
-    {MP_H_MAP, 2},    /* de map16 */
-    {MP_H_MAP, 4},    /* df map32 */
-};
-
-/* Reads the head of the item at p (avail >= 1 bytes left). */
-static mpreg_err mp_head_read(const uint8_t *p, size_t avail, mp_head *h) {
-    uint8_t b = p[0];
-    size_t width = 0;
-    h->size = 1;
-    h->n = 0;
-    if (b <= 0x7f || b >= 0xe0) {
-        h->kind = MP_H_SCALAR; /* fixints */
-    } else if (b <= 0x8f) {
-        h->kind = MP_H_MAP;
-        h->n = b & 0x0f;
-    } else if (b <= 0x9f) {
-        h->kind = MP_H_ARRAY;
-        h->n = b & 0x0f;
-    } else if (b <= 0xbf) {
-        h->kind = MP_H_RAW;
-        h->n = b & 0x1f;
-    } else if (mp_heads[b - 0xc0].kind < 0) {
-        return MPREG_E_DECODE;
-    } else {
-        h->kind = mp_heads[b - 0xc0].kind;
-        if (h->kind == MP_H_SCALAR) {
-            h->size = mp_heads[b - 0xc0].size;
-        } else {
-            width = mp_heads[b - 0xc0].size;
-            h->size += width;
-        }
-    }
-    if (avail < h->size) {
-        return MPREG_E_TRUNCATED;
-    }
-    for (size_t i = 1; i <= width; i++) {
-        h->n = (h->n << 8) | p[i];
-    }
-    return MPREG_OK;
-}
-
-/* Walks exactly one item spanning p[0..len) without building anything.
- * left[d] counts the items still expected at nesting level d; level 0 is
- * the top, which expects one. Problems are reported in input order, so the
- * first thing wrong with the bytes names the error. */
-static mpreg_err mp_scan(const uint8_t *p, size_t len, const mp_limits *lim) {
-    uint64_t left[MPREG_VALUE_DEFAULT_DEPTH + 1];
-    uint32_t depth = 0;
-    size_t off = 0, items = 0, bytes = 0;
-    left[0] = 1;
-    for (;;) {
-        while (left[depth] == 0) {
-            if (depth == 0) {
-                return off == len ? MPREG_OK : MPREG_E_TRAILING;
-            }
-            depth--;
-        }
-        left[depth]--;
-        if (off == len) {
-            return MPREG_E_TRUNCATED;
-        }
-        mp_head h;
-        mpreg_err err = mp_head_read(p + off, len - off, &h);
-        if (err) {
-            return err;
-        }
-        off += h.size;
-        if (h.kind == MP_H_RAW) {
-            if (h.n > lim->bytes - bytes) {
-                return MPREG_E_TOO_LARGE;
-            }
-            if (h.n > len - off) {
-                return MPREG_E_TRUNCATED;
-            }
-            bytes += h.n;
-            off += h.n;
-        } else if (h.kind == MP_H_ARRAY || h.kind == MP_H_MAP) {
-            if (depth >= lim->depth) {
-                return MPREG_E_TOO_DEEP;
-            }
-            if (h.n > lim->items - items) {
-                return MPREG_E_TOO_LARGE;
-            }
-            items += h.n;
-            left[++depth] = h.kind == MP_H_MAP ? 2 * h.n : h.n;
-        }
-    }
 }
 
 /* --- MessagePack decoding, pass 2: msgpack-c objects to values ------------ */
@@ -801,7 +670,7 @@ static mpreg_err mp_from_obj(const msgpack_object *o, mpreg_value *out) {
     case MSGPACK_OBJECT_MAP:
         return mp_map_from_obj(&o->via.map, out);
     default:
-        return MPREG_E_DECODE; /* ext: mp_scan already refuses it */
+        return MPREG_E_DECODE; /* ext: the scan already refuses it */
     }
 }
 
@@ -811,8 +680,8 @@ mpreg_err mpreg_value_decode(const void *data, size_t len, const mpreg_value_lim
     if (!data && len) {
         return MPREG_E_INVALID;
     }
-    mp_limits lim = mp_limits_resolve(limits);
-    mpreg_err err = mp_scan(data, len, &lim);
+    mp_rd_limits lim = mp_limits_resolve(limits);
+    mpreg_err err = mp_rd_scan(data, len, &lim, NULL);
     if (err) {
         return err;
     }

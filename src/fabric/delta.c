@@ -5,14 +5,17 @@
  * entry's value. The per-kind value maps are described by tables (mp_fields)
  * that the encoder and the decoder both walk, so the two cannot drift apart.
  *
- * Decoding untrusted bytes happens in two passes. mp_scan walks the bytes
- * once without allocating and checks the shape: truncation, trailing bytes,
- * the reserved byte 0xc1, nesting depth, and that no container announces more
- * elements than there are bytes left to hold them. Only then does msgpack-c
- * unpack, because it allocates for whatever element count a 5-byte header
- * claims. The second pass converts msgpack-c's objects into entries, checking
- * types strictly, rejecting duplicate keys, and validating every entry. */
+ * Decoding untrusted bytes happens in two passes. mp_rd_scan (core/mpread.h)
+ * walks the bytes once without allocating and checks the shape: truncation,
+ * trailing bytes, the reserved byte 0xc1, nesting depth, and that no
+ * container announces more elements than there are bytes left to hold them.
+ * Only then does msgpack-c unpack, because it allocates for whatever element
+ * count a 5-byte header claims. The second pass converts msgpack-c's objects
+ * into entries, checking types strictly, rejecting duplicate keys, and
+ * validating every entry. */
 #include "fabric/delta.h"
+
+#include "core/mpread.h"
 
 #include <msgpack.h>
 #include <stddef.h>
@@ -346,143 +349,20 @@ mpreg_err mp_delta_encode(const mp_delta *d, mp_buf *out) {
 
 /* --- decoding, pass 1: shape scan ------------------------------------------ */
 
-/* Deeper than any delta needs (delta > entries > entry > value > list is 5),
- * with room for unknown fields, and well inside msgpack-c's 32-level stack. */
-#define MP_SCAN_MAX_DEPTH 16
-
-typedef struct mp_head {
-    size_t header;  /* bytes of the type byte and length/value bytes */
-    uint64_t body;  /* raw bytes that follow (str, bin, ext) */
-    uint64_t items; /* child items that follow (array: n, map: 2n) */
-    bool container;
-} mp_head;
-
-static uint64_t mp_be(const uint8_t *p, size_t n) {
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        v = (v << 8) | p[i];
-    }
-    return v;
-}
-
-/* How an item whose type byte is 0xc0 + i is laid out: `fixed` bytes after
- * the type byte, or a big-endian length of `lenbytes` bytes giving a body
- * (str, bin; ext has one more type byte) or a count of children. */
-enum { MP_L_SCALAR, MP_L_BODY, MP_L_EXT, MP_L_ARRAY, MP_L_MAP, MP_L_RESERVED };
-typedef struct mp_layout {
-    uint8_t what;
-    uint8_t fixed;
-    uint8_t lenbytes;
-} mp_layout;
-
-static const mp_layout mp_layouts[32] = {
-    [0x00] = {MP_L_SCALAR, 0, 0},   /* nil */
-    [0x01] = {MP_L_RESERVED, 0, 0}, /* 0xc1: never used */
-    [0x02] = {MP_L_SCALAR, 0, 0},   /* false */
-    [0x03] = {MP_L_SCALAR, 0, 0},   /* true */
-    [0x04] = {MP_L_BODY, 0, 1},     /* bin 8/16/32 */
-    [0x05] = {MP_L_BODY, 0, 2},
-    [0x06] = {MP_L_BODY, 0, 4},
-    [0x07] = {MP_L_EXT, 0, 1}, /* ext 8/16/32 */
-    [0x08] = {MP_L_EXT, 0, 2},
-    [0x09] = {MP_L_EXT, 0, 4},
-    [0x0a] = {MP_L_SCALAR, 4, 0}, /* float 32/64 */
-    [0x0b] = {MP_L_SCALAR, 8, 0},
-    [0x0c] = {MP_L_SCALAR, 1, 0}, /* uint 8..64 */
-    [0x0d] = {MP_L_SCALAR, 2, 0},
-    [0x0e] = {MP_L_SCALAR, 4, 0},
-    [0x0f] = {MP_L_SCALAR, 8, 0},
-    [0x10] = {MP_L_SCALAR, 1, 0}, /* int 8..64 */
-    [0x11] = {MP_L_SCALAR, 2, 0},
-    [0x12] = {MP_L_SCALAR, 4, 0},
-    [0x13] = {MP_L_SCALAR, 8, 0},
-    [0x14] = {MP_L_SCALAR, 2, 0}, /* fixext 1..16: type byte + data */
-    [0x15] = {MP_L_SCALAR, 3, 0},
-    [0x16] = {MP_L_SCALAR, 5, 0},
-    [0x17] = {MP_L_SCALAR, 9, 0},
-    [0x18] = {MP_L_SCALAR, 17, 0},
-    [0x19] = {MP_L_BODY, 0, 1}, /* str 8/16/32 */
-    [0x1a] = {MP_L_BODY, 0, 2},
-    [0x1b] = {MP_L_BODY, 0, 4},
-    [0x1c] = {MP_L_ARRAY, 0, 2}, /* array 16/32 */
-    [0x1d] = {MP_L_ARRAY, 0, 4},
-    [0x1e] = {MP_L_MAP, 0, 2}, /* map 16/32 */
-    [0x1f] = {MP_L_MAP, 0, 4},
+/* Deltas have no item or byte limits of their own beyond the frame's; ext
+ * may sit in unknown fields, which are skipped. The depth of 16 is deeper
+ * than any delta needs (delta > entries > entry > value > list is 5), with
+ * room for unknown fields, and well inside msgpack-c's 32-level stack. A
+ * lying count fails at its head, and empty containers, which need no level
+ * of msgpack-c's stack, do not count toward the depth. */
+static const mp_rd_limits mp_delta_scan_limits = {
+    .max_depth = 16,
+    .max_items = SIZE_MAX,
+    .max_bytes = SIZE_MAX,
+    .allow_ext = true,
+    .early_counts = true,
+    .depth_ignores_empty = true,
 };
-
-/* Reads the header of the item at p (avail > 0 bytes). */
-static mpreg_err mp_read_head(const uint8_t *p, size_t avail, mp_head *h) {
-    uint8_t b = p[0];
-    *h = (mp_head){1, 0, 0, false};
-    if (b <= 0x7f || b >= 0xe0) {
-        return MPREG_OK; /* positive and negative fixint */
-    }
-    if (b <= 0x9f) {
-        h->container = true; /* fixmap 0x80..0x8f, fixarray 0x90..0x9f */
-        h->items = b <= 0x8f ? 2u * (b & 0x0f) : (b & 0x0f);
-        return MPREG_OK;
-    }
-    if (b <= 0xbf) {
-        h->body = b & 0x1f; /* fixstr */
-        return MPREG_OK;
-    }
-    mp_layout l = mp_layouts[b - 0xc0];
-    if (l.what == MP_L_RESERVED) {
-        return MPREG_E_DECODE;
-    }
-    h->header = 1 + (size_t)l.fixed + l.lenbytes + (l.what == MP_L_EXT);
-    if (avail < h->header) {
-        return MPREG_E_TRUNCATED;
-    }
-    uint64_t n = mp_be(p + 1, l.lenbytes);
-    h->container = l.what == MP_L_ARRAY || l.what == MP_L_MAP;
-    if (h->container) {
-        h->items = l.what == MP_L_MAP ? 2 * n : n;
-    } else {
-        h->body = n; /* 0 for scalars: lenbytes is 0 */
-    }
-    return MPREG_OK;
-}
-
-static mpreg_err mp_scan(const uint8_t *p, size_t len) {
-    uint64_t left[MP_SCAN_MAX_DEPTH + 1]; /* items still to read at each open level */
-    size_t depth = 0;
-    size_t off = 0;
-    left[0] = 1; /* the one top-level item */
-    for (;;) {
-        while (left[depth] == 0 && depth > 0) {
-            depth--;
-        }
-        if (left[depth] == 0) {
-            break;
-        }
-        left[depth]--;
-        if (off >= len) {
-            return MPREG_E_TRUNCATED;
-        }
-        mp_head h;
-        mpreg_err err = mp_read_head(p + off, len - off, &h);
-        if (err) {
-            return err;
-        }
-        off += h.header;
-        if (h.body > len - off) {
-            return MPREG_E_TRUNCATED;
-        }
-        off += (size_t)h.body;
-        if (h.container && h.items > 0) {
-            /* Every item takes at least one byte. */
-            if (h.items > len - off) {
-                return MPREG_E_TRUNCATED;
-            }
-            if (depth == MP_SCAN_MAX_DEPTH) {
-                return MPREG_E_TOO_DEEP;
-            }
-            left[++depth] = h.items;
-        }
-    }
-    return off == len ? MPREG_OK : MPREG_E_TRAILING;
-}
 
 /* --- decoding, pass 2: objects to entries ---------------------------------- */
 
@@ -871,7 +751,7 @@ mpreg_err mp_delta_decode(const void *data, size_t len, mp_delta *out, const cha
         return MPREG_E_INVALID;
     }
     *why = "delta";
-    mpreg_err err = mp_scan(data, len);
+    mpreg_err err = mp_rd_scan(data, len, &mp_delta_scan_limits, NULL);
     if (err) {
         return err;
     }

@@ -1,0 +1,984 @@
+/* mpregd.c - the node daemon.
+ *
+ * Reads its settings (flags, then a JSON config file under them), prepares
+ * the data directory (locks it and bumps the node's incarnation there),
+ * creates the server (runtime/server.h), loads plugins into the node's
+ * registry, listens, says where, and runs until SIGINT or SIGTERM.
+ *
+ * Exit status: 0 after a graceful stop, 1 when the node could not start
+ * (port in use, data dir, plugin), 2 for a usage error (bad flag or config). */
+#define _GNU_SOURCE
+
+#include "core/envelope.h"
+#include "core/frame.h"
+#include "fabric/entry.h"
+#include "runtime/server.h"
+#include "runtime/transport.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef MPREG_VERSION
+#define MPREG_VERSION "0.0.0"
+#endif
+
+#define MP_DEFAULT_LISTEN "127.0.0.1:6464"
+#define MP_DEFAULT_CLUSTER "default"
+#define MP_MIN_FRAME 1024u
+#define MP_MAX_FRAME MP_TRANSPORT_DEFAULT_HARD_LIMIT
+#define MP_TOKEN_MAX 1024u
+#define MP_HOST_MAX 256u
+#define MP_MAX_RETAIN 1000000u
+
+#define MP_EXIT_FAIL 1
+#define MP_EXIT_USAGE 2
+
+static const char *mp_prog = "mpregd";
+
+/* ---- settings --------------------------------------------------------------- */
+
+typedef struct mp_list {
+    char **items;
+    size_t len;
+    bool set; /* given at all (an empty list in a config file counts) */
+} mp_list;
+
+/* Everything a user can set, as text, from one source (the flags or the
+ * config file). NULL / unset = not given there. */
+typedef struct mp_settings {
+    char *config;
+    char *listen;
+    char *port_file;
+    char *name;
+    char *cluster;
+    char *data_dir;
+    mp_list resources;
+    mp_list plugins;
+    char *token;
+    char *max_frame;
+    char *retain;
+    char *log_level;
+} mp_settings;
+
+/* The settings checked and resolved, defaults applied. */
+typedef struct mp_options {
+    char host[MP_HOST_MAX]; /* as given (brackets kept), for "listening on" */
+    uint16_t port;
+    const char *port_file;
+    char name[MP_MAX_NAME_LEN + 1];
+    const char *cluster;
+    char *data_dir; /* owned */
+    const char **resources;
+    uint32_t resource_count;
+    const mp_list *plugins;
+    const char *token;
+    uint32_t max_frame;
+    uint32_t retain;
+    mp_log_level log_level;
+} mp_options;
+
+static void mp_oom(void) {
+    fprintf(stderr, "%s: out of memory\n", mp_prog);
+    exit(MP_EXIT_FAIL);
+}
+
+static char *mp_strdup(const char *s) {
+    char *d = strdup(s);
+    if (d == NULL) {
+        mp_oom();
+    }
+    return d;
+}
+
+static void mp_set(char **slot, const char *value) {
+    free(*slot);
+    *slot = mp_strdup(value);
+}
+
+static void mp_list_push(mp_list *l, const char *value) {
+    char **items = realloc(l->items, (l->len + 1) * sizeof *items);
+    if (items == NULL) {
+        mp_oom();
+    }
+    l->items = items;
+    l->items[l->len++] = mp_strdup(value);
+    l->set = true;
+}
+
+static void mp_list_free(mp_list *l) {
+    for (size_t i = 0; i < l->len; i++) {
+        free(l->items[i]);
+    }
+    free(l->items);
+    *l = (mp_list){0};
+}
+
+static void mp_settings_free(mp_settings *s) {
+    char **strs[] = {&s->config,   &s->listen, &s->port_file, &s->name,   &s->cluster,
+                     &s->data_dir, &s->token,  &s->max_frame, &s->retain, &s->log_level};
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
+        free(*strs[i]);
+        *strs[i] = NULL;
+    }
+    mp_list_free(&s->resources);
+    mp_list_free(&s->plugins);
+}
+
+/* ---- usage ------------------------------------------------------------------ */
+
+static void mp_usage(FILE *out) {
+    fprintf(out,
+            "Usage: %s [OPTION]...\n"
+            "Runs one mpreg node: RPC and pub/sub over one TCP port.\n"
+            "\n"
+            "  -c, --config FILE       read settings from a JSON file; flags given on the\n"
+            "                          command line win over it (keys below)\n"
+            "  -l, --listen HOST:PORT  address to listen on (default " MP_DEFAULT_LISTEN ");\n"
+            "                          port 0 picks a free port; IPv6 as [::1]:6464;\n"
+            "                          0.0.0.0 listens on every IPv4 interface\n"
+            "      --port-file PATH    once listening, write the bound port (and a newline)\n"
+            "                          to PATH, atomically; removed at exit (default: none)\n"
+            "  -n, --name NAME         node name, unique in the fabric: letters, digits,\n"
+            "                          '.', '_', '-' (default: node-<8 random hex digits>)\n"
+            "      --cluster ID        cluster id, same characters (default \"" MP_DEFAULT_CLUSTER
+            "\")\n"
+            "  -d, --data-dir DIR      the node's state; created if missing (default\n"
+            "                          $XDG_DATA_HOME/mpreg/NAME or ~/.local/share/mpreg/NAME)\n"
+            "  -r, --resource NAME     a resource the node's functions offer, for callers'\n"
+            "                          locs (repeatable; default: none)\n"
+            "  -p, --plugin PATH       load a plugin .so, which registers functions through\n"
+            "                          mpreg_plugin_init (repeatable; default: none)\n"
+            "      --token TOKEN       clients must present TOKEN in HELLO (default: none)\n"
+            "      --max-frame BYTES   largest frame received or sent; K and M suffixes\n"
+            "                          (1K to 64M; default 8M)\n"
+            "      --retain N          keep the last N messages of each topic, for\n"
+            "                          subscribers that ask for a replay (default 0: none)\n"
+            "      --log-level LEVEL   error, warn, info or debug (default info)\n"
+            "  -h, --help              show this help and exit\n"
+            "  -V, --version           show the version and exit\n"
+            "\n"
+            "Once listening it prints \"listening on HOST:PORT\" on stdout. Logs go to\n"
+            "stderr. SIGINT or SIGTERM stops it gracefully; a second one exits at once.\n"
+            "Each start bumps the node's incarnation, kept in DIR/incarnation.\n"
+            "\n"
+            "The config file is a JSON object with the keys listen, port_file, name,\n"
+            "cluster, data_dir, token, log_level (strings), max_frame (a number or a\n"
+            "string like \"1M\"), retain (a number), resources and plugins (arrays of\n"
+            "strings); '-' may stand for '_'. A setting given as a flag replaces the\n"
+            "file's (a list too). Relative paths are relative to the working\n"
+            "directory. For example:\n"
+            "  {\"listen\": \"0.0.0.0:6464\", \"name\": \"n1\", \"resources\": [\"gpu\"],\n"
+            "   \"plugins\": [\"./hello_plugin.so\"], \"log_level\": \"debug\"}\n"
+            "\n"
+            "Examples:\n"
+            "  %s\n"
+            "  %s --listen 127.0.0.1:0 --port-file /tmp/mpregd.port --data-dir /tmp/n1\n"
+            "  %s --name n1 --resource gpu --plugin build/examples/plugin/hello_plugin.so\n",
+            mp_prog, mp_prog, mp_prog, mp_prog);
+}
+
+/* A usage error: the problem, a hint, exit 2. */
+static void mp_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+static void mp_usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", mp_prog);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s --help' for more information.\n", mp_prog);
+    exit(MP_EXIT_USAGE);
+}
+
+/* ---- flags ------------------------------------------------------------------ */
+
+enum {
+    MP_OPT_PORT_FILE = 256,
+    MP_OPT_CLUSTER,
+    MP_OPT_TOKEN,
+    MP_OPT_MAX_FRAME,
+    MP_OPT_RETAIN,
+    MP_OPT_LOG_LEVEL,
+};
+
+static const struct option mp_long_options[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"listen", required_argument, NULL, 'l'},
+    {"port-file", required_argument, NULL, MP_OPT_PORT_FILE},
+    {"name", required_argument, NULL, 'n'},
+    {"cluster", required_argument, NULL, MP_OPT_CLUSTER},
+    {"data-dir", required_argument, NULL, 'd'},
+    {"resource", required_argument, NULL, 'r'},
+    {"plugin", required_argument, NULL, 'p'},
+    {"token", required_argument, NULL, MP_OPT_TOKEN},
+    {"max-frame", required_argument, NULL, MP_OPT_MAX_FRAME},
+    {"retain", required_argument, NULL, MP_OPT_RETAIN},
+    {"log-level", required_argument, NULL, MP_OPT_LOG_LEVEL},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
+
+/* The option as the user wrote it, for messages about it: "--name" (without
+ * any "=value") or "-x". */
+static const char *mp_bad_option(char **argv, int optopt_value) {
+    static char buf[64];
+    const char *arg = argv[optind - 1];
+    if (strncmp(arg, "--", 2) == 0) {
+        snprintf(buf, sizeof buf, "%.*s", (int)strcspn(arg, "="), arg);
+    } else {
+        snprintf(buf, sizeof buf, "-%c", optopt_value);
+    }
+    return buf;
+}
+
+static void mp_parse_flags(int argc, char **argv, mp_settings *f) {
+    opterr = 0; /* our own messages, with the usage hint */
+    int c;
+    while ((c = getopt_long(argc, argv, ":c:l:n:d:r:p:hV", mp_long_options, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            mp_set(&f->config, optarg);
+            break;
+        case 'l':
+            mp_set(&f->listen, optarg);
+            break;
+        case MP_OPT_PORT_FILE:
+            mp_set(&f->port_file, optarg);
+            break;
+        case 'n':
+            mp_set(&f->name, optarg);
+            break;
+        case MP_OPT_CLUSTER:
+            mp_set(&f->cluster, optarg);
+            break;
+        case 'd':
+            mp_set(&f->data_dir, optarg);
+            break;
+        case 'r':
+            mp_list_push(&f->resources, optarg);
+            break;
+        case 'p':
+            mp_list_push(&f->plugins, optarg);
+            break;
+        case MP_OPT_TOKEN:
+            mp_set(&f->token, optarg);
+            break;
+        case MP_OPT_MAX_FRAME:
+            mp_set(&f->max_frame, optarg);
+            break;
+        case MP_OPT_RETAIN:
+            mp_set(&f->retain, optarg);
+            break;
+        case MP_OPT_LOG_LEVEL:
+            mp_set(&f->log_level, optarg);
+            break;
+        case 'h':
+            mp_usage(stdout);
+            exit(0);
+        case 'V':
+            printf("%s %s\n", mp_prog, MPREG_VERSION);
+            exit(0);
+        case ':':
+            mp_usage_error("option '%s' needs an argument", mp_bad_option(argv, optopt));
+        default:
+            mp_usage_error("unknown option '%s'", mp_bad_option(argv, optopt));
+        }
+    }
+    if (optind < argc) {
+        mp_usage_error("unexpected argument '%s' (every setting is an option)", argv[optind]);
+    }
+}
+
+/* ---- config file ---------------------------------------------------------- */
+
+/* A config key in canonical form ('-' read as '_'), or NULL when too long. */
+static const char *mp_config_key(const char *key, char *buf, size_t size) {
+    size_t n = strlen(key);
+    if (n >= size) {
+        return NULL;
+    }
+    for (size_t i = 0; i <= n; i++) {
+        buf[i] = key[i] == '-' ? '_' : key[i];
+    }
+    return buf;
+}
+
+static void mp_config_string(const char *path, const char *key, json_t *v, char **slot) {
+    if (!json_is_string(v)) {
+        mp_usage_error("config %s: \"%s\" must be a string", path, key);
+    }
+    mp_set(slot, json_string_value(v));
+}
+
+static void mp_config_list(const char *path, const char *key, json_t *v, mp_list *l) {
+    if (!json_is_array(v)) {
+        mp_usage_error("config %s: \"%s\" must be an array of strings", path, key);
+    }
+    l->set = true;
+    size_t i;
+    json_t *item;
+    json_array_foreach(v, i, item) {
+        if (!json_is_string(item)) {
+            mp_usage_error("config %s: \"%s\"[%zu] must be a string", path, key, i);
+        }
+        mp_list_push(l, json_string_value(item));
+    }
+}
+
+/* A number, or a string such as "8M". */
+static void mp_config_number(const char *path, const char *key, json_t *v, char **slot) {
+    if (json_is_integer(v)) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
+        mp_set(slot, buf);
+        return;
+    }
+    if (!json_is_string(v)) {
+        mp_usage_error("config %s: \"%s\" must be a number", path, key);
+    }
+    mp_set(slot, json_string_value(v));
+}
+
+static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp_settings *c) {
+    char buf[32];
+    const char *key = mp_config_key(raw_key, buf, sizeof buf);
+    struct {
+        const char *key;
+        char **slot;
+    } strings[] = {
+        {"listen", &c->listen},       {"port_file", &c->port_file}, {"name", &c->name},
+        {"cluster", &c->cluster},     {"data_dir", &c->data_dir},   {"token", &c->token},
+        {"log_level", &c->log_level},
+    };
+    for (size_t i = 0; key != NULL && i < sizeof strings / sizeof strings[0]; i++) {
+        if (strcmp(key, strings[i].key) == 0) {
+            mp_config_string(path, raw_key, v, strings[i].slot);
+            return;
+        }
+    }
+    if (key != NULL && strcmp(key, "resources") == 0) {
+        mp_config_list(path, raw_key, v, &c->resources);
+    } else if (key != NULL && strcmp(key, "plugins") == 0) {
+        mp_config_list(path, raw_key, v, &c->plugins);
+    } else if (key != NULL && strcmp(key, "max_frame") == 0) {
+        mp_config_number(path, raw_key, v, &c->max_frame);
+    } else if (key != NULL && strcmp(key, "retain") == 0) {
+        mp_config_number(path, raw_key, v, &c->retain);
+    } else {
+        mp_usage_error("config %s: unknown key \"%s\" (known: listen, port_file, name, cluster, "
+                       "data_dir, resources, plugins, token, max_frame, retain, log_level)",
+                       path, raw_key);
+    }
+}
+
+static void mp_load_config(const char *path, mp_settings *c) {
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        if (jerr.line < 0) { /* could not read the file at all */
+            mp_usage_error("config %s: %s", path, jerr.text);
+        }
+        mp_usage_error("config %s: line %d column %d: %s", path, jerr.line, jerr.column, jerr.text);
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        mp_usage_error("config %s: expected a JSON object at the top", path);
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        mp_config_entry(path, key, v, c);
+    }
+    json_decref(root);
+}
+
+/* The file's value where the flags have none (taking it). */
+static void mp_take(char **flag, char **file) {
+    if (*flag == NULL) {
+        *flag = *file;
+        *file = NULL;
+    }
+}
+
+static void mp_take_list(mp_list *flag, mp_list *file) {
+    if (!flag->set) {
+        mp_list_free(flag);
+        *flag = *file;
+        *file = (mp_list){0};
+    }
+}
+
+/* Flags win: a setting given on the command line replaces the file's. */
+static void mp_merge(mp_settings *flags, mp_settings *file) {
+    mp_take(&flags->listen, &file->listen);
+    mp_take(&flags->port_file, &file->port_file);
+    mp_take(&flags->name, &file->name);
+    mp_take(&flags->cluster, &file->cluster);
+    mp_take(&flags->data_dir, &file->data_dir);
+    mp_take(&flags->token, &file->token);
+    mp_take(&flags->max_frame, &file->max_frame);
+    mp_take(&flags->retain, &file->retain);
+    mp_take(&flags->log_level, &file->log_level);
+    mp_take_list(&flags->resources, &file->resources);
+    mp_take_list(&flags->plugins, &file->plugins);
+}
+
+/* ---- checking ------------------------------------------------------------- */
+
+static bool mp_parse_port(const char *text, uint16_t *out) {
+    if (*text == '\0' || strlen(text) > 5) {
+        return false;
+    }
+    unsigned long v = 0;
+    for (const char *p = text; *p != '\0'; p++) {
+        if (*p < '0' || *p > '9') {
+            return false;
+        }
+        v = v * 10 + (unsigned long)(*p - '0');
+    }
+    if (v > 65535) {
+        return false;
+    }
+    *out = (uint16_t)v;
+    return true;
+}
+
+/* "HOST:PORT" or "[V6]:PORT". */
+static void mp_check_listen(const char *text, mp_options *o) {
+    const char *colon;
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (close == NULL || close[1] != ':') {
+            mp_usage_error("--listen '%s': expected [IPV6]:PORT", text);
+        }
+        colon = close + 1;
+    } else {
+        colon = strrchr(text, ':');
+        if (colon == NULL) {
+            mp_usage_error("--listen '%s': expected HOST:PORT, e.g. 127.0.0.1:6464", text);
+        }
+        if (memchr(text, ':', (size_t)(colon - text)) != NULL) {
+            mp_usage_error("--listen '%s': write an IPv6 address in brackets, e.g. [::1]:6464",
+                           text);
+        }
+    }
+    size_t host_len = (size_t)(colon - text);
+    if (host_len == 0 || (text[0] == '[' && host_len == 2)) {
+        mp_usage_error("--listen '%s': missing host (0.0.0.0 listens on every interface)", text);
+    }
+    if (host_len >= sizeof o->host) {
+        mp_usage_error("--listen '%s': host too long", text);
+    }
+    if (!mp_parse_port(colon + 1, &o->port)) {
+        mp_usage_error("--listen '%s': port must be a number from 0 to 65535", text);
+    }
+    memcpy(o->host, text, host_len);
+    o->host[host_len] = '\0';
+}
+
+/* Names become directory names and travel in every envelope: keep them to
+ * characters that are safe everywhere. */
+static void mp_check_name(const char *what, const char *text) {
+    size_t n = strlen(text);
+    if (n == 0 || n > MP_MAX_NAME_LEN) {
+        mp_usage_error("%s '%s': must be 1 to %u characters", what, text, MP_MAX_NAME_LEN);
+    }
+    if (text[0] == '.') {
+        mp_usage_error("%s '%s': must not start with '.'", what, text);
+    }
+    for (size_t i = 0; i < n; i++) {
+        char ch = text[i];
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-';
+        if (!ok) {
+            mp_usage_error("%s '%s': only letters, digits, '.', '_' and '-' are allowed", what,
+                           text);
+        }
+    }
+}
+
+/* "8388608", "512K", "8M" (binary multiples). */
+static void mp_check_max_frame(const char *text, uint32_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    bool ok = end != text && text[0] != '-' && errno == 0;
+    unsigned long long mult = 1;
+    if (ok && (*end == 'k' || *end == 'K')) {
+        mult = 1024;
+        end++;
+    } else if (ok && (*end == 'm' || *end == 'M')) {
+        mult = 1024 * 1024;
+        end++;
+    }
+    if (!ok || *end != '\0') {
+        mp_usage_error("--max-frame '%s': expected a number of bytes, e.g. 8388608 or 8M", text);
+    }
+    if (v > MP_MAX_FRAME / mult || v * mult < MP_MIN_FRAME) {
+        mp_usage_error("--max-frame '%s': must be from 1K to %uM", text,
+                       (unsigned)(MP_MAX_FRAME >> 20));
+    }
+    *out = (uint32_t)(v * mult);
+}
+
+static void mp_check_retain(const char *text, uint32_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (end == text || *end != '\0' || text[0] == '-' || errno != 0 || v > MP_MAX_RETAIN) {
+        mp_usage_error("--retain '%s': expected a number of messages from 0 to %u", text,
+                       MP_MAX_RETAIN);
+    }
+    *out = (uint32_t)v;
+}
+
+static void mp_check_resources(const mp_list *l, mp_options *o) {
+    if (l->len > MP_ENTRY_MAX_RESOURCES) {
+        mp_usage_error("--resource: at most %u resources", MP_ENTRY_MAX_RESOURCES);
+    }
+    o->resources = calloc(l->len + 1, sizeof *o->resources);
+    if (o->resources == NULL) {
+        mp_oom();
+    }
+    for (size_t i = 0; i < l->len; i++) {
+        const char *r = l->items[i];
+        size_t n = strlen(r);
+        if (n == 0 || n > MP_ENTRY_MAX_STR || !mpreg_utf8_valid(r, n)) {
+            mp_usage_error("--resource '%s': must be 1 to %u bytes of UTF-8", r, MP_ENTRY_MAX_STR);
+        }
+        bool seen = false; /* a repeated resource is the same resource */
+        for (uint32_t j = 0; j < o->resource_count; j++) {
+            seen = seen || strcmp(o->resources[j], r) == 0;
+        }
+        if (!seen) {
+            o->resources[o->resource_count++] = r;
+        }
+    }
+}
+
+static void mp_check(const mp_settings *s, mp_options *o) {
+    mp_check_listen(s->listen != NULL ? s->listen : MP_DEFAULT_LISTEN, o);
+    if (s->port_file != NULL && s->port_file[0] == '\0') {
+        mp_usage_error("--port-file: empty path");
+    }
+    o->port_file = s->port_file;
+    if (s->name != NULL) {
+        mp_check_name("--name", s->name);
+        snprintf(o->name, sizeof o->name, "%s", s->name);
+    }
+    o->cluster = s->cluster != NULL ? s->cluster : MP_DEFAULT_CLUSTER;
+    mp_check_name("--cluster", o->cluster);
+    if (s->data_dir != NULL && s->data_dir[0] == '\0') {
+        mp_usage_error("--data-dir: empty path");
+    }
+    mp_check_resources(&s->resources, o);
+    for (size_t i = 0; i < s->plugins.len; i++) {
+        if (s->plugins.items[i][0] == '\0') {
+            mp_usage_error("--plugin: empty path");
+        }
+    }
+    o->plugins = &s->plugins;
+    if (s->token != NULL && (s->token[0] == '\0' || strlen(s->token) > MP_TOKEN_MAX)) {
+        mp_usage_error("--token: must be 1 to %u bytes", MP_TOKEN_MAX);
+    }
+    o->token = s->token;
+    o->max_frame = MP_FRAME_DEFAULT_MAX;
+    if (s->max_frame != NULL) {
+        mp_check_max_frame(s->max_frame, &o->max_frame);
+    }
+    if (s->retain != NULL) {
+        mp_check_retain(s->retain, &o->retain);
+    }
+    o->log_level = MP_LOG_INFO;
+    if (s->log_level != NULL && !mp_log_level_parse(s->log_level, &o->log_level)) {
+        mp_usage_error("--log-level '%s': expected error, warn, info or debug", s->log_level);
+    }
+}
+
+/* ---- start-up failures ------------------------------------------------------ */
+
+static void mp_fail(const char *node, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Logs why the node cannot start. The caller exits with MP_EXIT_FAIL. */
+static void mp_fail(const char *node, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    mp_log_write(MP_LOG_ERROR, node, "%s", msg);
+}
+
+/* ---- data directory ------------------------------------------------------- */
+
+static char *mp_join(const char *a, const char *b) {
+    char *out;
+    if (asprintf(&out, "%s/%s", a, b) < 0) {
+        mp_oom();
+    }
+    return out;
+}
+
+/* $XDG_DATA_HOME/mpreg/NAME, else $HOME/.local/share/mpreg/NAME; NULL when
+ * there is no home to find. */
+static char *mp_default_data_dir(const char *name) {
+    char *out = NULL;
+    const char *xdg = getenv("XDG_DATA_HOME");
+    if (xdg != NULL && xdg[0] == '/') { /* the spec says to ignore relative ones */
+        if (asprintf(&out, "%s/mpreg/%s", xdg, name) < 0) {
+            mp_oom();
+        }
+        return out;
+    }
+    const char *home = getenv("HOME");
+    if (home == NULL || home[0] == '\0') {
+        struct passwd *pw = getpwuid(getuid());
+        home = pw != NULL ? pw->pw_dir : NULL;
+    }
+    if (home == NULL || home[0] == '\0') {
+        return NULL;
+    }
+    if (asprintf(&out, "%s/.local/share/mpreg/%s", home, name) < 0) {
+        mp_oom();
+    }
+    return out;
+}
+
+/* mkdir -p, new directories private to the user. */
+static int mp_mkdirs(const char *path) {
+    char *p = mp_strdup(path);
+    int rc = 0;
+    for (char *s = p + 1; rc == 0; s++) {
+        bool end = *s == '\0';
+        if (*s == '/' || end) {
+            *s = '\0';
+            if (mkdir(p, 0700) != 0 && errno != EEXIST) {
+                rc = -1;
+            }
+            if (end) {
+                break;
+            }
+            *s = '/';
+        }
+    }
+    free(p);
+    struct stat st;
+    if (rc == 0 && (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))) {
+        errno = ENOTDIR;
+        rc = -1;
+    }
+    return rc;
+}
+
+/* One node per data dir: two would bump one incarnation, and later share
+ * durable state. The lock dies with the process, however it dies. */
+static int mp_lock_data_dir(const char *node, const char *dir) {
+    char *path = mp_join(dir, "lock");
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        mp_fail(node, "data dir %s: cannot open %s: %s", dir, path, strerror(errno));
+        free(path);
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char holder[32] = "";
+        ssize_t n = pread(fd, holder, sizeof holder - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        mp_fail(node, "data dir %s is in use by another mpregd%s%s%s (use another --data-dir)", dir,
+                holder[0] ? " (pid " : "", holder, holder[0] ? ")" : "");
+        close(fd);
+        free(path);
+        return -1;
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) {
+        /* The pid is only a courtesy for the message above. */
+    }
+    free(path);
+    return fd;
+}
+
+/* Writes text to path atomically: a reader sees the old file or the new one,
+ * never half of one, even across a crash. */
+static int mp_write_atomic(const char *path, const char *text) {
+    char *tmp;
+    if (asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0) {
+        mp_oom();
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        free(tmp);
+        return -1;
+    }
+    size_t len = strlen(text);
+    bool ok = write(fd, text, len) == (ssize_t)len && fsync(fd) == 0;
+    int saved = errno;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        saved = ok ? errno : saved;
+        unlink(tmp);
+        free(tmp);
+        errno = saved;
+        return -1;
+    }
+    free(tmp);
+    return 0;
+}
+
+/* Reads DIR/incarnation (absent = 0), adds one, writes it back before the
+ * node starts: every start is a new incarnation, so the node's catalog
+ * entries from before a restart can never win over the new ones. */
+static int mp_bump_incarnation(const char *node, const char *dir, uint64_t *out) {
+    char *path = mp_join(dir, "incarnation");
+    uint64_t prev = 0;
+    FILE *f = fopen(path, "re");
+    int rc = -1;
+    if (f == NULL && errno != ENOENT) {
+        mp_fail(node, "cannot read %s: %s", path, strerror(errno));
+        goto done;
+    }
+    if (f != NULL) {
+        char buf[32] = "";
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        char *end;
+        errno = 0;
+        prev = strtoull(buf, &end, 10);
+        if (end == buf || buf[0] == '-' || errno != 0 || (*end != '\0' && *end != '\n') ||
+            prev == UINT64_MAX) {
+            mp_fail(node, "%s is corrupt (expected a number): fix it or use another --data-dir",
+                    path);
+            goto done;
+        }
+    }
+    char text[32];
+    snprintf(text, sizeof text, "%llu\n", (unsigned long long)(prev + 1));
+    if (mp_write_atomic(path, text) != 0) {
+        mp_fail(node, "cannot write %s: %s", path, strerror(errno));
+        goto done;
+    }
+    *out = prev + 1;
+    rc = 0;
+done:
+    free(path);
+    return rc;
+}
+
+/* ---- plugins -------------------------------------------------------------- */
+
+typedef int (*mp_plugin_init_fn)(mpreg_registry *reg);
+
+typedef struct mp_plugins {
+    void **handles;
+    size_t len;
+} mp_plugins;
+
+static int mp_load_plugin(mp_server *server, const char *node, const char *path, void **handle) {
+    /* A bare file name is a file here, not a library for the linker's
+     * search path: that is what a user typing "--plugin x.so" means. */
+    char *local = NULL;
+    if (strchr(path, '/') == NULL && asprintf(&local, "./%s", path) < 0) {
+        mp_oom();
+    }
+    dlerror();
+    *handle = dlopen(local != NULL ? local : path, RTLD_NOW | RTLD_LOCAL);
+    free(local);
+    if (*handle == NULL) {
+        mp_fail(node, "plugin %s: cannot load: %s", path, dlerror());
+        return -1;
+    }
+    mp_plugin_init_fn init;
+    /* POSIX's way to turn dlsym's object pointer into a function pointer. */
+    *(void **)&init = dlsym(*handle, "mpreg_plugin_init");
+    if (init == NULL) {
+        mp_fail(node, "plugin %s: no mpreg_plugin_init function (is it an mpreg plugin?)", path);
+        return -1;
+    }
+    int rc = init(mp_server_registry(server));
+    if (rc != 0) {
+        mp_fail(node, "plugin %s: mpreg_plugin_init refused to load (returned %d)", path, rc);
+        return -1;
+    }
+    mp_server_log(server, MP_LOG_INFO, "plugin %s loaded", path);
+    return 0;
+}
+
+static int mp_load_plugins(mp_server *server, const char *node, const mp_list *paths,
+                           mp_plugins *out) {
+    out->handles = calloc(paths->len + 1, sizeof *out->handles);
+    if (out->handles == NULL) {
+        mp_oom();
+    }
+    for (size_t i = 0; i < paths->len; i++) {
+        int rc = mp_load_plugin(server, node, paths->items[i], &out->handles[out->len]);
+        if (out->handles[out->len] != NULL) {
+            out->len++;
+        }
+        if (rc != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* After the node is gone: its registry held pointers into the plugins. */
+static void mp_unload_plugins(mp_plugins *p) {
+    for (size_t i = p->len; i > 0; i--) {
+        dlclose(p->handles[i - 1]);
+    }
+    free(p->handles);
+    *p = (mp_plugins){0};
+}
+
+/* ---- main ------------------------------------------------------------------- */
+
+static void mp_random_name(char *out, size_t size) {
+    uint8_t bytes[4];
+    randombytes_buf(bytes, sizeof bytes);
+    snprintf(out, size, "node-%02x%02x%02x%02x", bytes[0], bytes[1], bytes[2], bytes[3]);
+}
+
+/* Everything that must be undone at exit, whatever point start-up reached. */
+typedef struct mp_daemon {
+    mp_settings flags;
+    mp_settings file;
+    mp_options opts;
+    int lock_fd;
+    mp_server *server;
+    mp_plugins plugins;
+    bool port_file_written;
+} mp_daemon;
+
+static void mp_daemon_free(mp_daemon *d) {
+    mp_server_free(d->server);
+    mp_unload_plugins(&d->plugins);
+    if (d->port_file_written) {
+        unlink(d->opts.port_file); /* a stale port would mislead whoever waits for it */
+    }
+    if (d->lock_fd >= 0) {
+        close(d->lock_fd);
+    }
+    free(d->opts.data_dir);
+    free(d->opts.resources);
+    mp_settings_free(&d->flags);
+    mp_settings_free(&d->file);
+}
+
+static int mp_prepare_data_dir(mp_daemon *d, uint64_t *incarnation) {
+    mp_options *o = &d->opts;
+    const mp_settings *s = &d->flags;
+    o->data_dir = s->data_dir != NULL ? mp_strdup(s->data_dir) : mp_default_data_dir(o->name);
+    if (o->data_dir == NULL) {
+        mp_fail(o->name, "no home directory for the default data dir: give --data-dir");
+        return -1;
+    }
+    if (mp_mkdirs(o->data_dir) != 0) {
+        mp_fail(o->name, "data dir %s: %s", o->data_dir, strerror(errno));
+        return -1;
+    }
+    d->lock_fd = mp_lock_data_dir(o->name, o->data_dir);
+    if (d->lock_fd < 0) {
+        return -1;
+    }
+    return mp_bump_incarnation(o->name, o->data_dir, incarnation);
+}
+
+static int mp_listen(mp_daemon *d) {
+    mp_options *o = &d->opts;
+    uint16_t bound = 0;
+    if (mp_server_listen(d->server, o->host, o->port, &bound) != MPREG_OK) {
+        mp_fail(o->name, "%s%s", mp_server_last_error(d->server),
+                strstr(mp_server_last_error(d->server), "in use") != NULL
+                    ? " (is another mpregd running? pick another --listen port, or 0 for any)"
+                    : "");
+        return -1;
+    }
+    if (o->port_file != NULL) {
+        char text[16];
+        snprintf(text, sizeof text, "%u\n", (unsigned)bound);
+        if (mp_write_atomic(o->port_file, text) != 0) {
+            mp_fail(o->name, "--port-file %s: %s", o->port_file, strerror(errno));
+            return -1;
+        }
+        d->port_file_written = true;
+    }
+    printf("listening on %s:%u\n", o->host, (unsigned)bound);
+    fflush(stdout);
+    return 0;
+}
+
+static int mp_start(mp_daemon *d) {
+    mp_options *o = &d->opts;
+    uint64_t incarnation = 0;
+    if (mp_prepare_data_dir(d, &incarnation) != 0) {
+        return -1;
+    }
+    mp_node_config cfg = {
+        .node_id = o->name,
+        .name = o->name,
+        .cluster = o->cluster,
+        .resources = o->resources,
+        .resource_count = o->resource_count,
+        .incarnation = incarnation,
+        .token = o->token,
+        .max_frame = o->max_frame,
+        .log_level = o->log_level,
+    };
+    /* A zeroed pubsub config means "all defaults" to the node; with one field
+     * set, the others must be filled in too. */
+    mp_pubsub_config_default(&cfg.pubsub);
+    cfg.pubsub.retain_per_topic = o->retain;
+    if (mp_server_new(&cfg, &d->server) != MPREG_OK) {
+        return -1;
+    }
+    mp_server_log(d->server, MP_LOG_INFO, "data dir %s", o->data_dir);
+    /* Plugins before listening: a client never sees the node without them. */
+    if (mp_load_plugins(d->server, o->name, o->plugins, &d->plugins) != 0) {
+        return -1;
+    }
+    return mp_listen(d);
+}
+
+int main(int argc, char **argv) {
+    /* A peer's reset must fail a write, not kill the daemon (transport.h). */
+    signal(SIGPIPE, SIG_IGN);
+    mp_daemon d = {.lock_fd = -1};
+    mp_parse_flags(argc, argv, &d.flags);
+    if (d.flags.config != NULL) {
+        mp_load_config(d.flags.config, &d.file);
+    }
+    mp_merge(&d.flags, &d.file);
+    mp_check(&d.flags, &d.opts);
+    if (sodium_init() < 0) {
+        mp_fail(NULL, "libsodium failed to initialise");
+        mp_daemon_free(&d);
+        return MP_EXIT_FAIL;
+    }
+    if (d.opts.name[0] == '\0') {
+        mp_random_name(d.opts.name, sizeof d.opts.name);
+    }
+    int status = MP_EXIT_FAIL;
+    if (mp_start(&d) == 0 && mp_server_run(d.server) == MPREG_OK) {
+        status = 0;
+    }
+    mp_daemon_free(&d);
+    return status;
+}

@@ -1,0 +1,321 @@
+/* node.c - the node's lifecycle: configuration, the modules it composes,
+ * logging, catalog advertising, ticks and the graceful stop.
+ *
+ * The rest of the node lives next door (node_internal.h has the map). This
+ * file wires the catalog, the routing engine and the pub/sub service
+ * together, advertises what the node is in the catalog, and turns the
+ * driver's clock into timer firings. */
+#include "node/node_internal.h"
+
+#include "core/frame.h"
+#include "mpreg/value.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- small helpers shared by the node's files ------------------------------ */
+
+const char *mp_log_level_name(mp_log_level level) {
+    switch (level) {
+    case MP_LOG_ERROR:
+        return "error";
+    case MP_LOG_WARN:
+        return "warn";
+    case MP_LOG_INFO:
+        return "info";
+    case MP_LOG_DEBUG:
+        return "debug";
+    }
+    return "unknown";
+}
+
+void mp_node_log(const mp_node *n, mp_log_level level, const char *fmt, ...) {
+    if (!n->io.log || level > n->log_level) {
+        return;
+    }
+    /* One line, cut if it must be: a log line is not worth an allocation. */
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    n->io.log(n->io.ud, level, line);
+}
+
+mpreg_err mp_strlist_copy_into(const mp_strlist *src, mp_strlist *dst) {
+    for (uint32_t i = 0; src && i < src->count; i++) {
+        mpreg_err err = mp_strlist_push(dst, src->items[i]);
+        if (err) {
+            return err;
+        }
+    }
+    return MPREG_OK;
+}
+
+static int mp_cstr_cmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Adds add's items that dst lacks, then sorts: advertised resource lists
+ * are canonical, so the same providers always give the same entry. */
+mpreg_err mp_strlist_union_into(mp_strlist *dst, const mp_strlist *add) {
+    for (uint32_t i = 0; add && i < add->count; i++) {
+        if (!mp_strlist_contains(dst, add->items[i])) {
+            mpreg_err err = mp_strlist_push(dst, add->items[i]);
+            if (err) {
+                return err;
+            }
+        }
+    }
+    if (dst->count > 1) {
+        qsort(dst->items, dst->count, sizeof *dst->items, mp_cstr_cmp);
+    }
+    return MPREG_OK;
+}
+
+mpreg_err mp_node_advertise(mp_node *n, mp_entry *e) {
+    e->version.incarnation = n->incarnation;
+    e->version.counter = ++n->counter;
+    e->ttl_ms = 0; /* our own entries live as long as we do */
+    mp_apply_result result;
+    mpreg_err err = mp_catalog_apply_entry(n->catalog, e, n->now_ms, &result);
+    if (err) {
+        mp_node_log(n, MP_LOG_WARN, "catalog refused an entry of this node: %s",
+                    mpreg_err_name(err));
+    }
+    return err;
+}
+
+/* --- configuration --------------------------------------------------------- */
+
+static bool mp_name_ok(const char *s, size_t max) {
+    size_t len = s ? strlen(s) : 0;
+    return len > 0 && len <= max && mpreg_utf8_valid(s, len);
+}
+
+static bool mp_config_ok(const mp_node_config *cfg, const mp_node_io *io, mp_rng *rng) {
+    if (!cfg || !io || !rng || !io->output || !io->output_commit || !io->over_high_water ||
+        !io->set_reading || !io->close) {
+        return false;
+    }
+    if (!mp_name_ok(cfg->node_id, MP_MAX_NAME_LEN) ||
+        (cfg->cluster && !mp_name_ok(cfg->cluster, MP_MAX_NAME_LEN)) ||
+        (cfg->name && !mp_name_ok(cfg->name, MP_ENTRY_MAX_STR))) {
+        return false;
+    }
+    if (cfg->resource_count > MP_ENTRY_MAX_RESOURCES ||
+        (cfg->resource_count > 0 && !cfg->resources)) {
+        return false;
+    }
+    for (uint32_t i = 0; i < cfg->resource_count; i++) {
+        if (!mp_name_ok(cfg->resources[i], MP_ENTRY_MAX_STR)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static char *mp_strdup_or_null(const char *s) {
+    if (!s) {
+        return NULL;
+    }
+    size_t len = strlen(s) + 1;
+    char *d = malloc(len);
+    if (d) {
+        memcpy(d, s, len);
+    }
+    return d;
+}
+
+static mpreg_err mp_node_copy_config(mp_node *n, const mp_node_config *cfg) {
+    n->node_id = mp_strdup_or_null(cfg->node_id);
+    n->name = mp_strdup_or_null(cfg->name ? cfg->name : cfg->node_id);
+    n->cluster = mp_strdup_or_null(cfg->cluster ? cfg->cluster : "default");
+    /* An empty token is no token: nobody could be refused for lacking it. */
+    bool has_token = cfg->token && cfg->token[0];
+    n->token = has_token ? mp_strdup_or_null(cfg->token) : NULL;
+    if (!n->node_id || !n->name || !n->cluster || (has_token && !n->token)) {
+        return MPREG_E_NOMEM;
+    }
+    for (uint32_t i = 0; i < cfg->resource_count; i++) {
+        mp_strlist one = {(char **)&cfg->resources[i], 1};
+        mpreg_err err = mp_strlist_union_into(&n->resources, &one);
+        if (err) {
+            return err;
+        }
+    }
+    n->incarnation = cfg->incarnation;
+    n->max_frame = cfg->max_frame ? cfg->max_frame : MP_FRAME_DEFAULT_MAX;
+    if (n->max_frame > MP_FRAME_LIMIT_MAX) {
+        n->max_frame = MP_FRAME_LIMIT_MAX;
+    }
+    n->handshake_timeout_ms =
+        cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : MP_NODE_DEFAULT_HANDSHAKE_MS;
+    n->rpc_timeout_ms = cfg->rpc_timeout_ms ? cfg->rpc_timeout_ms : MP_NODE_DEFAULT_RPC_TIMEOUT_MS;
+    n->log_level = cfg->log_level;
+    return MPREG_OK;
+}
+
+static bool mp_pubsub_config_zero(const mp_pubsub_config *c) {
+    return c->retain_per_topic == 0 && c->retain_max_bytes == 0 && c->dedupe_max_ids == 0 &&
+           c->dedupe_window_ms == 0;
+}
+
+static mpreg_err mp_node_compose(mp_node *n, const mp_node_config *cfg) {
+    mp_catalog_config cc = {.local_node = n->node_id, .local_cluster = n->cluster};
+    n->catalog = mp_catalog_new(&cc);
+    if (!n->catalog) {
+        return MPREG_E_NOMEM;
+    }
+    mp_engine_config ec = {.catalog = n->catalog, .rng = n->rng};
+    n->engine = mp_engine_new(&ec);
+    mp_pubsub_config pc = cfg->pubsub;
+    if (mp_pubsub_config_zero(&pc)) {
+        mp_pubsub_config_default(&pc);
+    }
+    n->pubsub_retains = pc.retain_per_topic > 0;
+    mp_pubsub_hooks hooks = {.ud = n, .deliver = mp_ps_deliver, .on_interest = mp_ps_interest};
+    n->pubsub = mp_pubsub_new(&pc, &hooks);
+    return n->engine && n->pubsub ? MPREG_OK : MPREG_E_NOMEM;
+}
+
+/* The node descriptor: what other nodes learn about this one. */
+static mpreg_err mp_node_describe(mp_node *n) {
+    mp_entry e;
+    mpreg_err err = mp_entry_node(&e, n->node_id, n->name, n->cluster, n->incarnation);
+    if (err) {
+        return err;
+    }
+    static const char *const caps[] = {"rpc", "pubsub"};
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0] && !err; i++) {
+        err = mp_strlist_push(&e.u.node.capabilities, caps[i]);
+    }
+    if (!err) {
+        err = mp_strlist_copy_into(&n->resources, &e.u.node.resources);
+    }
+    if (!err) {
+        err = mp_node_advertise(n, &e);
+    }
+    mp_entry_free(&e);
+    return err;
+}
+
+mp_node *mp_node_new(const mp_node_config *cfg, const mp_node_io *io, mp_rng *rng,
+                     uint64_t now_ms) {
+    if (!mp_config_ok(cfg, io, rng)) {
+        return NULL;
+    }
+    mp_node *n = calloc(1, sizeof *n);
+    if (!n) {
+        return NULL;
+    }
+    n->io = *io;
+    n->rng = rng;
+    n->started_ms = n->now_ms = now_ms;
+    n->registry.node = n;
+    mp_map_init(&n->conns);
+    mp_map_init(&n->functions);
+    mp_map_init(&n->invokes);
+    mp_list_init(&n->conn_list);
+    mp_list_init(&n->orphans);
+    if (mp_node_copy_config(n, cfg) || mp_node_compose(n, cfg) || mp_node_describe(n) ||
+        mp_builtins_register(n)) {
+        mp_node_free(n);
+        return NULL;
+    }
+    mp_node_log(n, MP_LOG_INFO, "node %s (%s) of cluster %s, incarnation %llu", n->node_id, n->name,
+                n->cluster, (unsigned long long)n->incarnation);
+    return n;
+}
+
+static void mp_conn_free_all(mp_node *n) {
+    /* Requests first, everywhere: freeing them releases the calls they have
+     * on workers, so nothing is failed (and nothing sent) on the way out. */
+    for (mp_link *l = n->conn_list.next; l != &n->conn_list; l = l->next) {
+        mp_rpc_conn_requests_drop(n, MP_CONTAINER(l, mp_conn, link));
+    }
+    while (!mp_list_empty(&n->conn_list)) {
+        mp_conn *c = MP_CONTAINER(n->conn_list.next, mp_conn, link);
+        mp_list_remove(&c->link);
+        mp_timer_cancel(&n->timers, &c->handshake);
+        free(c->subs);
+        free(c->name);
+        free(c->addr);
+        free(c);
+    }
+    mp_map_free(&n->conns, NULL);
+}
+
+void mp_node_free(mp_node *n) {
+    if (!n) {
+        return;
+    }
+    mp_conn_free_all(n);
+    mp_rpc_free_orphans(n);
+    mp_functions_free_all(n);
+    mp_map_free(&n->invokes, NULL);
+    mp_timer_heap_free(&n->timers);
+    free(n->shed_pending);
+    mp_pubsub_free(n->pubsub);
+    mp_engine_free(n->engine);
+    mp_catalog_free(n->catalog);
+    mp_strlist_free(&n->resources);
+    free(n->node_id);
+    free(n->name);
+    free(n->cluster);
+    free(n->token);
+    free(n);
+}
+
+/* --- time ------------------------------------------------------------------ */
+
+void mp_node_tick(mp_node *n, uint64_t now_ms) {
+    n->now_ms = now_ms;
+    mp_timers_run(&n->timers, n, now_ms);
+    mp_catalog_expire(n->catalog, now_ms);
+    mp_pubsub_expire(n->pubsub, now_ms);
+}
+
+uint64_t mp_node_next_wakeup(const mp_node *n) {
+    uint64_t t = mp_timers_next(&n->timers);
+    uint64_t c = mp_catalog_next_expiry(n->catalog);
+    return t < c ? t : c;
+}
+
+/* --- stop ------------------------------------------------------------------ */
+
+void mp_node_stop(mp_node *n, uint64_t now_ms) {
+    n->now_ms = now_ms;
+    if (n->stopping) {
+        return;
+    }
+    n->stopping = true;
+    mp_node_log(n, MP_LOG_INFO, "stopping: saying goodbye to %zu connections",
+                mp_map_count(&n->conns));
+    for (mp_link *l = n->conn_list.next; l != &n->conn_list; l = l->next) {
+        mp_conn *c = MP_CONTAINER(l, mp_conn, link);
+        if (c->state == MP_CONN_CLOSING) {
+            continue;
+        }
+        mp_rpc_conn_requests_fail(n, c, MPREG_E_CLOSED, "the node is stopping");
+        mp_envelope bye;
+        mp_envelope_init(&bye, MP_KIND_GOODBYE);
+        mp_node_send(n, c->id, &bye);
+        mp_node_close_conn(n, c, MPREG_E_CLOSED);
+    }
+}
+
+/* --- accessors ------------------------------------------------------------- */
+
+mpreg_registry *mp_node_registry(mp_node *n) {
+    return &n->registry;
+}
+
+mp_catalog *mp_node_catalog(mp_node *n) {
+    return n->catalog;
+}
+
+const char *mp_node_id(const mp_node *n) {
+    return n->node_id;
+}

@@ -1,0 +1,129 @@
+/* node.h - the node: one state machine composing the fabric and the services.
+ *
+ * Sans-I/O. The driver (runtime/ with libuv, or sim/) owns sockets and
+ * timers; it tells the node what happened (a connection opened, a frame
+ * arrived, time passed) and the node answers through the mp_node_io
+ * callbacks (append frames to a connection's output, close it, pause its
+ * reading). The node never blocks and never reads a clock: every input
+ * carries now_ms, wall-clock milliseconds since the Unix epoch (deadlines in
+ * envelopes are in the same unit).
+ *
+ * Connections speak docs/PROTOCOL.md: the first frame must be HELLO (role
+ * "client" or "peer"), answered by WELCOME; then
+ *   PING -> PONG; GOODBYE -> orderly close;
+ *   RPC_REQUEST -> RPC_REPLY (dependency resolution, services/rpc_plan.h);
+ *   REGISTER / UNREGISTER (a worker offers functions) -> OK | ERROR;
+ *   RPC_RESULT (a worker answering an RPC_INVOKE the node sent it);
+ *   SUBSCRIBE -> OK {"subscription": id} | ERROR; UNSUBSCRIBE -> OK | ERROR;
+ *   PUBLISH -> (no reply; ERROR on a bad topic) and DELIVER to subscribers;
+ *   CONTROL (topic = operation: "status", "catalog", "subscriptions")
+ *     -> CONTROL_REPLY.
+ * Any bad frame gets an ERROR naming the problem; the connection stays open
+ * unless the framing itself is broken (the driver reports that through
+ * mp_node_on_protocol_error) or the handshake failed.
+ *
+ * Nothing here assumes a single node: RPC commands and publishes are routed
+ * through the routing engine over the catalog, which will hold other
+ * nodes' entries once membership exists. */
+#ifndef MP_NODE_H
+#define MP_NODE_H
+
+#include "core/buf.h"
+#include "core/rng.h"
+#include "fabric/catalog.h"
+#include "mpreg/error.h"
+#include "mpreg/plugin.h"
+#include "mpreg/value.h"
+#include "services/pubsub.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum mp_log_level {
+    MP_LOG_ERROR = 0,
+    MP_LOG_WARN = 1,
+    MP_LOG_INFO = 2,
+    MP_LOG_DEBUG = 3,
+} mp_log_level;
+
+const char *mp_log_level_name(mp_log_level level); /* "error", "warn", "info", "debug" */
+
+/* What the driver does for the node. Connection ids are the driver's
+ * (never reused). Every callback is required unless marked optional.
+ * Callbacks must not call back into the node: in particular the
+ * mp_node_on_close that follows io->close comes later, from the driver's
+ * loop, never from inside io->close. */
+typedef struct mp_node_io {
+    void *ud;
+    /* The connection's pending output: the node appends whole frames
+     * (mp_envelope_encode_frame). NULL when the connection is gone. */
+    mp_buf *(*output)(void *ud, uint64_t conn);
+    /* Tells the driver `frames` frames were appended (stats, flushing). */
+    void (*output_commit)(void *ud, uint64_t conn, uint32_t frames);
+    /* True when the connection's pending output is above its high-water
+     * mark: the node sheds pub/sub deliveries and stops reading RPC. */
+    bool (*over_high_water)(void *ud, uint64_t conn);
+    void (*set_reading)(void *ud, uint64_t conn, bool reading);
+    /* Closes the connection; with flush_first its pending output goes first.
+     * The driver later reports mp_node_on_close. */
+    void (*close)(void *ud, uint64_t conn, bool flush_first, mpreg_err reason);
+    /* Optional: counts frames the node dropped for this connection. */
+    void (*count_drop)(void *ud, uint64_t conn, uint32_t frames);
+    /* Optional: one structured log line (the driver adds time and node). */
+    void (*log)(void *ud, mp_log_level level, const char *message);
+} mp_node_io;
+
+typedef struct mp_node_config {
+    const char *node_id;          /* required; unique in the fabric */
+    const char *name;             /* NULL = node_id */
+    const char *cluster;          /* NULL = "default" */
+    const char *const *resources; /* of built-in and plugin functions */
+    uint32_t resource_count;
+    uint64_t incarnation;          /* grows with each start (the driver persists it) */
+    const char *token;             /* NULL = no authentication */
+    uint32_t max_frame;            /* 0 = MP_FRAME_DEFAULT_MAX; told to clients in WELCOME */
+    uint32_t handshake_timeout_ms; /* 0 = 10 000 */
+    uint32_t rpc_timeout_ms;       /* a request without deadline gets this; 0 = 30 000 */
+    mp_log_level log_level;
+    mp_pubsub_config pubsub; /* all zero = mp_pubsub_config_default; else used as given */
+} mp_node_config;
+
+typedef struct mp_node mp_node;
+
+/* NULL on a bad config or out of memory. rng is borrowed. */
+mp_node *mp_node_new(const mp_node_config *cfg, const mp_node_io *io, mp_rng *rng, uint64_t now_ms);
+void mp_node_free(mp_node *n);
+
+/* Functions: built-ins are registered by mp_node_new (echo, echos, sleep,
+ * fail, whoami); plugins and embedders use the registry. */
+mpreg_registry *mp_node_registry(mp_node *n);
+
+/* --- driver inputs ------------------------------------------------------ */
+void mp_node_on_open(mp_node *n, uint64_t conn, const char *peer_addr, uint64_t now_ms);
+void mp_node_on_frame(mp_node *n, uint64_t conn, const uint8_t *frame, size_t len, uint64_t now_ms);
+/* The framing of conn broke (oversized or empty frame): the node queues an
+ * ERROR and closes the connection after flushing it. */
+void mp_node_on_protocol_error(mp_node *n, uint64_t conn, mpreg_err err, uint64_t now_ms);
+/* conn drained below its low-water mark. */
+void mp_node_on_writable(mp_node *n, uint64_t conn, uint64_t now_ms);
+void mp_node_on_close(mp_node *n, uint64_t conn, mpreg_err reason, uint64_t now_ms);
+/* Runs timers due at now_ms (deadlines, handshakes, sleep, expiry). */
+void mp_node_tick(mp_node *n, uint64_t now_ms);
+/* When the node next needs mp_node_tick: absolute ms; UINT64_MAX = never.
+ * Any input may arm a timer (a request's deadline, a sleep), so drivers
+ * ask again after each one. */
+uint64_t mp_node_next_wakeup(const mp_node *n);
+/* Graceful stop: in-flight requests are answered with MPREG_E_CLOSED, then
+ * every connection gets a GOODBYE and is closed after flushing; connections
+ * opened afterwards are closed at once, and frames still arriving are
+ * ignored. */
+void mp_node_stop(mp_node *n, uint64_t now_ms);
+
+/* --- introspection -------------------------------------------------------- */
+/* The "status" control reply: node, cluster, uptime, connections, counters. */
+mpreg_err mp_node_status(const mp_node *n, uint64_t now_ms, mpreg_value *out);
+mp_catalog *mp_node_catalog(mp_node *n);
+const char *mp_node_id(const mp_node *n);
+
+#endif

@@ -1,0 +1,502 @@
+/* node_conn.c - connections: the handshake, dispatch by kind, sending, and
+ * the end of a connection.
+ *
+ * A connection starts in HANDSHAKE: its first frame must be a HELLO, within
+ * handshake_timeout_ms, else it gets an ERROR and is closed (after the
+ * ERROR is flushed). Once OPEN, a frame that does not decode gets an ERROR
+ * and the connection carries on: the length prefix keeps the stream in step,
+ * so one bad envelope says nothing about the next. Only a broken framing
+ * (the driver's mp_node_on_protocol_error) or a failed handshake closes.
+ *
+ * The node never answers an ERROR with an ERROR: two confused endpoints
+ * would otherwise bounce them forever. */
+#include "node/node_internal.h"
+
+#include "core/frame.h"
+#include "core/mpread.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+mp_conn *mp_conn_get(const mp_node *n, uint64_t id) {
+    return mp_map_get(&n->conns, &id, sizeof id);
+}
+
+mp_conn *mp_conn_for_node(mp_node *n, const char *node) {
+    /* No peer links yet: clustering will look up (or dial) the connection to
+     * `node` here. Until then every other node is unreachable. */
+    (void)n;
+    (void)node;
+    return NULL;
+}
+
+/* --- sending --------------------------------------------------------------- */
+
+mpreg_err mp_node_send(mp_node *n, uint64_t conn, mp_envelope *env) {
+    mp_buf *out = n->io.output(n->io.ud, conn);
+    if (!out) {
+        return MPREG_E_CLOSED;
+    }
+    if (mp_id_is_zero(&env->id)) {
+        env->id = mp_id_new(n->rng);
+    }
+    if (mp_str_empty(env->source_node)) {
+        env->source_node = mp_str_c(n->node_id);
+        env->source_cluster = mp_str_c(n->cluster);
+    }
+    size_t start = mp_frame_begin(out);
+    if (start == MP_FRAME_BEGIN_FAILED) {
+        return MPREG_E_NOMEM;
+    }
+    mpreg_err err = mp_envelope_encode(env, out);
+    if (err) {
+        out->len = start;
+        return err;
+    }
+    /* Never send what the peer must refuse: a frame over max_frame is cut
+     * back out of the buffer and the caller hears FRAME_TOO_LARGE. */
+    err = mp_frame_end(out, start, n->max_frame);
+    if (err) {
+        return err;
+    }
+    n->io.output_commit(n->io.ud, conn, 1);
+    return MPREG_OK;
+}
+
+mpreg_err mp_node_send_value(mp_node *n, uint64_t conn, mp_kind kind, const mp_id *correlation,
+                             const char *topic, const mpreg_value *v) {
+    mp_buf payload = MP_BUF_INIT;
+    mpreg_err err = v ? mpreg_value_encode(v, &payload) : MPREG_OK;
+    if (!err) {
+        mp_envelope env;
+        mp_envelope_init(&env, kind);
+        if (correlation) {
+            env.correlation_id = *correlation;
+        }
+        env.topic = topic ? mp_str_c(topic) : MP_STR_NULL;
+        env.payload = (mp_bytes){payload.data, payload.len};
+        err = mp_node_send(n, conn, &env);
+    }
+    mp_buf_free(&payload);
+    return err;
+}
+
+void mp_node_send_error(mp_node *n, uint64_t conn, const mp_id *correlation,
+                        const mp_rpc_error *e) {
+    mpreg_value v;
+    mpreg_err err = mp_rpc_error_to_value(e, &v);
+    if (!err) {
+        err = mp_node_send_value(n, conn, MP_KIND_ERROR, correlation, NULL, &v);
+    }
+    mpreg_value_free(&v);
+    if (err && err != MPREG_E_CLOSED) {
+        mp_node_log(n, MP_LOG_WARN, "conn %llu: could not send an ERROR: %s",
+                    (unsigned long long)conn, mpreg_err_name(err));
+    }
+}
+
+void mp_node_send_errorf(mp_node *n, uint64_t conn, const mp_id *correlation, mpreg_err code,
+                         const char *fmt, ...) {
+    char message[MP_RPC_MAX_MESSAGE];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    mp_rpc_error e = MP_RPC_ERROR_INIT;
+    mp_rpc_error_set(&e, code, NULL, "%s", message);
+    mp_node_send_error(n, conn, correlation, &e);
+    mp_rpc_error_free(&e);
+}
+
+void mp_node_close_conn(mp_node *n, mp_conn *c, mpreg_err reason) {
+    if (c->state == MP_CONN_CLOSING) {
+        return;
+    }
+    c->state = MP_CONN_CLOSING;
+    mp_timer_cancel(&n->timers, &c->handshake);
+    n->io.close(n->io.ud, c->id, true, reason);
+}
+
+void mp_conn_check_backpressure(mp_node *n, mp_conn *c) {
+    if (!c->reading_paused && c->state != MP_CONN_CLOSING &&
+        n->io.over_high_water(n->io.ud, c->id)) {
+        c->reading_paused = true;
+        n->io.set_reading(n->io.ud, c->id, false);
+        mp_node_log(n, MP_LOG_DEBUG, "conn %llu: over high water, reading paused",
+                    (unsigned long long)c->id);
+    }
+}
+
+/* --- opening and the handshake ---------------------------------------------- */
+
+static void mp_handshake_expired(mp_node *n, mp_timer *t) {
+    mp_conn *c = MP_CONTAINER(t, mp_conn, handshake);
+    mp_node_log(n, MP_LOG_INFO, "conn %llu: no HELLO within %u ms", (unsigned long long)c->id,
+                n->handshake_timeout_ms);
+    mp_node_send_errorf(n, c->id, NULL, MPREG_E_HANDSHAKE, "no HELLO within %u ms",
+                        n->handshake_timeout_ms);
+    mp_node_close_conn(n, c, MPREG_E_HANDSHAKE);
+}
+
+static char *mp_strndup0(const char *s, size_t len) {
+    char *d = malloc(len + 1);
+    if (d) {
+        memcpy(d, s, len);
+        d[len] = '\0';
+    }
+    return d;
+}
+
+void mp_node_on_open(mp_node *n, uint64_t conn, const char *peer_addr, uint64_t now_ms) {
+    n->now_ms = now_ms;
+    if (n->stopping) {
+        n->io.close(n->io.ud, conn, false, MPREG_E_CLOSED);
+        return;
+    }
+    if (mp_conn_get(n, conn)) {
+        mp_node_log(n, MP_LOG_WARN, "conn %llu opened twice", (unsigned long long)conn);
+        return;
+    }
+    mp_conn *c = calloc(1, sizeof *c);
+    if (!c || (peer_addr && !(c->addr = mp_strndup0(peer_addr, strlen(peer_addr))))) {
+        free(c);
+        n->io.close(n->io.ud, conn, false, MPREG_E_NOMEM);
+        return;
+    }
+    c->id = conn;
+    mp_list_init(&c->requests);
+    mp_list_init(&c->invokes);
+    mp_list_init(&c->functions);
+    mp_timer_init(&c->handshake, mp_handshake_expired);
+    if (mp_map_put(&n->conns, &c->id, sizeof c->id, c, NULL) ||
+        mp_timer_arm(&n->timers, &c->handshake, mp_add_ms(now_ms, n->handshake_timeout_ms))) {
+        mp_map_remove(&n->conns, &c->id, sizeof c->id);
+        mp_timer_cancel(&n->timers, &c->handshake);
+        free(c->addr);
+        free(c);
+        n->io.close(n->io.ud, conn, false, MPREG_E_NOMEM);
+        return;
+    }
+    mp_list_push(&n->conn_list, &c->link);
+    mp_node_log(n, MP_LOG_DEBUG, "conn %llu open from %s", (unsigned long long)conn,
+                peer_addr ? peer_addr : "?");
+}
+
+/* Compares the whole of both, whatever their contents, so the time taken
+ * says nothing about how much of the token was right. */
+static bool mp_token_equal(const char *want, mp_str got) {
+    size_t wl = strlen(want);
+    unsigned diff = wl != got.len;
+    for (size_t i = 0; i < got.len; i++) {
+        diff |= (unsigned)((uint8_t)got.ptr[i] ^ (uint8_t)want[i < wl ? i : 0]);
+    }
+    return diff == 0;
+}
+
+typedef struct mp_hello {
+    mp_conn_role role;
+    mp_str name;
+    bool has_token;
+    mp_str token;
+} mp_hello;
+
+static mp_str mp_value_view(const mpreg_value *v) {
+    return (mp_str){v->u.str.ptr, v->u.str.len};
+}
+
+/* Reads the HELLO payload; unknown keys are ignored so that later versions
+ * can say more in a HELLO. On error *why says what is wrong. */
+static mpreg_err mp_hello_parse(const mpreg_value *v, mp_hello *h, const char **why) {
+    memset(h, 0, sizeof *h);
+    if (v->type != MPREG_MAP) {
+        *why = "payload: expected a map";
+        return MPREG_E_HANDSHAKE;
+    }
+    const mpreg_value *role = mpreg_map_get(v, "role");
+    const mpreg_value *name = mpreg_map_get(v, "name");
+    const mpreg_value *token = mpreg_map_get(v, "token");
+    if (!role || role->type != MPREG_STR) {
+        *why = "role: missing or not a string";
+        return MPREG_E_HANDSHAKE;
+    }
+    if (mp_str_eq_c(mp_value_view(role), "client")) {
+        h->role = MP_ROLE_CLIENT;
+    } else if (mp_str_eq_c(mp_value_view(role), "peer")) {
+        h->role = MP_ROLE_PEER;
+    } else {
+        *why = "role: must be \"client\" or \"peer\"";
+        return MPREG_E_HANDSHAKE;
+    }
+    if (name && (name->type != MPREG_STR || name->u.str.len > MP_NODE_MAX_HELLO_NAME ||
+                 memchr(name->u.str.ptr, '\0', name->u.str.len))) {
+        *why = "name: must be a string of at most 128 bytes without NUL";
+        return MPREG_E_HANDSHAKE;
+    }
+    if (token && token->type != MPREG_STR) {
+        *why = "token: must be a string";
+        return MPREG_E_HANDSHAKE;
+    }
+    h->name = name ? mp_value_view(name) : MP_STR_NULL;
+    h->has_token = token != NULL;
+    h->token = token ? mp_value_view(token) : MP_STR_NULL;
+    return MPREG_OK;
+}
+
+static mpreg_err mp_send_welcome(mp_node *n, mp_conn *c, const mp_id *hello_id) {
+    mpreg_value w = mpreg_map();
+    mpreg_err err = mpreg_map_set(&w, "node", mpreg_str(n->node_id));
+    err = err ? err : mpreg_map_set(&w, "name", mpreg_str(n->name));
+    err = err ? err : mpreg_map_set(&w, "cluster", mpreg_str(n->cluster));
+    err = err ? err : mpreg_map_set(&w, "server", mpreg_str(MP_NODE_SERVER));
+    err = err ? err : mpreg_map_set(&w, "max_frame", mpreg_int(n->max_frame));
+    err = err ? err : mp_node_send_value(n, c->id, MP_KIND_WELCOME, hello_id, NULL, &w);
+    mpreg_value_free(&w);
+    return err;
+}
+
+static void mp_handshake_refuse(mp_node *n, mp_conn *c, const mp_id *id, mpreg_err code,
+                                const char *why) {
+    mp_node_log(n, MP_LOG_INFO, "conn %llu: handshake refused: %s", (unsigned long long)c->id, why);
+    mp_node_send_errorf(n, c->id, id, code, "%s", why);
+    mp_node_close_conn(n, c, code);
+}
+
+static void mp_conn_on_hello(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    if (env->kind != MP_KIND_HELLO) {
+        char why[96];
+        snprintf(why, sizeof why, "expected HELLO as the first frame, got %s",
+                 mp_kind_name(env->kind));
+        mp_handshake_refuse(n, c, &env->id, MPREG_E_HANDSHAKE, why);
+        return;
+    }
+    /* A HELLO is a few short strings: tight limits keep a hostile one cheap. */
+    mpreg_value_limits limits = {.max_depth = 4, .max_items = 256, .max_bytes = 16384};
+    mpreg_value v;
+    const char *why = NULL;
+    mpreg_err err = mpreg_value_decode(env->payload.ptr, env->payload.len, &limits, &v);
+    mp_hello h;
+    if (err) {
+        why = "payload: not a MessagePack map of acceptable size";
+    } else {
+        err = mp_hello_parse(&v, &h, &why);
+    }
+    if (!err && n->token && (!h.has_token || !mp_token_equal(n->token, h.token))) {
+        mp_handshake_refuse(n, c, &env->id, MPREG_E_AUTH,
+                            h.has_token ? "token refused" : "token required");
+        mpreg_value_free(&v);
+        return;
+    }
+    if (err) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "bad HELLO: %s", why);
+        mp_handshake_refuse(n, c, &env->id, MPREG_E_HANDSHAKE, msg);
+        mpreg_value_free(&v);
+        return;
+    }
+    c->role = h.role;
+    if (h.name.len && !(c->name = mp_strndup0(h.name.ptr, h.name.len))) {
+        mpreg_value_free(&v);
+        mp_handshake_refuse(n, c, &env->id, MPREG_E_NOMEM, "out of memory");
+        return;
+    }
+    mpreg_value_free(&v);
+    c->state = MP_CONN_OPEN;
+    mp_timer_cancel(&n->timers, &c->handshake);
+    mp_send_welcome(n, c, &env->id);
+    mp_node_log(n, MP_LOG_INFO, "conn %llu: %s %s joined", (unsigned long long)c->id,
+                c->role == MP_ROLE_PEER ? "peer" : "client", c->name ? c->name : "(unnamed)");
+}
+
+/* --- frames ----------------------------------------------------------------- */
+
+/* The id of an envelope that did not decode, when the bytes get that far:
+ * the top-level map, read up to field 3. An ERROR can then name what it
+ * refuses; otherwise it goes without a correlation. */
+static bool mp_peek_id(const uint8_t *frame, size_t len, mp_id *out) {
+    mp_rd c = mp_rd_init(frame, len);
+    uint32_t count;
+    if (mp_rd_map(&c, &count)) {
+        return false;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        mp_rd_item key;
+        if (mp_rd_next(&c, &key)) {
+            return false;
+        }
+        if (key.type == MP_RD_UINT && key.n == MP_F_ID) {
+            mp_bytes b;
+            if (mp_rd_bin(&c, &b) || b.len != MP_ID_LEN) {
+                return false;
+            }
+            memcpy(out->bytes, b.ptr, MP_ID_LEN);
+            return !mp_id_is_zero(out);
+        }
+        if (mp_rd_skip(&c, MP_RD_ANY_DEPTH)) {
+            return false;
+        }
+    }
+    return false;
+}
+
+static void mp_conn_refuse_kind(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    mp_node_send_errorf(n, c->id, &env->id, MPREG_E_KIND, "%s is not accepted from a %s",
+                        mp_kind_name(env->kind), c->role == MP_ROLE_PEER ? "peer" : "client");
+}
+
+static void mp_conn_on_ping(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    mp_envelope pong;
+    mp_envelope_init(&pong, MP_KIND_PONG);
+    pong.correlation_id = env->id;
+    pong.payload = env->payload; /* echoed: a client may carry a timestamp */
+    mp_node_send(n, c->id, &pong);
+}
+
+/* Kinds both clients and peers may send. True when handled. */
+static bool mp_conn_dispatch_common(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    switch (env->kind) {
+    case MP_KIND_HELLO:
+        mp_handshake_refuse(n, c, &env->id, MPREG_E_HANDSHAKE, "HELLO sent twice");
+        return true;
+    case MP_KIND_PING:
+        mp_conn_on_ping(n, c, env);
+        return true;
+    case MP_KIND_PONG:
+        return true;
+    case MP_KIND_GOODBYE:
+        mp_node_log(n, MP_LOG_DEBUG, "conn %llu said goodbye", (unsigned long long)c->id);
+        mp_node_close_conn(n, c, MPREG_E_CLOSED);
+        return true;
+    case MP_KIND_ERROR:
+        mp_node_log(n, MP_LOG_INFO, "conn %llu sent an ERROR (%zu payload bytes)",
+                    (unsigned long long)c->id, env->payload.len);
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void mp_conn_dispatch_client(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    switch (env->kind) {
+    case MP_KIND_RPC_REQUEST:
+        mp_rpc_on_request(n, c, env);
+        break;
+    case MP_KIND_RPC_RESULT:
+        mp_rpc_on_result(n, c, env);
+        break;
+    case MP_KIND_REGISTER:
+        mp_functions_on_register(n, c, env);
+        break;
+    case MP_KIND_UNREGISTER:
+        mp_functions_on_unregister(n, c, env);
+        break;
+    case MP_KIND_SUBSCRIBE:
+        mp_ps_on_subscribe(n, c, env);
+        break;
+    case MP_KIND_UNSUBSCRIBE:
+        mp_ps_on_unsubscribe(n, c, env);
+        break;
+    case MP_KIND_PUBLISH:
+        mp_ps_on_publish(n, c, env);
+        break;
+    case MP_KIND_CONTROL:
+        mp_control_on_request(n, c, env);
+        break;
+    default:
+        mp_conn_refuse_kind(n, c, env);
+        break;
+    }
+}
+
+void mp_node_on_frame(mp_node *n, uint64_t conn, const uint8_t *frame, size_t len,
+                      uint64_t now_ms) {
+    n->now_ms = now_ms;
+    mp_conn *c = mp_conn_get(n, conn);
+    if (!c || c->state == MP_CONN_CLOSING) {
+        return; /* closing: the stream is no longer ours to answer */
+    }
+    mp_envelope env;
+    const char *why = NULL;
+    mpreg_err err = mp_envelope_decode(frame, len, &env, &why);
+    if (err) {
+        mp_id id;
+        bool has_id = mp_peek_id(frame, len, &id);
+        n->counters.frame_errors++;
+        mp_node_log(n, MP_LOG_DEBUG, "conn %llu: bad envelope: %s", (unsigned long long)conn,
+                    why ? why : mpreg_strerror(err));
+        mp_node_send_errorf(n, conn, has_id ? &id : NULL, err, "bad envelope: %s",
+                            why ? why : mpreg_strerror(err));
+        if (c->state == MP_CONN_HANDSHAKE) {
+            mp_node_close_conn(n, c, MPREG_E_HANDSHAKE);
+        }
+        return;
+    }
+    if (c->state == MP_CONN_HANDSHAKE) {
+        mp_conn_on_hello(n, c, &env);
+        return;
+    }
+    if (mp_conn_dispatch_common(n, c, &env)) {
+        return;
+    }
+    if (n->stopping) {
+        return;
+    }
+    if (c->role == MP_ROLE_CLIENT) {
+        mp_conn_dispatch_client(n, c, &env);
+    } else {
+        /* Peers say HELLO and keep the link; what they carry comes with
+         * clustering. */
+        mp_conn_refuse_kind(n, c, &env);
+    }
+}
+
+void mp_node_on_protocol_error(mp_node *n, uint64_t conn, mpreg_err err, uint64_t now_ms) {
+    n->now_ms = now_ms;
+    mp_conn *c = mp_conn_get(n, conn);
+    if (!c || c->state == MP_CONN_CLOSING) {
+        return;
+    }
+    n->counters.frame_errors++;
+    mp_node_log(n, MP_LOG_INFO, "conn %llu: broken framing: %s", (unsigned long long)conn,
+                mpreg_err_name(err));
+    mp_node_send_errorf(n, conn, NULL, err, "%s", mpreg_strerror(err));
+    mp_node_close_conn(n, c, err);
+}
+
+void mp_node_on_writable(mp_node *n, uint64_t conn, uint64_t now_ms) {
+    n->now_ms = now_ms;
+    mp_conn *c = mp_conn_get(n, conn);
+    if (!c) {
+        return;
+    }
+    if (c->reading_paused) {
+        c->reading_paused = false;
+        if (c->state != MP_CONN_CLOSING) {
+            n->io.set_reading(n->io.ud, conn, true);
+        }
+    }
+    mp_ps_on_writable(n, c);
+}
+
+void mp_node_on_close(mp_node *n, uint64_t conn, mpreg_err reason, uint64_t now_ms) {
+    n->now_ms = now_ms;
+    mp_conn *c = mp_map_remove(&n->conns, &conn, sizeof conn);
+    if (!c) {
+        return;
+    }
+    mp_list_remove(&c->link);
+    mp_timer_cancel(&n->timers, &c->handshake);
+    mp_node_log(n, MP_LOG_INFO, "conn %llu closed (%s): %u requests, %u calls in flight",
+                (unsigned long long)conn, mpreg_err_name(reason), c->request_count, c->inflight);
+    /* Its own requests go quietly: nobody is left to answer. */
+    mp_rpc_conn_requests_drop(n, c);
+    /* Its functions leave the table before its calls fail, so the requests
+     * those failures wake up cannot pick this worker again. */
+    mp_functions_conn_drop(n, c);
+    mp_rpc_conn_invokes_fail(n, c);
+    mp_ps_conn_drop(n, c);
+    free(c->subs);
+    free(c->name);
+    free(c->addr);
+    free(c);
+}

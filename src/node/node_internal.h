@@ -1,0 +1,365 @@
+/* node_internal.h - what the files of the node share, and nobody else sees.
+ *
+ * The node is one state machine split by concern:
+ *   node.c           lifecycle, configuration, logging, catalog advertising,
+ *                    ticks and stop
+ *   node_timer.c     the timer heap (handshakes, deadlines, sleep)
+ *   node_conn.c      connections: handshake, dispatch by kind, sending, close
+ *   node_rpc.c       RPC requests: plans, calls, deadlines, worker invokes
+ *   node_functions.c the local function table: registered functions and
+ *                    workers' REGISTER / UNREGISTER, advertised in the catalog
+ *   node_pubsub.c    SUBSCRIBE / UNSUBSCRIBE / PUBLISH, deliveries, interest
+ *   node_control.c   CONTROL: status and catalog
+ *   registry.c       the plugin API (mpreg_register_function, mpreg_call_*)
+ *   builtins.c       echo, echos, sleep, fail, whoami
+ *
+ * Ownership in one paragraph: the node owns its connections (by id, in a map
+ * and in open order); a connection owns the RPC requests it sent, its
+ * registered worker functions and its subscription ids; a request owns its
+ * plan and the calls it has in flight; a call is also linked into the
+ * connection that runs it (a worker) or, for an in-process function whose
+ * request went away, into the node's orphan list until the function
+ * finishes it. Nothing points at a connection after it is freed: its
+ * requests are freed, the calls it ran are failed, its functions leave the
+ * table and its subscriptions leave the pub/sub service first. */
+#ifndef MP_NODE_INTERNAL_H
+#define MP_NODE_INTERNAL_H
+
+#include "core/envelope.h"
+#include "core/map.h"
+#include "fabric/engine.h"
+#include "node/node.h"
+#include "services/rpc_plan.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+
+/* --- limits: every input is bounded ---------------------------------------- */
+#define MP_NODE_MAX_REQUESTS_PER_CONN 1024u /* RPC requests in flight per connection */
+#define MP_NODE_MAX_WORKER_FUNCTIONS 256u   /* functions one connection may register */
+#define MP_NODE_MAX_SUBS_PER_CONN 10000u    /* subscriptions per connection */
+#define MP_NODE_DEFAULT_HANDSHAKE_MS 10000u
+#define MP_NODE_DEFAULT_RPC_TIMEOUT_MS 30000u
+#define MP_NODE_MAX_SLEEP_MS 3600000 /* the sleep built-in: one hour at most */
+#define MP_NODE_MAX_HELLO_NAME 128u  /* the HELLO "name", bytes */
+#define MP_NODE_MAX_TOKEN 1024u      /* the HELLO "token", bytes */
+#define MP_NODE_SERVER "mpreg/0.1.0"
+#define MP_NODE_BUILTIN_VERSION "1.0.0"
+
+/* --- intrusive doubly linked lists ----------------------------------------- */
+
+typedef struct mp_link {
+    struct mp_link *prev;
+    struct mp_link *next;
+} mp_link;
+
+#define MP_CONTAINER(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+static inline void mp_list_init(mp_link *head) {
+    head->prev = head->next = head;
+}
+static inline bool mp_list_empty(const mp_link *head) {
+    return head->next == head;
+}
+static inline void mp_list_push(mp_link *head, mp_link *l) {
+    l->prev = head->prev;
+    l->next = head;
+    head->prev->next = l;
+    head->prev = l;
+}
+/* Unlinks l and leaves it pointing at itself, so removing twice is harmless. */
+static inline void mp_list_remove(mp_link *l) {
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->prev = l->next = l;
+}
+
+/* --- timers (node_timer.c) -------------------------------------------------- */
+
+typedef struct mp_timer mp_timer;
+typedef void (*mp_timer_fn)(mp_node *n, mp_timer *t);
+
+/* Embedded in whatever owns it (a connection, a request, a sleep); fire gets
+ * the timer back and finds its owner with MP_CONTAINER. An owner cancels its
+ * timer before it is freed. */
+struct mp_timer {
+    uint64_t due; /* absolute ms */
+    uint64_t seq; /* arming order: equal due times fire in that order */
+    size_t slot;  /* index in the heap; SIZE_MAX when not armed */
+    mp_timer_fn fire;
+};
+
+typedef struct mp_timer_heap {
+    mp_timer **items;
+    size_t len;
+    size_t cap;
+    uint64_t seq;
+} mp_timer_heap;
+
+void mp_timer_init(mp_timer *t, mp_timer_fn fire);
+static inline bool mp_timer_armed(const mp_timer *t) {
+    return t->slot != SIZE_MAX;
+}
+/* (Re)arms t for due. MPREG_E_NOMEM leaves it as it was. */
+mpreg_err mp_timer_arm(mp_timer_heap *h, mp_timer *t, uint64_t due);
+void mp_timer_cancel(mp_timer_heap *h, mp_timer *t);
+/* Pops every timer due at now and fires it (fire may arm and cancel timers). */
+void mp_timers_run(mp_timer_heap *h, mp_node *n, uint64_t now);
+uint64_t mp_timers_next(const mp_timer_heap *h); /* UINT64_MAX when none */
+void mp_timer_heap_free(mp_timer_heap *h);
+
+/* --- the local function table (node_functions.c) ------------------------- */
+
+typedef struct mp_local_fn mp_local_fn;
+
+/* One way to run a local function: an in-process function (built-in,
+ * plugin, embedder) or a worker connection that registered it. */
+typedef struct mp_provider {
+    mp_link link; /* in local->providers, in registration order */
+    mp_local_fn *local;
+    mp_strlist resources;
+    uint64_t conn;     /* the worker connection; 0 = in-process */
+    mp_link conn_link; /* workers: in conn->functions */
+    mpreg_function fn; /* in-process */
+    void *ctx;         /* in-process */
+    uint32_t inflight; /* in-process calls running (workers count per connection) */
+} mp_provider;
+
+/* One catalog function entry of this node: (name, function_id, version),
+ * offered by one or more providers. It is advertised while it has one, with
+ * the union of their resources (the catalog key has no resources in it, so
+ * providers that differ only in resources share the entry; the node then
+ * picks a provider that has every requested resource). */
+struct mp_local_fn {
+    char *name;
+    char *function_id; /* "" = none */
+    char *version;
+    mp_link providers;
+    uint32_t provider_count;
+    mp_strlist advertised; /* the resources in the catalog entry (sorted union) */
+};
+
+/* Adds a provider. *out (may be NULL) gets it. MPREG_E_DUPLICATE when an
+ * in-process provider already has the key and this is one too. */
+mpreg_err mp_functions_add(mp_node *n, const char *name, const char *function_id,
+                           const char *version, const mp_strlist *resources, uint64_t conn,
+                           mpreg_function fn, void *ctx, mp_provider **out);
+void mp_functions_remove(mp_node *n, mp_provider *p);
+mp_local_fn *mp_functions_find(mp_node *n, const char *name, const char *function_id,
+                               const char *version);
+/* The provider to run a call on: every requested resource, least busy, then
+ * in-process before workers, then registration order. NULL when none has
+ * the resources. */
+mp_provider *mp_functions_choose(mp_node *n, mp_local_fn *f, const mp_strlist *locs);
+void mp_functions_free_all(mp_node *n);
+
+/* --- connections (node_conn.c) --------------------------------------------- */
+
+typedef enum mp_conn_state {
+    MP_CONN_HANDSHAKE = 0, /* waiting for HELLO */
+    MP_CONN_OPEN,          /* WELCOME sent */
+    MP_CONN_CLOSING,       /* close requested: frames are ignored */
+} mp_conn_state;
+
+typedef enum mp_conn_role {
+    MP_ROLE_NONE = 0,
+    MP_ROLE_CLIENT,
+    MP_ROLE_PEER,
+} mp_conn_role;
+
+typedef struct mp_conn {
+    uint64_t id;
+    mp_link link; /* in node->conn_list, in open order */
+    mp_conn_state state;
+    mp_conn_role role;
+    char *name; /* from HELLO; NULL = none */
+    char *addr; /* from the driver; NULL = unknown */
+    mp_timer handshake;
+    mp_link requests; /* mp_request.conn_link: RPC requests it sent */
+    uint32_t request_count;
+    mp_link invokes;   /* mpreg_call.conn_link: calls it runs (worker) */
+    uint32_t inflight; /* how many */
+    mp_link functions; /* mp_provider.conn_link: functions it registered */
+    uint32_t function_count;
+    uint64_t *subs; /* its subscription ids, unordered */
+    uint32_t sub_count;
+    uint32_t sub_cap;
+    bool reading_paused;   /* we told the driver to stop reading it (RPC backpressure) */
+    bool shedding;         /* over high water: pub/sub deliveries are dropped */
+    uint64_t dropped_base; /* the subscriptions' drop count when shedding began */
+    uint64_t shed_drops;   /* deliveries the node itself dropped while shedding */
+} mp_conn;
+
+mp_conn *mp_conn_get(const mp_node *n, uint64_t id);
+/* The connection to node `node` that messages for it go through, or NULL.
+ * Always NULL until clustering dials peers: every path that would send to
+ * another node comes through here, so that is where peers will plug in. */
+mp_conn *mp_conn_for_node(mp_node *n, const char *node);
+
+/* Fills in id (when zero), source node and cluster, encodes the frame (never
+ * one over max_frame: MPREG_E_FRAME_TOO_LARGE, nothing appended) and commits
+ * it. MPREG_E_CLOSED when the connection has no output any more. */
+mpreg_err mp_node_send(mp_node *n, uint64_t conn, mp_envelope *env);
+/* An envelope of kind whose payload is the encoding of v (NULL = empty). */
+mpreg_err mp_node_send_value(mp_node *n, uint64_t conn, mp_kind kind, const mp_id *correlation,
+                             const char *topic, const mpreg_value *v);
+/* An ERROR envelope with the error shape. correlation may be NULL. */
+void mp_node_send_error(mp_node *n, uint64_t conn, const mp_id *correlation, const mp_rpc_error *e);
+void mp_node_send_errorf(mp_node *n, uint64_t conn, const mp_id *correlation, mpreg_err code,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Closes after flushing; frames arriving before the driver's on_close are
+ * ignored. */
+void mp_node_close_conn(mp_node *n, mp_conn *c, mpreg_err reason);
+/* After output was appended for a client request: when the connection is
+ * over its high-water mark, stop reading it until it drains. */
+void mp_conn_check_backpressure(mp_node *n, mp_conn *c);
+
+/* --- RPC (node_rpc.c) ------------------------------------------------------ */
+
+typedef struct mp_request {
+    mp_node *node;
+    mp_conn *conn; /* who asked; requests are freed before their connection */
+    mp_id id;      /* the RPC_REQUEST's id: the reply's correlation */
+    mp_rpc_plan *plan;
+    uint64_t deadline_ms;
+    mp_timer deadline;
+    mp_link conn_link; /* in conn->requests */
+    mp_link calls;     /* mpreg_call.req_link: its calls in flight */
+    bool advancing;    /* inside mp_request_advance: completions only record */
+} mp_request;
+
+struct mpreg_call {
+    mp_node *node;
+    mp_request *req;  /* NULL once orphaned (the request went away first) */
+    uint32_t cmd;     /* the command's id in req's plan */
+    mp_link req_link; /* in req->calls, or in node->orphans */
+    /* in-process */
+    mp_provider *provider;
+    void (*cancel)(void *ud); /* see mp_call_set_cancel */
+    void *cancel_ud;
+    /* on another connection (a worker, later a peer); a call is failed
+     * before the connection it runs on is freed */
+    mp_conn *runner; /* NULL = in-process */
+    mp_id invoke_id;
+    mp_link conn_link; /* in runner->invokes */
+    char *fun;         /* for worker_gone messages */
+};
+
+void mp_rpc_on_request(mp_node *n, mp_conn *c, const mp_envelope *env);
+void mp_rpc_on_result(mp_node *n, mp_conn *c, const mp_envelope *env);
+/* The connection is going: its own requests are dropped silently. */
+void mp_rpc_conn_requests_drop(mp_node *n, mp_conn *c);
+/* The connection ran calls (a worker) and is going: each fails with
+ * MPREG_E_WORKER_GONE, and their requests answer at once. */
+void mp_rpc_conn_invokes_fail(mp_node *n, mp_conn *c);
+/* Fails every request of c with code (mp_node_stop), replying to c. */
+void mp_rpc_conn_requests_fail(mp_node *n, mp_conn *c, mpreg_err code, const char *message);
+/* Completes a call: ok with result (taken), or with error (contents taken). */
+void mp_call_finish(mpreg_call *call, bool ok, mpreg_value result, mp_rpc_error *error);
+/* An in-process function that finishes later may ask to hear when nobody
+ * wants the result any more (deadline, client gone, request failed): then
+ * cancel(ud) runs, after which the node frees the call and the function
+ * must not touch it again. Internal: the built-in sleep uses it to drop its
+ * timer, so abandoned sleeps do not pile up. */
+void mp_call_set_cancel(mpreg_call *call, void (*cancel)(void *ud), void *ud);
+void mp_rpc_free_orphans(mp_node *n);
+
+/* --- functions and workers (node_functions.c) ---------------------------- */
+
+void mp_functions_on_register(mp_node *n, mp_conn *c, const mp_envelope *env);
+void mp_functions_on_unregister(mp_node *n, mp_conn *c, const mp_envelope *env);
+/* The connection's functions leave the table (and, last provider gone, the
+ * catalog). */
+void mp_functions_conn_drop(mp_node *n, mp_conn *c);
+
+/* --- pub/sub (node_pubsub.c) ----------------------------------------------- */
+
+void mp_ps_on_subscribe(mp_node *n, mp_conn *c, const mp_envelope *env);
+void mp_ps_on_unsubscribe(mp_node *n, mp_conn *c, const mp_envelope *env);
+void mp_ps_on_publish(mp_node *n, mp_conn *c, const mp_envelope *env);
+void mp_ps_on_writable(mp_node *n, mp_conn *c);
+void mp_ps_conn_drop(mp_node *n, mp_conn *c);
+void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d);
+void mp_ps_interest(void *ud, mp_str pattern, bool added);
+
+/* --- control (node_control.c) ---------------------------------------------- */
+
+void mp_control_on_request(mp_node *n, mp_conn *c, const mp_envelope *env);
+mpreg_err mp_control_catalog(const mp_node *n, mpreg_value *out);
+
+/* --- built-ins (builtins.c) ------------------------------------------------ */
+
+mpreg_err mp_builtins_register(mp_node *n);
+
+/* --- the node -------------------------------------------------------------- */
+
+struct mpreg_registry {
+    mp_node *node;
+};
+
+typedef struct mp_node_counters {
+    uint64_t rpc_requests; /* RPC_REQUESTs accepted */
+    uint64_t rpc_errors;   /* RPC_REPLYs that carried an error */
+    uint64_t published;    /* PUBLISHes accepted (routed, not refused) */
+    uint64_t shed;         /* deliveries the node dropped itself (slow consumers) */
+    uint64_t unreachable;  /* sends to other nodes that had no connection */
+    uint64_t frame_errors; /* ERRORs sent for bad frames */
+} mp_node_counters;
+
+struct mp_node {
+    char *node_id;
+    char *name;
+    char *cluster;
+    char *token; /* NULL = none */
+    mp_strlist resources;
+    uint64_t incarnation;
+    uint32_t max_frame;
+    uint32_t handshake_timeout_ms;
+    uint32_t rpc_timeout_ms;
+    mp_log_level log_level;
+
+    mp_node_io io;
+    mp_rng *rng;
+    uint64_t started_ms;
+    uint64_t now_ms;  /* of the latest input */
+    uint64_t counter; /* catalog version counter of this incarnation */
+
+    mp_catalog *catalog;
+    mp_engine *engine;
+    mp_pubsub *pubsub;
+    mpreg_registry registry;
+
+    mp_map conns; /* id -> mp_conn */
+    mp_link conn_list;
+    mp_map functions; /* name \0 function_id \0 version -> mp_local_fn */
+    mp_map invokes;   /* invoke id -> mpreg_call (calls on other connections) */
+    mp_link orphans;  /* in-process calls whose request went away */
+    mp_timer_heap timers;
+    mp_node_counters counters;
+    bool stopping;
+    bool pubsub_retains; /* retention is on: every publish is kept here for replay */
+    /* Connections that went over high water during a publish: the pub/sub
+     * hooks may not call back into the service, so they are marked not
+     * accepting once it returns (mp_ps_flush_shedding). */
+    uint64_t *shed_pending;
+    uint32_t shed_len;
+    uint32_t shed_cap;
+};
+
+void mp_node_log(const mp_node *n, mp_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Applies an entry of this node with the next version (counter++). */
+mpreg_err mp_node_advertise(mp_node *n, mp_entry *e);
+static inline uint64_t mp_node_now(const mp_node *n) {
+    return n->now_ms;
+}
+/* Saturating a + b, for deadlines. */
+static inline uint64_t mp_add_ms(uint64_t a, uint64_t b) {
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+/* String list helpers: copy; sorted union without duplicates. */
+mpreg_err mp_strlist_copy_into(const mp_strlist *src, mp_strlist *dst);
+mpreg_err mp_strlist_union_into(mp_strlist *dst, const mp_strlist *add);
+
+#endif

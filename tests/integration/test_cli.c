@@ -1,0 +1,471 @@
+/* test_cli.c - the mpreg command-line client, run as a program against a
+ * real mpregd (harness.h).
+ *
+ * The binary comes from the MPREG_CLI environment variable (set by CMake).
+ * Every run is bounded: a child that outlives its time is killed and the
+ * test fails, so a hanging CLI shows up as a failure, never as a stuck
+ * suite. */
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include "mpreg/client.h"
+#include "mpreg/value.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RUN_LIMIT_MS 15000
+
+static mp_harness_node *node;
+
+static void node_up(void) {
+    signal(SIGPIPE, SIG_IGN);
+    node = mp_harness_start(NULL);
+    cr_assert_not_null(node, "mpregd did not start");
+}
+
+static void node_down(void) {
+    mp_harness_stop(node);
+    node = NULL;
+}
+
+static const char *cli_path(void) {
+    const char *p = getenv("MPREG_CLI");
+    cr_assert(p && p[0], "MPREG_CLI is not set (the path of the mpreg binary)");
+    return p;
+}
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- running the CLI ---------------------------------------------------------- */
+
+typedef struct child {
+    pid_t pid;
+    int in;  /* its stdin, or -1 */
+    int out; /* its stdout */
+    int err; /* its stderr */
+} child;
+
+typedef struct result {
+    int status; /* exit code; 128 + signal when killed */
+    char out[65536];
+    size_t out_len;
+    char err[16384];
+    size_t err_len;
+} result;
+
+/* Starts mpreg with args (NULL-terminated, without the program name). With
+ * an env_url, MPREG_URL is set to it; otherwise it is unset. */
+static child spawn_cli(const char *const *args, bool with_stdin, const char *env_url) {
+    int pin[2], pout[2], perr[2];
+    cr_assert_eq(pipe2(pin, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(pout, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(perr, O_CLOEXEC), 0);
+    const char *argv[32];
+    size_t n = 0;
+    argv[n++] = cli_path();
+    for (size_t i = 0; args[i] && n < 31; i++) {
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(pin[0], 0);
+        dup2(pout[1], 1);
+        dup2(perr[1], 2);
+        if (env_url) {
+            setenv("MPREG_URL", env_url, 1);
+        } else {
+            unsetenv("MPREG_URL");
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(pin[0]);
+    close(pout[1]);
+    close(perr[1]);
+    if (!with_stdin) {
+        close(pin[1]);
+        pin[1] = -1;
+    }
+    return (child){pid, pin[1], pout[0], perr[0]};
+}
+
+static void write_stdin(child *c, const char *text) {
+    size_t len = strlen(text);
+    while (len > 0) {
+        ssize_t w = write(c->in, text, len);
+        cr_assert_gt(w, 0, "writing the CLI's stdin: %s", strerror(errno));
+        text += w;
+        len -= (size_t)w;
+    }
+    close(c->in);
+    c->in = -1;
+}
+
+/* Reads the child's output until it exits (or kills it at the limit). */
+static void collect(child *c, result *r) {
+    memset(r, 0, sizeof *r);
+    uint64_t deadline = now_ms() + RUN_LIMIT_MS;
+    bool out_open = true, err_open = true;
+    while (out_open || err_open) {
+        struct pollfd p[2] = {{.fd = out_open ? c->out : -1, .events = POLLIN},
+                              {.fd = err_open ? c->err : -1, .events = POLLIN}};
+        int left = (int)(deadline > now_ms() ? deadline - now_ms() : 0);
+        if (left == 0 || poll(p, 2, left) == 0) {
+            kill(c->pid, SIGKILL);
+            waitpid(c->pid, NULL, 0);
+            cr_assert_fail("mpreg did not finish within %d ms; stdout: %.*s", RUN_LIMIT_MS,
+                           (int)r->out_len, r->out);
+        }
+        if (p[0].revents) {
+            ssize_t n = read(c->out, r->out + r->out_len, sizeof r->out - 1 - r->out_len);
+            out_open = n > 0;
+            r->out_len += n > 0 ? (size_t)n : 0;
+        }
+        if (p[1].revents) {
+            ssize_t n = read(c->err, r->err + r->err_len, sizeof r->err - 1 - r->err_len);
+            err_open = n > 0;
+            r->err_len += n > 0 ? (size_t)n : 0;
+        }
+    }
+    int status;
+    waitpid(c->pid, &status, 0);
+    r->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    close(c->out);
+    close(c->err);
+    if (c->in >= 0) {
+        close(c->in);
+    }
+    cr_assert(strstr(r->err, "Sanitizer") == NULL, "mpreg: %s", r->err);
+}
+
+static void run(const char *const *args, const char *stdin_text, result *r) {
+    child c = spawn_cli(args, stdin_text != NULL, NULL);
+    if (stdin_text) {
+        write_stdin(&c, stdin_text);
+    }
+    collect(&c, r);
+}
+
+/* mpreg --url <node> args... */
+static void run_url(const char *const *args, const char *stdin_text, result *r) {
+    const char *full[32] = {"--url", mp_harness_url(node)};
+    size_t n = 2;
+    for (size_t i = 0; args[i] && n < 31; i++) {
+        full[n++] = args[i];
+    }
+    full[n] = NULL;
+    run(full, stdin_text, r);
+}
+
+static void assert_stdout_json(const result *r, const char *want_json) {
+    mpreg_value got, want;
+    char why[128] = "";
+    cr_assert_eq(mpreg_value_from_json(r->out, r->out_len, &got, why, sizeof why), MPREG_OK,
+                 "stdout is not JSON (%s): %s", why, r->out);
+    cr_assert_eq(mpreg_value_from_json(want_json, strlen(want_json), &want, NULL, 0), MPREG_OK);
+    cr_assert(mpreg_value_equal(&got, &want), "stdout %s, want %s", r->out, want_json);
+    mpreg_value_free(&got);
+    mpreg_value_free(&want);
+}
+
+/* ---- RPC --------------------------------------------------------------------- */
+
+Test(cli, call_echo_hi, .init = node_up, .fini = node_down) {
+    result r;
+    const char *args[] = {"call", "echo", "hi", NULL};
+    run_url(args, NULL, &r);
+    cr_assert_eq(r.status, 0, "stderr: %s", r.err);
+    cr_assert_str_eq(r.out, "\"hi\"\n");
+    cr_assert_eq(r.err_len, 0, "stderr: %s", r.err);
+}
+
+Test(cli, call_arguments_are_json_or_strings, .init = node_up, .fini = node_down) {
+    result r;
+    const char *args[] = {"call", "echos", "1", "[2, {\"a\": null}]", "hi there", "--json",
+                          "--",   "--x",   NULL};
+    run_url(args, NULL, &r);
+    cr_assert_eq(r.status, 0, "stderr: %s", r.err);
+    cr_assert_str_eq(r.out, "[1,[2,{\"a\":null}],\"hi there\",\"--x\"]\n");
+}
+
+Test(cli, url_from_the_environment, .init = node_up, .fini = node_down) {
+    const char *args[] = {"call", "echo", "7", NULL};
+    child c = spawn_cli(args, false, mp_harness_url(node));
+    result r;
+    collect(&c, &r);
+    cr_assert_eq(r.status, 0, "stderr: %s", r.err);
+    cr_assert_str_eq(r.out, "7\n");
+}
+
+static const char canonical[] =
+    "[{\"name\":\"first\",\"fun\":\"echo\",\"args\":[\"hi there!\"]},"
+    " {\"name\":\"second\",\"fun\":\"echo\",\"args\":[\"first\"]},"
+    " {\"name\":\"third\",\"fun\":\"echos\",\"args\":[\"first\",\"AND ME TOO\"]}]";
+
+Test(cli, request_from_stdin, .init = node_up, .fini = node_down) {
+    result r;
+    const char *args[] = {"request", "-", NULL};
+    run_url(args, canonical, &r);
+    cr_assert_eq(r.status, 0, "stderr: %s", r.err);
+    cr_assert_str_eq(r.out,
+                     "{\"second\":\"hi there!\",\"third\":[\"hi there!\",\"AND ME TOO\"]}\n");
+}
+
+Test(cli, request_from_a_file, .init = node_up, .fini = node_down) {
+    char path[] = "/tmp/mpreg-cli-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, canonical, strlen(canonical)), (ssize_t)strlen(canonical));
+    close(fd);
+    result r;
+    const char *args[] = {"request", path, NULL};
+    run_url(args, NULL, &r);
+    unlink(path);
+    cr_assert_eq(r.status, 0, "stderr: %s", r.err);
+    assert_stdout_json(&r, "{\"second\":\"hi there!\",\"third\":[\"hi there!\",\"AND ME TOO\"]}");
+    /* Bad JSON is an error, not a usage error. */
+    run_url(args, NULL, &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "error: io:") != NULL, "%s", r.err);
+    const char *dash[] = {"request", "-", NULL};
+    run_url(dash, "[{\"name\": ", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strncmp(r.err, "error: json:", 12) == 0, "%s", r.err);
+}
+
+Test(cli, errors_exit_1_with_the_name, .init = node_up, .fini = node_down) {
+    result r;
+    const char *unknown[] = {"call", "no_such_function", NULL};
+    run_url(unknown, NULL, &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert_eq(r.out_len, 0);
+    cr_assert(strncmp(r.err, "error: not_found: ", 18) == 0, "stderr: %s", r.err);
+
+    const char *deadline[] = {"call", "sleep", "3000", "--timeout", "100", NULL};
+    uint64_t t0 = now_ms();
+    run_url(deadline, NULL, &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strncmp(r.err, "error: deadline: ", 17) == 0, "stderr: %s", r.err);
+    cr_assert_lt(now_ms() - t0, 2500);
+
+    const char *cycle[] = {"request", "-", NULL};
+    run_url(cycle,
+            "[{\"name\":\"a\",\"fun\":\"echo\",\"args\":[\"b\"]},"
+            "{\"name\":\"b\",\"fun\":\"echo\",\"args\":[\"a\"]}]",
+            &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strncmp(r.err, "error: cycle: ", 14) == 0, "stderr: %s", r.err);
+    cr_assert(strstr(r.err, "(command 'a')") != NULL, "stderr: %s", r.err);
+
+    const char *nowhere[] = {"--url", "127.0.0.1:1", "status", NULL};
+    run(nowhere, NULL, &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strncmp(r.err, "error: unreachable: ", 20) == 0, "stderr: %s", r.err);
+}
+
+/* ---- usage --------------------------------------------------------------------- */
+
+Test(cli, bad_usage_exits_2_with_a_hint) {
+    const char *cases[][6] = {
+        {NULL},
+        {"frob", NULL},
+        {"call", NULL},
+        {"call", "echo", "--bogus", NULL},
+        {"call", "echo", "--timeout", "soon", NULL},
+        {"call", "echo", "--kw", "novalue", NULL},
+        {"sub", NULL},
+        {"sub", "a", "--count", "x", NULL},
+        {"pub", "topic-only", NULL},
+        {"status", "extra", NULL},
+        {"request", NULL},
+        {"--url", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        result r;
+        run(cases[i], NULL, &r);
+        cr_assert_eq(r.status, 2, "case %zu (%s): exit %d, stderr %s", i,
+                     cases[i][0] ? cases[i][0] : "", r.status, r.err);
+        cr_assert(strstr(r.err, "mpreg") != NULL, "case %zu: no hint: %s", i, r.err);
+    }
+}
+
+Test(cli, help_and_version) {
+    result r;
+    const char *main_help[] = {"--help", NULL};
+    run(main_help, NULL, &r);
+    cr_assert_eq(r.status, 0);
+    cr_assert(strstr(r.out, "usage: mpreg") != NULL);
+    cr_assert(strstr(r.out, "examples:") != NULL);
+    const char *subs[] = {"call", "request", "pub", "sub", "status", "catalog"};
+    for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
+        const char *args[] = {subs[i], "--help", NULL};
+        run(args, NULL, &r);
+        cr_assert_eq(r.status, 0, "%s --help", subs[i]);
+        char want[64];
+        snprintf(want, sizeof want, "usage: mpreg %s", subs[i]);
+        cr_assert(strstr(r.out, want) != NULL, "%s --help: %s", subs[i], r.out);
+        cr_assert(strstr(r.out, "example") != NULL, "%s --help has no example", subs[i]);
+    }
+    const char *version[] = {"--version", NULL};
+    run(version, NULL, &r);
+    cr_assert_eq(r.status, 0);
+    cr_assert(strncmp(r.out, "mpreg ", 6) == 0, "%s", r.out);
+}
+
+/* ---- control --------------------------------------------------------------------- */
+
+Test(cli, status_and_catalog_are_json, .init = node_up, .fini = node_down) {
+    result r;
+    const char *status[] = {"status", NULL};
+    run_url(status, NULL, &r);
+    cr_assert_eq(r.status, 0, "stderr: %s", r.err);
+    mpreg_value v;
+    cr_assert_eq(mpreg_value_from_json(r.out, r.out_len, &v, NULL, 0), MPREG_OK, "%s", r.out);
+    cr_assert_eq(v.type, MPREG_MAP);
+    cr_assert_not_null(mpreg_map_get(&v, "node"), "%s", r.out);
+    cr_assert_eq(strchr(r.out, '\n'), r.out + r.out_len - 1, "not one line: %s", r.out);
+    mpreg_value_free(&v);
+    const char *catalog[] = {"catalog", "--json", NULL};
+    run_url(catalog, NULL, &r);
+    cr_assert_eq(r.status, 0, "stderr: %s", r.err);
+    cr_assert_eq(mpreg_value_from_json(r.out, r.out_len, &v, NULL, 0), MPREG_OK, "%s", r.out);
+    cr_assert(strstr(r.out, "echo") != NULL, "%s", r.out);
+    mpreg_value_free(&v);
+}
+
+/* ---- pub/sub ------------------------------------------------------------------------ */
+
+/* Waits until the node counts n subscriptions (the CLI has subscribed). */
+static void wait_subscriptions(int64_t n) {
+    mpreg_client *c = mpreg_connect(mp_harness_url(node), NULL, NULL);
+    cr_assert_not_null(c);
+    uint64_t deadline = now_ms() + 5000;
+    for (;;) {
+        mpreg_value st;
+        cr_assert_eq(mpreg_status(c, &st, NULL), MPREG_OK);
+        const mpreg_value *s = mpreg_map_get(&st, "subscriptions");
+        bool done = s && s->type == MPREG_INT && s->u.i >= n;
+        mpreg_value_free(&st);
+        if (done) {
+            break;
+        }
+        cr_assert_lt(now_ms(), deadline, "the CLI never subscribed");
+        usleep(10000);
+    }
+    mpreg_close(c);
+}
+
+Test(cli, pub_and_sub_with_count, .init = node_up, .fini = node_down) {
+    const char *sub_args[] = {
+        "--url", mp_harness_url(node), "sub",   "orders.*", "logs.#", "--count",
+        "3",     "--timeout",          "10000", NULL};
+    child sub = spawn_cli(sub_args, false, NULL);
+    wait_subscriptions(1);
+
+    char path[] = "/tmp/mpreg-cli-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_eq(write(fd, "\x00\xff\x01", 3), 3);
+    close(fd);
+    result r;
+    const char *p1[] = {"pub", "orders.created", "{\"id\": 7}", NULL};
+    const char *p2[] = {"pub", "nobody.listens", "x", NULL};
+    const char *p3[] = {"pub", "logs.app.error", "--file", path, NULL};
+    const char *p4[] = {"pub", "orders.eu", "héllo", NULL};
+    const char *p5[] = {"pub", "orders.late", "after the count", NULL};
+    const char *const *pubs[] = {p1, p2, p3, p4};
+    for (size_t i = 0; i < 4; i++) {
+        run_url(pubs[i], NULL, &r);
+        cr_assert_eq(r.status, 0, "pub %zu: %s", i, r.err);
+        cr_assert_eq(r.out_len, 0);
+    }
+    unlink(path);
+    result s;
+    collect(&sub, &s);
+    cr_assert_eq(s.status, 0, "sub stderr: %s", s.err);
+    /* One JSON object per line, in publish order. */
+    char *line2 = strchr(s.out, '\n');
+    cr_assert_not_null(line2);
+    *line2++ = '\0';
+    char *line3 = strchr(line2, '\n');
+    cr_assert_not_null(line3);
+    *line3++ = '\0';
+    char *end = strchr(line3, '\n');
+    cr_assert_not_null(end);
+    *end = '\0';
+    cr_assert_eq(end[1], '\0', "more than 3 lines");
+    mpreg_value v;
+    cr_assert_eq(mpreg_value_from_json(s.out, strlen(s.out), &v, NULL, 0), MPREG_OK, "%s", s.out);
+    cr_assert_str_eq(mpreg_map_get(&v, "topic")->u.str.ptr, "orders.created");
+    cr_assert_str_eq(mpreg_map_get(&v, "data")->u.str.ptr, "{\"id\": 7}");
+    cr_assert_eq(mpreg_map_get(&v, "subscription")->type, MPREG_INT);
+    mpreg_value_free(&v);
+    cr_assert_str_eq(line2, "{\"topic\":\"logs.app.error\",\"data\":{\"$bin\":\"AP8B\"},"
+                            "\"subscription\":1}");
+    cr_assert(strstr(line3, "\"orders.eu\"") != NULL, "%s", line3);
+    cr_assert(strstr(line3, "h\xc3\xa9llo") != NULL || strstr(line3, "h\\u00e9llo") != NULL, "%s",
+              line3);
+    run_url(p5, NULL, &r);
+    cr_assert_eq(r.status, 0);
+}
+
+Test(cli, sub_timeout, .init = node_up, .fini = node_down) {
+    result r;
+    const char *with_count[] = {"sub", "quiet.*", "--count", "1", "--timeout", "300", NULL};
+    uint64_t t0 = now_ms();
+    run_url(with_count, NULL, &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strncmp(r.err, "error: timeout: ", 16) == 0, "%s", r.err);
+    cr_assert_lt(now_ms() - t0, 3000);
+    const char *no_count[] = {"sub", "quiet.*", "--timeout", "300", NULL};
+    run_url(no_count, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_eq(r.out_len, 0);
+    const char *bad_pattern[] = {"sub", "a.b*", "--timeout", "300", NULL};
+    run_url(bad_pattern, NULL, &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strncmp(r.err, "error: topic: ", 14) == 0, "%s", r.err);
+}
+
+Test(cli, sub_in_a_queue_group, .init = node_up, .fini = node_down) {
+    const char *a1[] = {"--url", mp_harness_url(node), "sub",   "jobs.*", "--group", "g", "--count",
+                        "2",     "--timeout",          "10000", NULL};
+    child s1 = spawn_cli(a1, false, NULL);
+    child s2 = spawn_cli(a1, false, NULL);
+    wait_subscriptions(2);
+    result r;
+    for (int i = 0; i < 4; i++) {
+        char data[32];
+        snprintf(data, sizeof data, "job%d", i);
+        const char *p[] = {"pub", "jobs.new", data, NULL};
+        run_url(p, NULL, &r);
+        cr_assert_eq(r.status, 0);
+    }
+    result o1, o2;
+    collect(&s1, &o1);
+    collect(&s2, &o2);
+    cr_assert_eq(o1.status, 0, "%s", o1.err);
+    cr_assert_eq(o2.status, 0, "%s", o2.err);
+    /* Two each, and every job exactly once. */
+    for (int i = 0; i < 4; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "\"job%d\"", i);
+        bool in1 = strstr(o1.out, want) != NULL, in2 = strstr(o2.out, want) != NULL;
+        cr_assert(in1 != in2, "%s went to %s", want, in1 ? "both" : "neither");
+    }
+}

@@ -1,0 +1,1667 @@
+/* test_node.c - the node state machine, end to end, with a fake driver.
+ *
+ * The fake driver records the frames the node appends per connection, lets
+ * a test toggle each connection's high-water flag, records closes, reading
+ * and drops, and owns a manual clock. A small fake client builds envelopes
+ * (mostly from JSON, for brevity) and feeds them with mp_node_on_frame, then
+ * reads back what the node answered. Everything is seeded: same run, same
+ * frames. */
+#include "node/node.h"
+
+#include "core/envelope.h"
+#include "core/frame.h"
+#include "core/rng.h"
+#include "fabric/catalog.h"
+#include "mpreg/plugin.h"
+#include "services/pubsub.h"
+#include "services/rpc_plan.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- the fake driver ------------------------------------------------------- */
+
+#define MAXC 32
+#define T0 1700000000000ull
+
+typedef struct fconn {
+    mp_buf out;  /* every frame the node appended */
+    size_t read; /* how far the test has read */
+    uint32_t commits;
+    bool gone;    /* after on_close: output() is NULL */
+    bool high;    /* over_high_water answer */
+    bool reading; /* last set_reading */
+    int reading_calls;
+    bool closed;
+    bool flush;
+    mpreg_err reason;
+    uint64_t drops;
+} fconn;
+
+typedef struct fake {
+    fconn c[MAXC + 1];
+    uint64_t now;
+    uint64_t next_id;
+    mp_xoshiro rng;
+    mp_xoshiro client_rng;
+    mp_node *node;
+    int logs;
+    char last_log[256];
+} fake;
+
+static fake F;
+
+static mp_buf *f_output(void *ud, uint64_t conn) {
+    fake *f = ud;
+    cr_assert(conn >= 1 && conn <= MAXC);
+    return f->c[conn].gone ? NULL : &f->c[conn].out;
+}
+static void f_commit(void *ud, uint64_t conn, uint32_t frames) {
+    fake *f = ud;
+    f->c[conn].commits += frames;
+}
+static bool f_high(void *ud, uint64_t conn) {
+    fake *f = ud;
+    return f->c[conn].high;
+}
+static void f_set_reading(void *ud, uint64_t conn, bool reading) {
+    fake *f = ud;
+    f->c[conn].reading = reading;
+    f->c[conn].reading_calls++;
+}
+static void f_close(void *ud, uint64_t conn, bool flush_first, mpreg_err reason) {
+    fake *f = ud;
+    f->c[conn].closed = true;
+    f->c[conn].flush = flush_first;
+    f->c[conn].reason = reason;
+}
+static void f_count_drop(void *ud, uint64_t conn, uint32_t frames) {
+    fake *f = ud;
+    f->c[conn].drops += frames;
+}
+static void f_log(void *ud, mp_log_level level, const char *message) {
+    fake *f = ud;
+    (void)level;
+    f->logs++;
+    snprintf(f->last_log, sizeof f->last_log, "%s", message);
+}
+
+static const mp_node_io IO = {
+    .ud = &F,
+    .output = f_output,
+    .output_commit = f_commit,
+    .over_high_water = f_high,
+    .set_reading = f_set_reading,
+    .close = f_close,
+    .count_drop = f_count_drop,
+    .log = f_log,
+};
+
+static void start_node(const mp_node_config *cfg) {
+    memset(&F, 0, sizeof F);
+    F.now = T0;
+    F.next_id = 1;
+    mp_xoshiro_seed(&F.rng, 42);
+    mp_xoshiro_seed(&F.client_rng, 7);
+    F.node = mp_node_new(cfg, &IO, &F.rng.rng, F.now);
+    cr_assert_not_null(F.node);
+}
+
+static void default_node(void) {
+    mp_node_config cfg = {.node_id = "n1",
+                          .name = "alpha",
+                          .cluster = "c1",
+                          .incarnation = 1,
+                          .log_level = MP_LOG_DEBUG};
+    start_node(&cfg);
+}
+
+static void teardown(void) {
+    mp_node_free(F.node);
+    F.node = NULL;
+    for (int i = 0; i <= MAXC; i++) {
+        mp_buf_free(&F.c[i].out);
+    }
+}
+
+TestSuite(node, .init = default_node, .fini = teardown);
+
+static void advance(uint64_t ms) {
+    F.now += ms;
+    mp_node_tick(F.node, F.now);
+}
+
+/* --- values ----------------------------------------------------------------- */
+
+static mpreg_value json(const char *text) {
+    mpreg_value v;
+    char why[128] = "";
+    mpreg_err err = mpreg_value_from_json(text, strlen(text), &v, why, sizeof why);
+    cr_assert_eq(err, MPREG_OK, "bad JSON in test: %s (%s)", why, text);
+    return v;
+}
+
+static void assert_json_eq(const mpreg_value *got, const char *want_json) {
+    mpreg_value want = json(want_json);
+    char *g = mpreg_value_to_json(got, false);
+    cr_assert(mpreg_value_equal(got, &want), "got %s, want %s", g, want_json);
+    free(g);
+    mpreg_value_free(&want);
+}
+
+static const mpreg_value *get(const mpreg_value *map, const char *key) {
+    const mpreg_value *v = mpreg_map_get(map, key);
+    cr_assert_not_null(v, "no key '%s'", key);
+    return v;
+}
+
+static int64_t get_int(const mpreg_value *map, const char *key) {
+    const mpreg_value *v = get(map, key);
+    cr_assert_eq(v->type, MPREG_INT, "'%s' is not an int", key);
+    return v->u.i;
+}
+
+static const char *get_str(const mpreg_value *map, const char *key) {
+    const mpreg_value *v = get(map, key);
+    cr_assert_eq(v->type, MPREG_STR, "'%s' is not a string", key);
+    return v->u.str.ptr;
+}
+
+/* --- reading what the node sent ----------------------------------------------- */
+
+typedef struct frame {
+    uint8_t *body;
+    size_t len;
+    mp_envelope env;
+    mpreg_value payload; /* NIL when empty */
+} frame;
+
+static void frame_free(frame *fr) {
+    free(fr->body);
+    mpreg_value_free(&fr->payload);
+    memset(fr, 0, sizeof *fr);
+}
+
+static bool next_frame(uint64_t conn, frame *fr) {
+    fconn *c = &F.c[conn];
+    memset(fr, 0, sizeof *fr);
+    if (c->read == c->out.len) {
+        return false;
+    }
+    cr_assert_geq(c->out.len - c->read, 4);
+    uint32_t len = mp_get_u32be(c->out.data + c->read);
+    cr_assert_geq(c->out.len - c->read - 4, len);
+    fr->body = malloc(len);
+    memcpy(fr->body, c->out.data + c->read + 4, len);
+    fr->len = len;
+    c->read += 4 + len;
+    const char *why = NULL;
+    cr_assert_eq(mp_envelope_decode(fr->body, len, &fr->env, &why), MPREG_OK,
+                 "the node sent an envelope that does not decode: %s", why);
+    fr->payload = mpreg_nil();
+    /* PONG and DELIVER carry opaque bytes; every other payload the node
+     * writes is a value. */
+    bool opaque = fr->env.kind == MP_KIND_PONG || fr->env.kind == MP_KIND_DELIVER;
+    if (fr->env.payload.len && !opaque) {
+        cr_assert_eq(
+            mpreg_value_decode(fr->env.payload.ptr, fr->env.payload.len, NULL, &fr->payload),
+            MPREG_OK, "a %s payload that is not a value", mp_kind_name(fr->env.kind));
+    }
+    return true;
+}
+
+static size_t pending(uint64_t conn) {
+    size_t n = 0;
+    for (size_t at = F.c[conn].read; at < F.c[conn].out.len;) {
+        at += 4 + mp_get_u32be(F.c[conn].out.data + at);
+        n++;
+    }
+    return n;
+}
+
+static void skip_all(uint64_t conn) {
+    F.c[conn].read = F.c[conn].out.len;
+}
+
+/* The next frame must be of kind, answering id (zero id: any correlation). */
+static frame expect(uint64_t conn, mp_kind kind, const mp_id *id) {
+    frame fr;
+    cr_assert(next_frame(conn, &fr), "conn %llu: expected %s, got nothing",
+              (unsigned long long)conn, mp_kind_name(kind));
+    if (fr.env.kind != kind) {
+        char *p = mpreg_value_to_json(&fr.payload, false);
+        cr_assert_fail("conn %llu: expected %s, got %s %s", (unsigned long long)conn,
+                       mp_kind_name(kind), mp_kind_name(fr.env.kind), p);
+    }
+    if (id) {
+        cr_assert(mp_id_equal(&fr.env.correlation_id, id), "wrong correlation");
+    }
+    return fr;
+}
+
+/* An ERROR answering id (NULL: without correlation) with code. */
+static void expect_error(uint64_t conn, const mp_id *id, mpreg_err code) {
+    frame fr = expect(conn, MP_KIND_ERROR, NULL);
+    if (id) {
+        cr_assert(mp_id_equal(&fr.env.correlation_id, id), "ERROR with the wrong correlation");
+    } else {
+        cr_assert(mp_id_is_zero(&fr.env.correlation_id));
+    }
+    cr_assert_eq(get_int(&fr.payload, "code"), code, "got error %lld (%s), want %d",
+                 (long long)get_int(&fr.payload, "code"), get_str(&fr.payload, "message"), code);
+    cr_assert_str_eq(get_str(&fr.payload, "name"), mpreg_err_name(code));
+    frame_free(&fr);
+}
+
+static void expect_nothing(uint64_t conn) {
+    frame fr;
+    if (next_frame(conn, &fr)) {
+        char *p = mpreg_value_to_json(&fr.payload, false);
+        cr_assert_fail("conn %llu: expected nothing, got %s %s", (unsigned long long)conn,
+                       mp_kind_name(fr.env.kind), p);
+    }
+}
+
+/* --- the fake client -------------------------------------------------------------- */
+
+static mp_id send_env(uint64_t conn, mp_envelope *e) {
+    if (mp_id_is_zero(&e->id)) {
+        e->id = mp_id_new(&F.client_rng.rng);
+    }
+    mp_buf b = MP_BUF_INIT;
+    cr_assert_eq(mp_envelope_encode(e, &b), MPREG_OK);
+    mp_node_on_frame(F.node, conn, b.data, b.len, F.now);
+    mp_buf_free(&b);
+    return e->id;
+}
+
+static mp_id send_bytes(uint64_t conn, mp_kind kind, const char *topic, const void *payload,
+                        size_t len) {
+    mp_envelope e;
+    mp_envelope_init(&e, kind);
+    e.topic = topic ? mp_str_c(topic) : MP_STR_NULL;
+    e.payload = (mp_bytes){payload, len};
+    return send_env(conn, &e);
+}
+
+static mp_id send_value(uint64_t conn, mp_kind kind, const char *topic, const mpreg_value *v) {
+    mp_buf b = MP_BUF_INIT;
+    if (v) {
+        cr_assert_eq(mpreg_value_encode(v, &b), MPREG_OK);
+    }
+    mp_id id = send_bytes(conn, kind, topic, b.data, b.len);
+    mp_buf_free(&b);
+    return id;
+}
+
+static mp_id send_json(uint64_t conn, mp_kind kind, const char *topic, const char *payload_json) {
+    mpreg_value v = json(payload_json);
+    mp_id id = send_value(conn, kind, topic, &v);
+    mpreg_value_free(&v);
+    return id;
+}
+
+static uint64_t open_conn(void) {
+    uint64_t id = F.next_id++;
+    cr_assert_leq(id, MAXC);
+    mp_node_on_open(F.node, id, "127.0.0.1:5555", F.now);
+    return id;
+}
+
+static uint64_t connect_as(const char *role) {
+    uint64_t c = open_conn();
+    char hello[128];
+    snprintf(hello, sizeof hello, "{\"role\": \"%s\", \"name\": \"test\"}", role);
+    mp_id id = send_json(c, MP_KIND_HELLO, NULL, hello);
+    frame fr = expect(c, MP_KIND_WELCOME, &id);
+    frame_free(&fr);
+    return c;
+}
+
+static uint64_t client(void) {
+    return connect_as("client");
+}
+
+static mp_id rpc(uint64_t conn, const char *commands_json) {
+    mpreg_value payload = mpreg_map();
+    mpreg_map_set(&payload, "commands", json(commands_json));
+    mp_id id = send_value(conn, MP_KIND_RPC_REQUEST, NULL, &payload);
+    mpreg_value_free(&payload);
+    return id;
+}
+
+static mp_id rpc_timeout(uint64_t conn, const char *commands_json, int64_t timeout_ms) {
+    mpreg_value payload = mpreg_map();
+    mpreg_map_set(&payload, "commands", json(commands_json));
+    mpreg_map_set(&payload, "timeout_ms", mpreg_int(timeout_ms));
+    mp_id id = send_value(conn, MP_KIND_RPC_REQUEST, NULL, &payload);
+    mpreg_value_free(&payload);
+    return id;
+}
+
+static void expect_results(uint64_t conn, const mp_id *id, const char *want_json) {
+    frame fr = expect(conn, MP_KIND_RPC_REPLY, id);
+    const mpreg_value *results = mpreg_map_get(&fr.payload, "results");
+    if (!results) {
+        char *p = mpreg_value_to_json(&fr.payload, false);
+        cr_assert_fail("expected results, got %s", p);
+    }
+    assert_json_eq(results, want_json);
+    frame_free(&fr);
+}
+
+/* The RPC_REPLY error; returns it (free with mp_rpc_error_free). */
+static mp_rpc_error expect_rpc_error(uint64_t conn, const mp_id *id, mpreg_err code) {
+    frame fr = expect(conn, MP_KIND_RPC_REPLY, id);
+    const mpreg_value *err = mpreg_map_get(&fr.payload, "error");
+    if (!err) {
+        char *p = mpreg_value_to_json(&fr.payload, false);
+        cr_assert_fail("expected an error, got %s", p);
+    }
+    mp_rpc_error e;
+    cr_assert_eq(mp_rpc_error_from_value(err, &e), MPREG_OK);
+    cr_assert_eq(e.code, code, "got %d (%s), want %d", e.code, mp_rpc_error_message(&e), code);
+    frame_free(&fr);
+    return e;
+}
+
+static void expect_rpc_error_free(uint64_t conn, const mp_id *id, mpreg_err code) {
+    mp_rpc_error e = expect_rpc_error(conn, id, code);
+    mp_rpc_error_free(&e);
+}
+
+static void close_conn(uint64_t conn) {
+    F.c[conn].gone = true;
+    mp_node_on_close(F.node, conn, MPREG_E_CLOSED, F.now);
+}
+
+/* A worker: registers functions, then answers invokes by hand. */
+static uint64_t worker(const char *functions_json) {
+    uint64_t w = client();
+    char payload[1024];
+    snprintf(payload, sizeof payload, "{\"functions\": %s}", functions_json);
+    mp_id id = send_json(w, MP_KIND_REGISTER, NULL, payload);
+    frame fr = expect(w, MP_KIND_OK, &id);
+    frame_free(&fr);
+    return w;
+}
+
+static mp_id answer(uint64_t w, const frame *invoke, const char *outcome_json) {
+    mp_envelope e;
+    mpreg_value v = json(outcome_json);
+    mp_buf b = MP_BUF_INIT;
+    cr_assert_eq(mpreg_value_encode(&v, &b), MPREG_OK);
+    mp_envelope_init(&e, MP_KIND_RPC_RESULT);
+    e.correlation_id = invoke->env.id;
+    e.payload = (mp_bytes){b.data, b.len};
+    mp_id id = send_env(w, &e);
+    mp_buf_free(&b);
+    mpreg_value_free(&v);
+    return id;
+}
+
+static mpreg_value control(uint64_t conn, const char *op) {
+    mp_id id = send_bytes(conn, MP_KIND_CONTROL, op, NULL, 0);
+    frame fr = expect(conn, MP_KIND_CONTROL_REPLY, &id);
+    cr_assert(mp_str_eq_c(fr.env.topic, op));
+    mpreg_value v = fr.payload;
+    fr.payload = mpreg_nil();
+    frame_free(&fr);
+    return v;
+}
+
+static size_t count_functions(const char *name) {
+    size_t n = 0;
+    mpreg_value cat = control(client(), "catalog");
+    const mpreg_value *fns = get(&cat, "functions");
+    for (size_t i = 0; i < fns->u.arr.len; i++) {
+        n += strcmp(get_str(&fns->u.arr.items[i], "name"), name) == 0;
+    }
+    mpreg_value_free(&cat);
+    return n;
+}
+
+static uint64_t subscribe(uint64_t conn, const char *payload_json) {
+    mp_id id = send_json(conn, MP_KIND_SUBSCRIBE, NULL, payload_json);
+    frame fr = expect(conn, MP_KIND_OK, &id);
+    int64_t sub = get_int(&fr.payload, "subscription");
+    frame_free(&fr);
+    return (uint64_t)sub;
+}
+
+static mp_id publish(uint64_t conn, const char *topic, const char *payload) {
+    return send_bytes(conn, MP_KIND_PUBLISH, topic, payload, strlen(payload));
+}
+
+static void expect_deliver(uint64_t conn, const char *topic, const char *payload, bool replay) {
+    frame fr = expect(conn, MP_KIND_DELIVER, NULL);
+    cr_assert(mp_str_eq_c(fr.env.topic, topic), "delivered %.*s, want %s", (int)fr.env.topic.len,
+              fr.env.topic.ptr, topic);
+    cr_assert_eq(fr.env.payload.len, strlen(payload));
+    cr_assert(memcmp(fr.env.payload.ptr, payload, strlen(payload)) == 0);
+    mp_str r = mp_envelope_header(&fr.env, "replay");
+    cr_assert_eq(r.ptr != NULL, replay);
+    uint64_t sub;
+    mp_str tag;
+    cr_assert_eq(mp_pubsub_deliver_parse(&fr.env, &sub, &tag), MPREG_OK);
+    frame_free(&fr);
+}
+
+/* --- handshake ---------------------------------------------------------------------- */
+
+Test(node, handshake_ok) {
+    uint64_t c = open_conn();
+    mp_id id = send_json(c, MP_KIND_HELLO, NULL, "{\"role\": \"client\", \"name\": \"cli\"}");
+    frame fr = expect(c, MP_KIND_WELCOME, &id);
+    cr_assert_str_eq(get_str(&fr.payload, "node"), "n1");
+    cr_assert_str_eq(get_str(&fr.payload, "name"), "alpha");
+    cr_assert_str_eq(get_str(&fr.payload, "cluster"), "c1");
+    cr_assert_str_eq(get_str(&fr.payload, "server"), "mpreg/0.1.0");
+    cr_assert_eq(get_int(&fr.payload, "max_frame"), MP_FRAME_DEFAULT_MAX);
+    cr_assert(mp_str_eq_c(fr.env.source_node, "n1"));
+    frame_free(&fr);
+    cr_assert_not(F.c[c].closed);
+    /* The handshake timer is gone with the HELLO. */
+    advance(60000);
+    cr_assert_not(F.c[c].closed);
+    expect_nothing(c);
+}
+
+Test(node, handshake_protocol_example_bytes) {
+    /* PROTOCOL.md §7.1: {"role": "client"}. */
+    static const uint8_t hello[] = {0x81, 0xa4, 0x72, 0x6f, 0x6c, 0x65, 0xa6,
+                                    0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74};
+    uint64_t c = open_conn();
+    mp_id id = send_bytes(c, MP_KIND_HELLO, NULL, hello, sizeof hello);
+    frame fr = expect(c, MP_KIND_WELCOME, &id);
+    frame_free(&fr);
+}
+
+Test(node, handshake_peer_role_recorded) {
+    uint64_t p = connect_as("peer");
+    mpreg_value st = control(client(), "status");
+    cr_assert_eq(get_int(get(&st, "connections"), "peers"), 1);
+    cr_assert_eq(get_int(get(&st, "connections"), "clients"), 1);
+    mpreg_value_free(&st);
+    /* Peers may ping; other kinds are not carried on peer links yet. */
+    mp_id id = send_bytes(p, MP_KIND_PING, NULL, NULL, 0);
+    frame fr = expect(p, MP_KIND_PONG, &id);
+    frame_free(&fr);
+    id = send_json(p, MP_KIND_RPC_REQUEST, NULL, "{\"commands\": []}");
+    expect_error(p, &id, MPREG_E_KIND);
+    cr_assert_not(F.c[p].closed);
+}
+
+Test(node, handshake_missing) {
+    uint64_t c = open_conn();
+    mp_id id = send_bytes(c, MP_KIND_PING, NULL, NULL, 0);
+    expect_error(c, &id, MPREG_E_HANDSHAKE);
+    cr_assert(F.c[c].closed);
+    cr_assert(F.c[c].flush, "the ERROR must be flushed before the close");
+    /* Frames after the close request are ignored. */
+    send_json(c, MP_KIND_HELLO, NULL, "{\"role\": \"client\"}");
+    expect_nothing(c);
+}
+
+Test(node, handshake_timeout) {
+    uint64_t c = open_conn();
+    cr_assert_eq(mp_node_next_wakeup(F.node), T0 + 10000);
+    advance(9999);
+    expect_nothing(c);
+    cr_assert_not(F.c[c].closed);
+    advance(1);
+    expect_error(c, NULL, MPREG_E_HANDSHAKE);
+    cr_assert(F.c[c].closed);
+    cr_assert(F.c[c].flush);
+    cr_assert_eq(F.c[c].reason, MPREG_E_HANDSHAKE);
+    cr_assert_eq(mp_node_next_wakeup(F.node), UINT64_MAX);
+}
+
+Test(node, handshake_configured_timeout) {
+    teardown();
+    mp_node_config cfg = {.node_id = "n1", .handshake_timeout_ms = 250};
+    start_node(&cfg);
+    uint64_t c = open_conn();
+    advance(250);
+    expect_error(c, NULL, MPREG_E_HANDSHAKE);
+}
+
+Test(node, handshake_double) {
+    uint64_t c = client();
+    mp_id id = send_json(c, MP_KIND_HELLO, NULL, "{\"role\": \"client\"}");
+    expect_error(c, &id, MPREG_E_HANDSHAKE);
+    cr_assert(F.c[c].closed);
+}
+
+Test(node, handshake_bad_payloads) {
+    const char *bad[] = {"{}",
+                         "{\"role\": \"admin\"}",
+                         "{\"role\": 1}",
+                         "[\"client\"]",
+                         "{\"role\": \"client\", \"name\": 5}",
+                         "{\"role\": \"client\", \"token\": []}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint64_t c = open_conn();
+        mp_id id = send_json(c, MP_KIND_HELLO, NULL, bad[i]);
+        expect_error(c, &id, MPREG_E_HANDSHAKE);
+        cr_assert(F.c[c].closed, "%s", bad[i]);
+    }
+    uint64_t c = open_conn();
+    mp_id id = send_bytes(c, MP_KIND_HELLO, NULL, "\xc1", 1);
+    expect_error(c, &id, MPREG_E_HANDSHAKE);
+    /* Unknown keys are fine: later versions may say more. */
+    c = open_conn();
+    id = send_json(c, MP_KIND_HELLO, NULL, "{\"role\": \"client\", \"future\": [1, 2]}");
+    frame fr = expect(c, MP_KIND_WELCOME, &id);
+    frame_free(&fr);
+}
+
+Test(node, handshake_token) {
+    teardown();
+    mp_node_config cfg = {.node_id = "n1", .token = "s3cret"};
+    start_node(&cfg);
+    uint64_t c = open_conn();
+    mp_id id = send_json(c, MP_KIND_HELLO, NULL, "{\"role\": \"client\"}");
+    expect_error(c, &id, MPREG_E_AUTH);
+    cr_assert(F.c[c].closed);
+
+    c = open_conn();
+    id = send_json(c, MP_KIND_HELLO, NULL, "{\"role\": \"client\", \"token\": \"s3cre\"}");
+    expect_error(c, &id, MPREG_E_AUTH);
+    cr_assert(F.c[c].closed);
+
+    c = open_conn();
+    id = send_json(c, MP_KIND_HELLO, NULL, "{\"role\": \"client\", \"token\": \"s3cret!\"}");
+    expect_error(c, &id, MPREG_E_AUTH);
+
+    c = open_conn();
+    id = send_json(c, MP_KIND_HELLO, NULL, "{\"role\": \"client\", \"token\": \"s3cret\"}");
+    frame fr = expect(c, MP_KIND_WELCOME, &id);
+    frame_free(&fr);
+    cr_assert_not(F.c[c].closed);
+}
+
+Test(node, bad_envelope_before_hello_closes) {
+    uint64_t c = open_conn();
+    mp_node_on_frame(F.node, c, (const uint8_t *)"\x93\x01\x02\x03", 4, F.now);
+    expect_error(c, NULL, MPREG_E_DECODE);
+    cr_assert(F.c[c].closed);
+}
+
+/* --- connection basics --------------------------------------------------------------- */
+
+Test(node, ping_pong) {
+    uint64_t c = client();
+    mp_id id = send_bytes(c, MP_KIND_PING, NULL, "t=1", 3);
+    frame fr = expect(c, MP_KIND_PONG, &id);
+    cr_assert_eq(fr.env.payload.len, 3);
+    cr_assert(memcmp(fr.env.payload.ptr, "t=1", 3) == 0);
+    frame_free(&fr);
+}
+
+Test(node, goodbye_closes_after_flush) {
+    uint64_t c = client();
+    send_bytes(c, MP_KIND_GOODBYE, NULL, NULL, 0);
+    cr_assert(F.c[c].closed);
+    cr_assert(F.c[c].flush);
+    send_bytes(c, MP_KIND_PING, NULL, NULL, 0);
+    expect_nothing(c);
+    close_conn(c);
+}
+
+Test(node, bad_envelope_keeps_connection) {
+    uint64_t c = client();
+    /* Not a map. */
+    mp_node_on_frame(F.node, c, (const uint8_t *)"\xc1", 1, F.now);
+    expect_error(c, NULL, MPREG_E_DECODE);
+    /* A map with an id, then a bad version: the ERROR names the id. */
+    mp_envelope e;
+    mp_envelope_init(&e, MP_KIND_PING);
+    e.id = mp_id_new(&F.client_rng.rng);
+    uint8_t buf[64];
+    size_t n = 0;
+    buf[n++] = 0x83;
+    buf[n++] = 0x03;
+    buf[n++] = 0xc4;
+    buf[n++] = 16;
+    memcpy(buf + n, e.id.bytes, 16);
+    n += 16;
+    buf[n++] = 0x01;
+    buf[n++] = 0x07; /* version 7 */
+    buf[n++] = 0x02;
+    buf[n++] = 0x03;
+    mp_node_on_frame(F.node, c, buf, n, F.now);
+    expect_error(c, &e.id, MPREG_E_VERSION);
+    /* A reply kind without correlation: {1: 1, 2: 19, 3: id, 10: 16}. */
+    n = 0;
+    buf[n++] = 0x84;
+    buf[n++] = 0x01;
+    buf[n++] = 0x01;
+    buf[n++] = 0x02;
+    buf[n++] = MP_KIND_RPC_RESULT;
+    buf[n++] = 0x03;
+    buf[n++] = 0xc4;
+    buf[n++] = 16;
+    memcpy(buf + n, e.id.bytes, 16);
+    n += 16;
+    buf[n++] = 0x0a;
+    buf[n++] = 0x10;
+    mp_node_on_frame(F.node, c, buf, n, F.now);
+    expect_error(c, &e.id, MPREG_E_MISSING_FIELD);
+    cr_assert_not(F.c[c].closed);
+    mp_id id = send_bytes(c, MP_KIND_PING, NULL, NULL, 0);
+    frame fr = expect(c, MP_KIND_PONG, &id);
+    frame_free(&fr);
+}
+
+Test(node, kinds_not_accepted) {
+    uint64_t c = client();
+    mp_kind kinds[] = {MP_KIND_WELCOME,  MP_KIND_DELIVER, MP_KIND_RPC_INVOKE,    MP_KIND_QUEUE_OP,
+                       MP_KIND_CACHE_OP, MP_KIND_GOSSIP,  MP_KIND_CONTROL_REPLY, MP_KIND_OK};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        mp_envelope e;
+        mp_envelope_init(&e, kinds[i]);
+        e.correlation_id = mp_id_new(&F.client_rng.rng);
+        if (kinds[i] == MP_KIND_DELIVER) {
+            e.topic = mp_str_c("a.b");
+        }
+        mp_id id = send_env(c, &e);
+        expect_error(c, &id, MPREG_E_KIND);
+    }
+    /* An ERROR is never answered with an ERROR; a PONG needs no answer. */
+    send_json(c, MP_KIND_ERROR, NULL, "{\"code\": 100}");
+    mp_envelope pong;
+    mp_envelope_init(&pong, MP_KIND_PONG);
+    pong.correlation_id = mp_id_new(&F.client_rng.rng);
+    send_env(c, &pong);
+    expect_nothing(c);
+    cr_assert_not(F.c[c].closed);
+}
+
+Test(node, protocol_error_closes) {
+    uint64_t c = client();
+    mp_node_on_protocol_error(F.node, c, MPREG_E_FRAME_TOO_LARGE, F.now);
+    expect_error(c, NULL, MPREG_E_FRAME_TOO_LARGE);
+    cr_assert(F.c[c].closed);
+    cr_assert(F.c[c].flush);
+    cr_assert_eq(F.c[c].reason, MPREG_E_FRAME_TOO_LARGE);
+    close_conn(c);
+    /* Reports for a gone connection are ignored. */
+    mp_node_on_protocol_error(F.node, c, MPREG_E_FRAME_EMPTY, F.now);
+    mp_node_on_writable(F.node, c, F.now);
+    mp_node_on_close(F.node, c, MPREG_E_CLOSED, F.now);
+}
+
+Test(node, garbage_payloads_for_every_kind) {
+    uint64_t c = client();
+    const char garbage[] = "\xc1\xff\x00";
+    mp_kind kinds[] = {MP_KIND_RPC_REQUEST, MP_KIND_REGISTER, MP_KIND_UNREGISTER, MP_KIND_SUBSCRIBE,
+                       MP_KIND_UNSUBSCRIBE};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        mp_id id = send_bytes(c, kinds[i], NULL, garbage, 3);
+        frame fr;
+        cr_assert(next_frame(c, &fr), "no answer to %s", mp_kind_name(kinds[i]));
+        cr_assert(mp_id_equal(&fr.env.correlation_id, &id));
+        if (kinds[i] == MP_KIND_RPC_REQUEST) {
+            cr_assert_eq(fr.env.kind, MP_KIND_RPC_REPLY);
+            cr_assert_not_null(mpreg_map_get(&fr.payload, "error"));
+        } else {
+            cr_assert_eq(fr.env.kind, MP_KIND_ERROR, "%s", mp_kind_name(kinds[i]));
+        }
+        frame_free(&fr);
+        /* Empty and wrongly shaped payloads too. */
+        id = send_bytes(c, kinds[i], NULL, NULL, 0);
+        cr_assert(next_frame(c, &fr));
+        cr_assert(fr.env.kind == MP_KIND_ERROR || fr.env.kind == MP_KIND_RPC_REPLY);
+        frame_free(&fr);
+        id = send_json(c, kinds[i], NULL, "[1, {\"x\": null}]");
+        cr_assert(next_frame(c, &fr));
+        cr_assert(fr.env.kind == MP_KIND_ERROR || fr.env.kind == MP_KIND_RPC_REPLY);
+        frame_free(&fr);
+    }
+    /* PUBLISH: a bad topic is an ERROR; a payload is opaque (never parsed). */
+    mp_id id = publish(c, "a..b", "x");
+    expect_error(c, &id, MPREG_E_TOPIC);
+    id = publish(c, "a.*", "x");
+    expect_error(c, &id, MPREG_E_TOPIC);
+    publish(c, "a.b", garbage);
+    expect_nothing(c);
+    /* CONTROL: an unknown operation. */
+    id = send_bytes(c, MP_KIND_CONTROL, "reboot", garbage, 3);
+    expect_error(c, &id, MPREG_E_INVALID);
+    /* RPC_RESULT for nothing in flight is dropped silently. */
+    mp_envelope e;
+    mp_envelope_init(&e, MP_KIND_RPC_RESULT);
+    e.correlation_id = mp_id_new(&F.client_rng.rng);
+    e.payload = (mp_bytes){(const uint8_t *)garbage, 3};
+    send_env(c, &e);
+    expect_nothing(c);
+    /* And the connection still works. */
+    cr_assert_not(F.c[c].closed);
+    id = rpc(c, "[{\"name\": \"a\", \"fun\": \"echo\", \"args\": [1]}]");
+    expect_results(c, &id, "{\"a\": 1}");
+}
+
+/* --- RPC ------------------------------------------------------------------------------- */
+
+Test(node, canonical_example) {
+    uint64_t c = client();
+    mp_id id = rpc(c, "["
+                      "{\"name\": \"first\", \"fun\": \"echo\", \"args\": [\"hi there!\"]},"
+                      "{\"name\": \"second\", \"fun\": \"echo\", \"args\": [\"first\"]},"
+                      "{\"name\": \"third\", \"fun\": \"echos\", \"args\": [\"first\", \"AND ME "
+                      "TOO\"]}"
+                      "]");
+    expect_results(c, &id,
+                   "{\"second\": \"hi there!\", \"third\": [\"hi there!\", \"AND ME TOO\"]}");
+    expect_nothing(c);
+}
+
+static void kw_fn(void *ctx, const mpreg_value *args, const mpreg_value *kwargs, mpreg_call *call) {
+    (void)ctx;
+    (void)args;
+    mpreg_value v;
+    cr_assert_eq(mpreg_value_clone(kwargs, &v), MPREG_OK);
+    mpreg_call_return(call, v);
+}
+
+Test(node, nested_field_and_kwargs_references) {
+    mpreg_function_def def = {.name = "kw", .version = "2.1.0", .fn = kw_fn};
+    cr_assert_eq(mpreg_register_function(mp_node_registry(F.node), &def), MPREG_OK);
+    uint64_t c = client();
+    mp_id id = rpc(c, "["
+                      "{\"name\": \"first\", \"fun\": \"echo\", \"args\": [{\"user\": {\"name\": "
+                      "\"ann\"}, \"items\": [10, 20]}]},"
+                      "{\"name\": \"second\", \"fun\": \"echos\", \"args\": [\"first.user.name\", "
+                      "[\"first.items.1\"]]},"
+                      "{\"name\": \"third\", \"fun\": \"kw\", \"kwargs\": {\"who\": "
+                      "\"first.user.name\", \"n\": {\"deep\": \"first.items.0\"}, \"plain\": "
+                      "\"firstly\"}}"
+                      "]");
+    expect_results(c, &id,
+                   "{\"second\": [\"ann\", [20]], \"third\": {\"who\": \"ann\", \"n\": {\"deep\": "
+                   "10}, \"plain\": \"firstly\"}}");
+    /* A field that is not there fails the request. */
+    id = rpc(c, "[{\"name\": \"a\", \"fun\": \"echo\", \"args\": [{\"x\": 1}]},"
+                "{\"name\": \"b\", \"fun\": \"echo\", \"args\": [\"a.y\"]}]");
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_INVALID);
+    cr_assert_str_eq(e.command, "b");
+    mp_rpc_error_free(&e);
+}
+
+Test(node, unknown_function) {
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"x\", \"fun\": \"nosuch\"}]");
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_NOT_FOUND);
+    cr_assert_str_eq(e.command, "x");
+    cr_assert_not_null(strstr(mp_rpc_error_message(&e), "nosuch"));
+    mp_rpc_error_free(&e);
+}
+
+Test(node, cycle_before_anything_runs) {
+    uint64_t w = worker("[{\"name\": \"work\"}]");
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"work\", \"args\": [\"b\"]},"
+                      "{\"name\": \"b\", \"fun\": \"work\", \"args\": [\"a\"]},"
+                      "{\"name\": \"z\", \"fun\": \"work\"}]");
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_CYCLE);
+    cr_assert_not_null(strstr(mp_rpc_error_message(&e), "a -> b -> a"));
+    mp_rpc_error_free(&e);
+    expect_nothing(w); /* not even the independent command ran */
+    /* A self reference too. */
+    id = rpc(c, "[{\"name\": \"s\", \"fun\": \"echo\", \"args\": [\"s\"]}]");
+    expect_rpc_error_free(c, &id, MPREG_E_CYCLE);
+}
+
+Test(node, missing_resources) {
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"x\", \"fun\": \"echo\", \"args\": [1], \"locs\": [\"gpu\"]}]");
+    expect_rpc_error_free(c, &id, MPREG_E_NO_RESOURCES);
+}
+
+Test(node, configured_resources) {
+    teardown();
+    const char *res[] = {"cpu", "eu"};
+    mp_node_config cfg = {.node_id = "n1", .resources = res, .resource_count = 2};
+    start_node(&cfg);
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"x\", \"fun\": \"echo\", \"args\": [1], \"locs\": [\"eu\", "
+                      "\"cpu\"]}]");
+    expect_results(c, &id, "{\"x\": 1}");
+    id = rpc(c, "[{\"name\": \"x\", \"fun\": \"echo\", \"args\": [1], \"locs\": [\"us\"]}]");
+    expect_rpc_error_free(c, &id, MPREG_E_NO_RESOURCES);
+}
+
+Test(node, version_constraints) {
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"x\", \"fun\": \"echo\", \"args\": [1], \"version\": "
+                      "\">=1.0,<2.0\"}]");
+    expect_results(c, &id, "{\"x\": 1}");
+    id = rpc(c, "[{\"name\": \"x\", \"fun\": \"echo\", \"args\": [1], \"version\": \">=2.0\"}]");
+    expect_rpc_error_free(c, &id, MPREG_E_NO_VERSION);
+    id = rpc(c, "[{\"name\": \"x\", \"fun\": \"echo\", \"args\": [1], \"version\": \"banana\"}]");
+    expect_rpc_error_free(c, &id, MPREG_E_BAD_SEMVER);
+    id = rpc(c, "[{\"name\": \"x\", \"fun\": \"echo\", \"args\": [1], \"version\": \">=2,<1\"}]");
+    expect_rpc_error_free(c, &id, MPREG_E_BAD_SEMVER);
+}
+
+Test(node, fail_builtin) {
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"oops\", \"fun\": \"fail\", \"args\": [\"it broke\"]}]");
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_HANDLER);
+    cr_assert_str_eq(mp_rpc_error_message(&e), "it broke");
+    cr_assert_str_eq(e.command, "oops");
+    mp_rpc_error_free(&e);
+}
+
+Test(node, builtin_argument_checks) {
+    uint64_t c = client();
+    const char *bad[] = {
+        "[{\"name\": \"x\", \"fun\": \"echo\"}]",
+        "[{\"name\": \"x\", \"fun\": \"echo\", \"args\": [1, 2]}]",
+        "[{\"name\": \"x\", \"fun\": \"sleep\", \"args\": [-1]}]",
+        "[{\"name\": \"x\", \"fun\": \"sleep\", \"args\": [1.5]}]",
+        "[{\"name\": \"x\", \"fun\": \"sleep\", \"args\": [\"10\"]}]",
+        "[{\"name\": \"x\", \"fun\": \"sleep\", \"args\": [3600001]}]",
+        "[{\"name\": \"x\", \"fun\": \"fail\", \"args\": [3]}]",
+        "[{\"name\": \"x\", \"fun\": \"whoami\", \"args\": [1]}]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        mp_id id = rpc(c, bad[i]);
+        cr_assert_eq(pending(c), 1, "no answer to %s", bad[i]);
+        expect_rpc_error_free(c, &id, MPREG_E_INVALID);
+    }
+    mp_id id = rpc(c, "[{\"name\": \"x\", \"fun\": \"sleep\", \"args\": [0]}]");
+    expect_results(c, &id, "{\"x\": 0}");
+    id = rpc(c, "[{\"name\": \"x\", \"fun\": \"echos\"}]");
+    expect_results(c, &id, "{\"x\": []}");
+}
+
+Test(node, sleep_past_deadline) {
+    uint64_t c = client();
+    mp_id id = rpc_timeout(c,
+                           "[{\"name\": \"nap\", \"fun\": \"sleep\", \"args\": [100]},"
+                           "{\"name\": \"quick\", \"fun\": \"echo\", \"args\": [1]}]",
+                           50);
+    expect_nothing(c);
+    cr_assert_eq(mp_node_next_wakeup(F.node), T0 + 50);
+    advance(49);
+    expect_nothing(c);
+    advance(1);
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_DEADLINE);
+    cr_assert_str_eq(e.command, "nap");
+    mp_rpc_error_free(&e);
+    /* The abandoned sleep is cancelled: nothing more comes, no timer stays. */
+    cr_assert_eq(mp_node_next_wakeup(F.node), UINT64_MAX);
+    advance(100);
+    expect_nothing(c);
+}
+
+Test(node, the_earlier_deadline_wins) {
+    uint64_t c = client();
+    mpreg_value payload = mpreg_map();
+    mpreg_map_set(&payload, "commands",
+                  json("[{\"name\": \"nap\", \"fun\": \"sleep\", \"args\": [10000]}]"));
+    mpreg_map_set(&payload, "timeout_ms", mpreg_int(1000));
+    mp_buf b = MP_BUF_INIT;
+    mpreg_value_encode(&payload, &b);
+    mp_envelope e;
+    mp_envelope_init(&e, MP_KIND_RPC_REQUEST);
+    e.deadline_ms = F.now + 30;
+    e.payload = (mp_bytes){b.data, b.len};
+    mp_id id = send_env(c, &e);
+    advance(29);
+    expect_nothing(c);
+    advance(1);
+    expect_rpc_error_free(c, &id, MPREG_E_DEADLINE);
+    /* The payload's timeout, when it is the earlier. */
+    e.id = mp_id_new(&F.client_rng.rng);
+    e.deadline_ms = F.now + 5000;
+    id = send_env(c, &e);
+    advance(999);
+    expect_nothing(c);
+    advance(1);
+    expect_rpc_error_free(c, &id, MPREG_E_DEADLINE);
+    /* A deadline already past: refused at once. */
+    e.id = mp_id_new(&F.client_rng.rng);
+    e.deadline_ms = F.now - 1;
+    id = send_env(c, &e);
+    expect_rpc_error_free(c, &id, MPREG_E_DEADLINE);
+    mp_buf_free(&b);
+    mpreg_value_free(&payload);
+}
+
+Test(node, default_rpc_timeout) {
+    teardown();
+    mp_node_config cfg = {.node_id = "n1", .rpc_timeout_ms = 500};
+    start_node(&cfg);
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"nap\", \"fun\": \"sleep\", \"args\": [1000]}]");
+    advance(499);
+    expect_nothing(c);
+    advance(1);
+    expect_rpc_error_free(c, &id, MPREG_E_DEADLINE);
+}
+
+Test(node, sleeps_run_in_parallel) {
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"sleep\", \"args\": [100]},"
+                      "{\"name\": \"b\", \"fun\": \"sleep\", \"args\": [100]},"
+                      "{\"name\": \"c\", \"fun\": \"echos\", \"args\": [\"a\", \"b\"]}]");
+    advance(99);
+    expect_nothing(c);
+    advance(1);
+    expect_results(c, &id, "{\"c\": [100, 100]}");
+}
+
+Test(node, whoami) {
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"me\", \"fun\": \"whoami\"}]");
+    expect_results(c, &id,
+                   "{\"me\": {\"node\": \"n1\", \"name\": \"alpha\", \"cluster\": \"c1\"}}");
+}
+
+Test(node, request_limit_per_connection) {
+    uint64_t c = client();
+    for (int i = 0; i < 1024; i++) {
+        rpc(c, "[{\"name\": \"a\", \"fun\": \"sleep\", \"args\": [100]}]");
+    }
+    expect_nothing(c);
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"sleep\", \"args\": [100]}]");
+    expect_error(c, &id, MPREG_E_BACKPRESSURE);
+    advance(100);
+    cr_assert_eq(pending(c), 1024);
+    skip_all(c);
+    id = rpc(c, "[{\"name\": \"a\", \"fun\": \"echo\", \"args\": [1]}]");
+    expect_results(c, &id, "{\"a\": 1}");
+}
+
+Test(node, reply_backpressure_pauses_reading) {
+    uint64_t c = client();
+    F.c[c].high = true;
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"echo\", \"args\": [1]}]");
+    expect_results(c, &id, "{\"a\": 1}");
+    cr_assert_eq(F.c[c].reading_calls, 1);
+    cr_assert_not(F.c[c].reading);
+    F.c[c].high = false;
+    mp_node_on_writable(F.node, c, F.now);
+    cr_assert_eq(F.c[c].reading_calls, 2);
+    cr_assert(F.c[c].reading);
+}
+
+Test(node, reply_over_max_frame) {
+    teardown();
+    mp_node_config cfg = {.node_id = "n1", .max_frame = 512};
+    start_node(&cfg);
+    uint64_t c = client();
+    char big[700];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    /* Fits in (the node takes any frame the driver hands it), too big to echo. */
+    char cmds[900];
+    snprintf(cmds, sizeof cmds, "[{\"name\": \"a\", \"fun\": \"echo\", \"args\": [\"%s\"]}]", big);
+    mp_id id = rpc(c, cmds);
+    expect_rpc_error_free(c, &id, MPREG_E_TOO_LARGE);
+}
+
+/* Puts another node's entry in the catalog, as gossip will. */
+static void remote_entry(mp_entry *e) {
+    e->version = (mp_entry_version){1, 1};
+    cr_assert_eq(mp_catalog_apply_entry(mp_node_catalog(F.node), e, F.now, NULL), MPREG_OK);
+    mp_entry_free(e);
+}
+
+Test(node, remote_endpoints_are_unreachable_for_now) {
+    mp_entry e;
+    cr_assert_eq(mp_entry_function(&e, "n2", "c1", "far", NULL, "1.0.0"), MPREG_OK);
+    remote_entry(&e);
+    cr_assert_eq(mp_entry_function(&e, "n3", "c9", "abroad", NULL, "1.0.0"), MPREG_OK);
+    remote_entry(&e);
+    cr_assert_eq(mp_entry_topic(&e, "n2", "c1", "news.#"), MPREG_OK);
+    remote_entry(&e);
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"far\"}]");
+    mp_rpc_error err = expect_rpc_error(c, &id, MPREG_E_UNREACHABLE);
+    cr_assert_not_null(strstr(mp_rpc_error_message(&err), "no connection to node n2"));
+    mp_rpc_error_free(&err);
+    /* Another cluster, and no federation to get there. */
+    id = rpc(c, "[{\"name\": \"a\", \"fun\": \"abroad\", \"target_cluster\": \"c9\"}]");
+    expect_rpc_error_free(c, &id, MPREG_E_ROUTE);
+    /* A publish that only another node wants: not an error, counted. */
+    publish(c, "news.today", "x");
+    expect_nothing(c);
+    mpreg_value st = control(c, "status");
+    cr_assert_eq(get_int(get(&st, "counters"), "unreachable"), 2);
+    cr_assert_eq(get_int(get(&st, "counters"), "published"), 1);
+    mpreg_value_free(&st);
+}
+
+/* --- workers ------------------------------------------------------------------------------ */
+
+Test(node, worker_register_call_result) {
+    uint64_t w = worker("[{\"name\": \"add\", \"function_id\": \"math\", \"version\": \"1.2.0\", "
+                        "\"resources\": [\"gpu\"]}]");
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"sum\", \"fun\": \"add\", \"args\": [1, 2], \"kwargs\": "
+                      "{\"k\": \"v\"}, \"locs\": [\"gpu\"], \"version\": \">=1\"}]");
+    expect_nothing(c);
+    frame inv = expect(w, MP_KIND_RPC_INVOKE, NULL);
+    cr_assert(mp_str_eq_c(inv.env.topic, "add"));
+    mp_rpc_invoke in;
+    cr_assert_eq(mp_rpc_invoke_decode(inv.env.payload.ptr, inv.env.payload.len, &in, NULL),
+                 MPREG_OK);
+    cr_assert_str_eq(in.command, "sum");
+    cr_assert_str_eq(in.fun, "add");
+    cr_assert_str_eq(in.function_id, "math");
+    cr_assert_str_eq(in.version, "1.2.0"); /* the exact version chosen, not the constraint */
+    assert_json_eq(&in.args, "[1, 2]");
+    assert_json_eq(&in.kwargs, "{\"k\": \"v\"}");
+    mp_rpc_invoke_free(&in);
+    cr_assert_gt(inv.env.deadline_ms, F.now);
+    answer(w, &inv, "{\"result\": 3}");
+    expect_results(c, &id, "{\"sum\": 3}");
+    /* A result for the same invoke again is dropped. */
+    answer(w, &inv, "{\"result\": 4}");
+    expect_nothing(c);
+    expect_nothing(w);
+    frame_free(&inv);
+}
+
+Test(node, worker_error_and_bad_result) {
+    uint64_t w = worker("[{\"name\": \"work\"}]");
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"work\"}]");
+    frame inv = expect(w, MP_KIND_RPC_INVOKE, NULL);
+    answer(w, &inv, "{\"error\": {\"code\": 304, \"message\": \"disk on fire\"}}");
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_HANDLER);
+    cr_assert_str_eq(mp_rpc_error_message(&e), "disk on fire");
+    cr_assert_str_eq(e.command, "a");
+    mp_rpc_error_free(&e);
+    frame_free(&inv);
+
+    id = rpc(c, "[{\"name\": \"a\", \"fun\": \"work\"}]");
+    inv = expect(w, MP_KIND_RPC_INVOKE, NULL);
+    /* A result that does not decode: the worker hears why, the caller
+     * gets a handler error naming the function. */
+    mp_id rid = answer(w, &inv, "{\"nonsense\": 1}");
+    frame err = expect(w, MP_KIND_ERROR, &rid);
+    frame_free(&err);
+    e = expect_rpc_error(c, &id, MPREG_E_HANDLER);
+    cr_assert_not_null(strstr(mp_rpc_error_message(&e), "work"));
+    mp_rpc_error_free(&e);
+    frame_free(&inv);
+}
+
+Test(node, worker_sequenced_commands_and_parallel_invokes) {
+    uint64_t w = worker("[{\"name\": \"work\"}]");
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"work\", \"args\": [1]},"
+                      "{\"name\": \"b\", \"fun\": \"work\", \"args\": [2]},"
+                      "{\"name\": \"c\", \"fun\": \"echos\", \"args\": [\"a\", \"b\"]}]");
+    /* a and b go out together. */
+    cr_assert_eq(pending(w), 2);
+    frame ia = expect(w, MP_KIND_RPC_INVOKE, NULL);
+    frame ib = expect(w, MP_KIND_RPC_INVOKE, NULL);
+    answer(w, &ib, "{\"result\": \"B\"}");
+    expect_nothing(c);
+    answer(w, &ia, "{\"result\": \"A\"}");
+    expect_results(c, &id, "{\"c\": [\"A\", \"B\"]}");
+    frame_free(&ia);
+    frame_free(&ib);
+}
+
+Test(node, worker_least_busy) {
+    uint64_t w1 = worker("[{\"name\": \"work\"}]");
+    uint64_t w2 = worker("[{\"name\": \"work\"}]");
+    cr_assert_eq(count_functions("work"), 1, "one entry however many workers");
+    uint64_t c = client();
+    rpc(c, "[{\"name\": \"a\", \"fun\": \"work\"}]");
+    rpc(c, "[{\"name\": \"a\", \"fun\": \"work\"}]");
+    cr_assert_eq(pending(w1), 1);
+    cr_assert_eq(pending(w2), 1);
+    rpc(c, "[{\"name\": \"a\", \"fun\": \"work\"}]");
+    cr_assert_eq(pending(w1) + pending(w2), 3);
+}
+
+Test(node, worker_resources_pick_the_right_worker) {
+    uint64_t w1 = worker("[{\"name\": \"work\", \"resources\": [\"gpu\"]}]");
+    uint64_t w2 = worker("[{\"name\": \"work\", \"resources\": [\"ssd\"]}]");
+    uint64_t c = client();
+    rpc(c, "[{\"name\": \"a\", \"fun\": \"work\", \"locs\": [\"ssd\"]}]");
+    cr_assert_eq(pending(w1), 0);
+    cr_assert_eq(pending(w2), 1);
+    /* No single worker has both. */
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"work\", \"locs\": [\"ssd\", \"gpu\"]}]");
+    expect_rpc_error_free(c, &id, MPREG_E_NO_RESOURCES);
+}
+
+Test(node, worker_disconnect_mid_call) {
+    uint64_t w = worker("[{\"name\": \"work\"}]");
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"work\"},"
+                      "{\"name\": \"b\", \"fun\": \"sleep\", \"args\": [1000]}]");
+    frame inv = expect(w, MP_KIND_RPC_INVOKE, NULL);
+    close_conn(w);
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_WORKER_GONE);
+    cr_assert_str_eq(e.command, "a");
+    cr_assert_not_null(strstr(mp_rpc_error_message(&e), "work"));
+    mp_rpc_error_free(&e);
+    /* The sleep was abandoned with it (what is left to wake up for is the
+     * catalog's tombstone of the withdrawn function). */
+    cr_assert_neq(mp_node_next_wakeup(F.node), T0 + 1000);
+    advance(1000);
+    expect_nothing(c);
+    frame_free(&inv);
+    /* And the function is gone. */
+    id = rpc(c, "[{\"name\": \"a\", \"fun\": \"work\"}]");
+    expect_rpc_error_free(c, &id, MPREG_E_NOT_FOUND);
+}
+
+Test(node, worker_functions_leave_the_catalog) {
+    uint64_t w1 = worker("[{\"name\": \"work\", \"version\": \"1.0.0\"},"
+                         "{\"name\": \"work\", \"version\": \"2.0.0\"}]");
+    uint64_t w2 = worker("[{\"name\": \"work\", \"version\": \"1.0.0\"}]");
+    cr_assert_eq(count_functions("work"), 2);
+    close_conn(w1);
+    cr_assert_eq(count_functions("work"), 1);
+    mpreg_value cat = control(client(), "catalog");
+    const mpreg_value *fns = get(&cat, "functions");
+    bool found = false;
+    for (size_t i = 0; i < fns->u.arr.len; i++) {
+        const mpreg_value *f = &fns->u.arr.items[i];
+        if (strcmp(get_str(f, "name"), "work") == 0) {
+            cr_assert_str_eq(get_str(f, "version"), "1.0.0");
+            cr_assert_str_eq(get_str(f, "node"), "n1");
+            cr_assert_str_eq(get_str(f, "cluster"), "c1");
+            found = true;
+        }
+    }
+    cr_assert(found);
+    mpreg_value_free(&cat);
+    close_conn(w2);
+    cr_assert_eq(count_functions("work"), 0);
+}
+
+Test(node, worker_register_errors) {
+    uint64_t w = client();
+    mp_id id = send_json(w, MP_KIND_REGISTER, NULL,
+                         "{\"functions\": [{\"name\": \"f\", \"version\": \"one\"}]}");
+    expect_error(w, &id, MPREG_E_BAD_SEMVER);
+    id = send_json(
+        w, MP_KIND_REGISTER, NULL,
+        "{\"functions\": [{\"name\": \"f\"}, {\"name\": \"f\", \"version\": \"0.0.0\"}]}");
+    expect_error(w, &id, MPREG_E_DUPLICATE);
+    id = send_json(w, MP_KIND_REGISTER, NULL, "{\"functions\": [{\"name\": \"f\"}]}");
+    frame fr = expect(w, MP_KIND_OK, &id);
+    cr_assert_eq(get_int(&fr.payload, "registered"), 1);
+    frame_free(&fr);
+    id = send_json(w, MP_KIND_REGISTER, NULL, "{\"functions\": [{\"name\": \"f\"}]}");
+    expect_error(w, &id, MPREG_E_DUPLICATE);
+    id = send_json(w, MP_KIND_REGISTER, NULL,
+                   "{\"functions\": [{\"name\": \"g\", \"resorces\": []}]}");
+    expect_error(w, &id, MPREG_E_INVALID);
+    id = send_json(w, MP_KIND_REGISTER, NULL, "{\"functions\": [{\"name\": \"\"}]}");
+    expect_error(w, &id, MPREG_E_INVALID);
+    id = send_json(w, MP_KIND_REGISTER, NULL, "{\"functions\": [{\"version\": \"1.0.0\"}]}");
+    expect_error(w, &id, MPREG_E_MISSING_FIELD);
+    id = send_json(w, MP_KIND_REGISTER, NULL, "{\"functions\": []}");
+    expect_error(w, &id, MPREG_E_INVALID);
+    /* All or nothing: a bad item keeps the good ones out. */
+    id = send_json(w, MP_KIND_REGISTER, NULL,
+                   "{\"functions\": [{\"name\": \"h\"}, {\"name\": \"i\", \"version\": \"x\"}]}");
+    expect_error(w, &id, MPREG_E_BAD_SEMVER);
+    cr_assert_eq(count_functions("h"), 0);
+    /* Too many for one connection. */
+    mp_buf b = MP_BUF_INIT;
+    mp_buf_append(&b, "{\"functions\": [", 15);
+    for (int i = 0; i < 256; i++) {
+        char item[48];
+        int len = snprintf(item, sizeof item, "%s{\"name\": \"fn%d\"}", i ? "," : "", i);
+        mp_buf_append(&b, item, (size_t)len);
+    }
+    mp_buf_append(&b, "]}", 3);
+    id = send_json(w, MP_KIND_REGISTER, NULL, (const char *)b.data);
+    expect_error(w, &id, MPREG_E_TOO_LARGE);
+    mp_buf_free(&b);
+    cr_assert_not(F.c[w].closed);
+}
+
+Test(node, worker_unregister) {
+    uint64_t w = worker("[{\"name\": \"work\", \"version\": \"1.0.0\"},"
+                        "{\"name\": \"work\", \"version\": \"2.0.0\"}, {\"name\": \"other\"}]");
+    mp_id id = send_json(w, MP_KIND_UNREGISTER, NULL,
+                         "{\"functions\": [{\"name\": \"work\", \"version\": \"2.0.0\"}]}");
+    frame fr = expect(w, MP_KIND_OK, &id);
+    cr_assert_eq(get_int(&fr.payload, "unregistered"), 1);
+    frame_free(&fr);
+    cr_assert_eq(count_functions("work"), 1);
+    id = send_json(w, MP_KIND_UNREGISTER, NULL, "{\"functions\": [{\"name\": \"work\"}]}");
+    fr = expect(w, MP_KIND_OK, &id);
+    cr_assert_eq(get_int(&fr.payload, "unregistered"), 1);
+    frame_free(&fr);
+    cr_assert_eq(count_functions("work"), 0);
+    cr_assert_eq(count_functions("other"), 1);
+    id = send_json(w, MP_KIND_UNREGISTER, NULL, "{\"functions\": [{\"name\": \"nope\"}]}");
+    fr = expect(w, MP_KIND_OK, &id);
+    cr_assert_eq(get_int(&fr.payload, "unregistered"), 0);
+    frame_free(&fr);
+}
+
+Test(node, worker_shares_entry_with_builtin) {
+    /* A worker may offer what an in-process function offers: one entry. */
+    uint64_t w = worker("[{\"name\": \"echo\", \"version\": \"1.0.0\", \"resources\": [\"gpu\"]}]");
+    cr_assert_eq(count_functions("echo"), 1);
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"echo\", \"args\": [1]}]");
+    expect_results(c, &id, "{\"a\": 1}"); /* in-process first on a tie */
+    id = rpc(c, "[{\"name\": \"a\", \"fun\": \"echo\", \"args\": [1], \"locs\": [\"gpu\"]}]");
+    frame inv = expect(w, MP_KIND_RPC_INVOKE, NULL);
+    answer(w, &inv, "{\"result\": \"from worker\"}");
+    expect_results(c, &id, "{\"a\": \"from worker\"}");
+    frame_free(&inv);
+    close_conn(w);
+    cr_assert_eq(count_functions("echo"), 1);
+}
+
+Test(node, client_gone_drops_its_requests) {
+    uint64_t w = worker("[{\"name\": \"work\"}]");
+    uint64_t c = client();
+    rpc(c, "[{\"name\": \"a\", \"fun\": \"work\"}]");
+    frame inv = expect(w, MP_KIND_RPC_INVOKE, NULL);
+    close_conn(c);
+    answer(w, &inv, "{\"result\": 1}"); /* late: dropped */
+    expect_nothing(w);
+    frame_free(&inv);
+    mpreg_value st = control(client(), "status");
+    cr_assert_eq(get_int(get(&st, "connections"), "workers"), 1);
+    mpreg_value_free(&st);
+}
+
+/* --- the plugin API ------------------------------------------------------------------------- */
+
+static mpreg_call *kept;
+
+static void keep_fn(void *ctx, const mpreg_value *args, const mpreg_value *kwargs,
+                    mpreg_call *call) {
+    (void)ctx;
+    (void)args;
+    (void)kwargs;
+    kept = call;
+}
+
+Test(node, registry_api) {
+    mpreg_registry *reg = mp_node_registry(F.node);
+    cr_assert_eq(mpreg_plugin_api_version(), MPREG_PLUGIN_API_VERSION);
+    mpreg_function_def def = {.name = "echo", .version = "1.0.0", .fn = kw_fn};
+    cr_assert_eq(mpreg_register_function(reg, &def), MPREG_E_DUPLICATE);
+    def.version = "nope";
+    cr_assert_eq(mpreg_register_function(reg, &def), MPREG_E_BAD_SEMVER);
+    def.name = "";
+    def.version = NULL;
+    cr_assert_eq(mpreg_register_function(reg, &def), MPREG_E_INVALID);
+    mpreg_function_def later = {.name = "later", .fn = keep_fn};
+    cr_assert_eq(mpreg_register_function(reg, &later), MPREG_OK);
+
+    /* A function that finishes its call later, and one whose request went away. */
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"later\", \"version\": \"0.0.0\"}]");
+    cr_assert_not_null(kept);
+    expect_nothing(c);
+    mpreg_call_return(kept, mpreg_str("done"));
+    expect_results(c, &id, "{\"a\": \"done\"}");
+
+    kept = NULL;
+    id = rpc_timeout(c, "[{\"name\": \"a\", \"fun\": \"later\"}]", 10);
+    advance(10);
+    expect_rpc_error_free(c, &id, MPREG_E_DEADLINE);
+    mpreg_call_fail(kept, MPREG_OK, NULL); /* goes nowhere, frees the call */
+    expect_nothing(c);
+
+    kept = NULL;
+    id = rpc(c, "[{\"name\": \"a\", \"fun\": \"later\"}]");
+    mpreg_call_fail(kept, MPREG_E_NO_SUCH_QUEUE, "custom");
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_NO_SUCH_QUEUE);
+    cr_assert_str_eq(mp_rpc_error_message(&e), "custom");
+    mp_rpc_error_free(&e);
+
+    /* An orphan still held when the node goes is freed with it. */
+    kept = NULL;
+    rpc(c, "[{\"name\": \"a\", \"fun\": \"later\"}]");
+    close_conn(c);
+}
+
+/* --- pub/sub ---------------------------------------------------------------------------------- */
+
+Test(node, pubsub_wildcards) {
+    uint64_t s = client();
+    uint64_t p = client();
+    uint64_t sub =
+        subscribe(s, "{\"patterns\": [\"orders.*.created\", \"logs.#\"], \"tag\": \"t\"}");
+    cr_assert_eq(sub, 1);
+    publish(p, "orders.eu.created", "o1");
+    publish(p, "logs", "l0");
+    publish(p, "logs.a.b.c", "l3");
+    publish(p, "orders.eu", "no");
+    publish(p, "orders.eu.us.created", "no");
+    expect_deliver(s, "orders.eu.created", "o1", false);
+    expect_deliver(s, "logs", "l0", false);
+    expect_deliver(s, "logs.a.b.c", "l3", false);
+    expect_nothing(s);
+    expect_nothing(p);
+    /* The interest is in the catalog. */
+    mpreg_value cat = control(p, "catalog");
+    assert_json_eq(get(&cat, "topics"), "[{\"pattern\": \"logs.#\", \"node\": \"n1\"},"
+                                        "{\"pattern\": \"orders.*.created\", \"node\": \"n1\"}]");
+    mpreg_value_free(&cat);
+}
+
+Test(node, pubsub_deliver_headers) {
+    uint64_t s = client();
+    subscribe(s, "{\"patterns\": [\"a.b\", \"a.*\"], \"tag\": \"mine\"}");
+    mp_envelope e;
+    mp_envelope_init(&e, MP_KIND_PUBLISH);
+    e.topic = mp_str_c("a.b");
+    mp_envelope_add_header(&e, mp_str_c("trace"), mp_str_c("xyz"));
+    mp_id id = send_env(s, &e);
+    frame fr = expect(s, MP_KIND_DELIVER, NULL);
+    cr_assert(mp_id_equal(&fr.env.id, &id));
+    uint64_t sub;
+    mp_str tag;
+    cr_assert_eq(mp_pubsub_deliver_parse(&fr.env, &sub, &tag), MPREG_OK);
+    cr_assert_eq(sub, 1);
+    cr_assert(mp_str_eq_c(tag, "mine"));
+    cr_assert(mp_str_eq_c(mp_envelope_header(&fr.env, "trace"), "xyz"));
+    frame_free(&fr);
+    expect_nothing(s); /* once, though both patterns match */
+    /* The same message id again is a duplicate. */
+    send_env(s, &e);
+    expect_nothing(s);
+}
+
+Test(node, pubsub_queue_groups_across_connections) {
+    uint64_t a = client();
+    uint64_t b = client();
+    uint64_t all = client();
+    subscribe(a, "{\"patterns\": [\"jobs.*\"], \"tag\": \"a\", \"group\": \"g\"}");
+    subscribe(b, "{\"patterns\": [\"jobs.*\"], \"tag\": \"b\", \"group\": \"g\"}");
+    subscribe(all, "{\"patterns\": [\"jobs.*\"], \"tag\": \"all\"}");
+    uint64_t p = client();
+    for (int i = 0; i < 4; i++) {
+        publish(p, "jobs.x", "j");
+    }
+    cr_assert_eq(pending(a), 2);
+    cr_assert_eq(pending(b), 2);
+    cr_assert_eq(pending(all), 4);
+    /* A slow member is skipped while another can take the message. */
+    skip_all(a);
+    skip_all(b);
+    F.c[a].high = true;
+    publish(p, "jobs.x", "j"); /* a's turn: dropped at a, a goes shedding */
+    for (int i = 0; i < 4; i++) {
+        publish(p, "jobs.x", "j");
+    }
+    cr_assert_eq(pending(a), 0);
+    cr_assert_eq(pending(b), 4);
+}
+
+Test(node, pubsub_replay) {
+    teardown();
+    mp_node_config cfg = {.node_id = "n1",
+                          .pubsub = {.retain_per_topic = 10, .retain_max_bytes = 1 << 20}};
+    start_node(&cfg);
+    uint64_t p = client();
+    publish(p, "t.a", "1");
+    publish(p, "t.a", "2");
+    publish(p, "t.b", "3");
+    publish(p, "u.a", "4");
+    uint64_t s = client();
+    mp_id id = send_json(s, MP_KIND_SUBSCRIBE, NULL,
+                         "{\"patterns\": [\"t.*\"], \"tag\": \"r\", \"replay_last\": 2}");
+    /* The OK first, then the replay, oldest first. */
+    frame fr = expect(s, MP_KIND_OK, &id);
+    frame_free(&fr);
+    expect_deliver(s, "t.a", "2", true);
+    expect_deliver(s, "t.b", "3", true);
+    expect_nothing(s);
+    publish(p, "t.c", "5");
+    expect_deliver(s, "t.c", "5", false);
+}
+
+Test(node, pubsub_slow_subscriber) {
+    uint64_t s = client();
+    uint64_t sub = subscribe(s, "{\"patterns\": [\"x\"], \"tag\": \"t\"}");
+    uint64_t p = client();
+    publish(p, "x", "1");
+    expect_deliver(s, "x", "1", false);
+    F.c[s].high = true;
+    publish(p, "x", "2"); /* over high water: shed at once */
+    publish(p, "x", "3"); /* the service drops it */
+    publish(p, "x", "4");
+    expect_nothing(s);
+    cr_assert_not(F.c[s].closed);
+    cr_assert_eq(F.c[s].drops, 1);
+    mpreg_value st = control(p, "status");
+    cr_assert_eq(get_int(get(&st, "counters"), "dropped"), 3);
+    cr_assert_eq(get_int(get(&st, "counters"), "published"), 4);
+    cr_assert_eq(get_int(get(&st, "counters"), "delivered"), 1);
+    mpreg_value_free(&st);
+    cr_assert_eq(sub, 1);
+    mpreg_value mine = control(s, "subscriptions");
+    assert_json_eq(&mine, "{\"subscriptions\": [{\"subscription\": 1, \"delivered\": 2, "
+                          "\"dropped\": 2}]}");
+    mpreg_value_free(&mine);
+    /* Drained: accepted again, and the driver hears about the drops. */
+    F.c[s].high = false;
+    mp_node_on_writable(F.node, s, F.now);
+    cr_assert_eq(F.c[s].drops, 3);
+    publish(p, "x", "5");
+    expect_deliver(s, "x", "5", false);
+}
+
+Test(node, pubsub_goes_over_high_water_while_delivering) {
+    uint64_t s = client();
+    subscribe(s, "{\"patterns\": [\"x\"], \"tag\": \"t\"}");
+    uint64_t p = client();
+    publish(p, "x", "1");
+    expect_deliver(s, "x", "1", false);
+    /* The delivery that fills the buffer goes out; the next ones do not. */
+    F.c[s].high = false;
+    publish(p, "x", "2");
+    F.c[s].high = true;
+    expect_deliver(s, "x", "2", false);
+    publish(p, "x", "3");
+    expect_nothing(s);
+}
+
+Test(node, pubsub_unsubscribe) {
+    uint64_t s = client();
+    uint64_t sub = subscribe(s, "{\"patterns\": [\"x.#\"], \"tag\": \"t\"}");
+    char payload[64];
+    snprintf(payload, sizeof payload, "{\"subscription\": %llu}", (unsigned long long)sub);
+    mp_id id = send_json(s, MP_KIND_UNSUBSCRIBE, NULL, payload);
+    frame fr = expect(s, MP_KIND_OK, &id);
+    cr_assert_eq(fr.env.payload.len, 0);
+    frame_free(&fr);
+    publish(s, "x.y", "1");
+    expect_nothing(s);
+    id = send_json(s, MP_KIND_UNSUBSCRIBE, NULL, payload);
+    expect_error(s, &id, MPREG_E_NOT_FOUND);
+    /* Nobody may end another connection's subscription. */
+    sub = subscribe(s, "{\"patterns\": [\"x.#\"], \"tag\": \"t\"}");
+    uint64_t other = client();
+    snprintf(payload, sizeof payload, "{\"subscription\": %llu}", (unsigned long long)sub);
+    id = send_json(other, MP_KIND_UNSUBSCRIBE, NULL, payload);
+    expect_error(other, &id, MPREG_E_NOT_FOUND);
+    mpreg_value cat = control(other, "catalog");
+    cr_assert_eq(get(&cat, "topics")->u.arr.len, 1);
+    mpreg_value_free(&cat);
+}
+
+Test(node, pubsub_subscriptions_die_with_connection) {
+    uint64_t s = client();
+    subscribe(s, "{\"patterns\": [\"a.*\", \"b\"], \"tag\": \"t\"}");
+    subscribe(s, "{\"patterns\": [\"b\"], \"tag\": \"u\"}");
+    uint64_t p = client();
+    mpreg_value st = control(p, "status");
+    cr_assert_eq(get_int(&st, "subscriptions"), 2);
+    mpreg_value_free(&st);
+    close_conn(s);
+    st = control(p, "status");
+    cr_assert_eq(get_int(&st, "subscriptions"), 0);
+    mpreg_value_free(&st);
+    mpreg_value cat = control(p, "catalog");
+    cr_assert_eq(get(&cat, "topics")->u.arr.len, 0);
+    mpreg_value_free(&cat);
+    publish(p, "b", "x"); /* nobody: not an error */
+    expect_nothing(p);
+}
+
+Test(node, pubsub_subscribe_errors) {
+    uint64_t s = client();
+    mp_id id = send_json(s, MP_KIND_SUBSCRIBE, NULL, "{\"patterns\": [\"a..b\"], \"tag\": \"t\"}");
+    expect_error(s, &id, MPREG_E_TOPIC);
+    id = send_json(s, MP_KIND_SUBSCRIBE, NULL, "{\"patterns\": [\"a\"]}");
+    expect_error(s, &id, MPREG_E_MISSING_FIELD);
+    id = send_json(s, MP_KIND_SUBSCRIBE, NULL,
+                   "{\"patterns\": [\"a\"], \"tag\": \"t\", \"replay_lats\": 1}");
+    expect_error(s, &id, MPREG_E_INVALID);
+}
+
+/* --- control ------------------------------------------------------------------------------------
+ */
+
+Test(node, status_reply) {
+    uint64_t c = client();
+    worker("[{\"name\": \"work\"}]");
+    open_conn(); /* still handshaking */
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"nosuch\"}]");
+    expect_rpc_error_free(c, &id, MPREG_E_NOT_FOUND);
+    id = rpc(c, "[{\"name\": \"a\", \"fun\": \"echo\", \"args\": [1]}]");
+    expect_results(c, &id, "{\"a\": 1}");
+    advance(1234);
+    mpreg_value st = control(c, "status");
+    cr_assert_str_eq(get_str(&st, "node"), "n1");
+    cr_assert_str_eq(get_str(&st, "name"), "alpha");
+    cr_assert_str_eq(get_str(&st, "cluster"), "c1");
+    cr_assert_eq(get_int(&st, "incarnation"), 1);
+    cr_assert_eq(get_int(&st, "uptime_ms"), 1234);
+    const mpreg_value *conns = get(&st, "connections");
+    cr_assert_eq(get_int(conns, "clients"), 2);
+    cr_assert_eq(get_int(conns, "workers"), 1);
+    cr_assert_eq(get_int(conns, "peers"), 0);
+    cr_assert_eq(get_int(conns, "handshaking"), 1);
+    cr_assert_eq(get_int(&st, "functions"), 6); /* 5 built-ins and work */
+    cr_assert_eq(get_int(&st, "subscriptions"), 0);
+    const mpreg_value *k = get(&st, "counters");
+    cr_assert_eq(get_int(k, "rpc_requests"), 2);
+    cr_assert_eq(get_int(k, "rpc_errors"), 1);
+    cr_assert_eq(get_int(k, "published"), 0);
+    mpreg_value_free(&st);
+    mpreg_value direct;
+    cr_assert_eq(mp_node_status(F.node, F.now, &direct), MPREG_OK);
+    cr_assert_eq(direct.type, MPREG_MAP);
+    mpreg_value_free(&direct);
+}
+
+Test(node, catalog_reply) {
+    uint64_t c = client();
+    mpreg_value cat = control(c, "catalog");
+    const mpreg_value *fns = get(&cat, "functions");
+    cr_assert_eq(fns->u.arr.len, 5);
+    const char *names[] = {"echo", "echos", "fail", "sleep", "whoami"}; /* sorted */
+    for (size_t i = 0; i < 5; i++) {
+        const mpreg_value *f = &fns->u.arr.items[i];
+        cr_assert_str_eq(get_str(f, "name"), names[i]);
+        cr_assert_str_eq(get_str(f, "version"), "1.0.0");
+        cr_assert_str_eq(get_str(f, "function_id"), "");
+        cr_assert_str_eq(get_str(f, "node"), "n1");
+        assert_json_eq(get(f, "resources"), "[]");
+    }
+    assert_json_eq(get(&cat, "nodes"), "[{\"node\": \"n1\", \"name\": \"alpha\", \"cluster\": "
+                                       "\"c1\"}]");
+    assert_json_eq(get(&cat, "topics"), "[]");
+    mpreg_value_free(&cat);
+    cr_assert_not_null(mp_node_catalog(F.node));
+    cr_assert_str_eq(mp_node_id(F.node), "n1");
+}
+
+/* --- stop ----------------------------------------------------------------------------------------
+ */
+
+Test(node, stop) {
+    uint64_t c = client();
+    uint64_t w = worker("[{\"name\": \"work\"}]");
+    uint64_t h = open_conn();
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"sleep\", \"args\": [1000]}]");
+    mp_id id2 = rpc(c, "[{\"name\": \"a\", \"fun\": \"work\"}]");
+    skip_all(w);
+    mp_node_stop(F.node, F.now);
+    expect_rpc_error_free(c, &id, MPREG_E_CLOSED);
+    expect_rpc_error_free(c, &id2, MPREG_E_CLOSED);
+    frame fr = expect(c, MP_KIND_GOODBYE, NULL);
+    frame_free(&fr);
+    fr = expect(w, MP_KIND_GOODBYE, NULL);
+    frame_free(&fr);
+    fr = expect(h, MP_KIND_GOODBYE, NULL);
+    frame_free(&fr);
+    cr_assert(F.c[c].closed && F.c[c].flush);
+    cr_assert(F.c[w].closed && F.c[w].flush);
+    cr_assert(F.c[h].closed && F.c[h].flush);
+    cr_assert_eq(mp_node_next_wakeup(F.node), UINT64_MAX);
+    /* New connections are refused; closes arrive later. */
+    uint64_t late = open_conn();
+    cr_assert(F.c[late].closed);
+    close_conn(w);
+    close_conn(c);
+    close_conn(h);
+    mp_node_stop(F.node, F.now); /* twice is harmless */
+}
+
+/* --- determinism
+ * ----------------------------------------------------------------------------------- */
+
+static void run_script(mp_buf *transcript) {
+    uint64_t c = client();
+    uint64_t w = worker("[{\"name\": \"work\"}]");
+    subscribe(c, "{\"patterns\": [\"a.#\"], \"tag\": \"t\"}");
+    rpc(c, "[{\"name\": \"a\", \"fun\": \"work\"}, {\"name\": \"b\", \"fun\": \"whoami\"}]");
+    frame inv = expect(w, MP_KIND_RPC_INVOKE, NULL);
+    answer(w, &inv, "{\"result\": [1, 2, 3]}");
+    frame_free(&inv);
+    publish(w, "a.b", "hello");
+    mp_buf_append(transcript, F.c[c].out.data, F.c[c].out.len);
+    mp_buf_append(transcript, F.c[w].out.data, F.c[w].out.len);
+}
+
+Test(node, deterministic_with_a_seed) {
+    mp_buf one = MP_BUF_INIT, two = MP_BUF_INIT;
+    run_script(&one);
+    teardown();
+    default_node();
+    run_script(&two);
+    cr_assert_eq(one.len, two.len);
+    cr_assert(memcmp(one.data, two.data, one.len) == 0);
+    mp_buf_free(&one);
+    mp_buf_free(&two);
+}
+
+Test(node, bad_config) {
+    mp_xoshiro r;
+    mp_xoshiro_seed(&r, 1);
+    mp_node_config cfg = {.node_id = NULL};
+    cr_assert_null(mp_node_new(&cfg, &IO, &r.rng, T0));
+    cfg.node_id = "";
+    cr_assert_null(mp_node_new(&cfg, &IO, &r.rng, T0));
+    cfg.node_id = "n";
+    cr_assert_null(mp_node_new(&cfg, &IO, NULL, T0));
+    mp_node_io io = IO;
+    io.close = NULL;
+    cr_assert_null(mp_node_new(&cfg, &io, &r.rng, T0));
+    const char *res[] = {""};
+    cfg.resources = res;
+    cfg.resource_count = 1;
+    cr_assert_null(mp_node_new(&cfg, &IO, &r.rng, T0));
+    cr_assert_str_eq(mp_log_level_name(MP_LOG_WARN), "warn");
+}
