@@ -8,6 +8,9 @@
 #   make fuzz       build the libFuzzer targets with clang and run each for
 #                   FUZZ_SECONDS (default 20)
 #   make bench      micro-benchmarks (BENCH lines)
+#   make bench-compare
+#                   mpreg-bench against nats-server, side by side
+#                   (../shared/bench/compare.sh; ROUNDS=3 by default)
 #   make run        build and start a node
 #   make install    install library, headers, binaries (PREFIX=/usr/local)
 #   make format     clang-format every C file in place; format-check only checks
@@ -21,7 +24,7 @@ FUZZ_SECONDS ?= 20
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CTEST_ARGS ?=
 
-.PHONY: all build test test-asan fuzz bench run install clean format format-check bootstrap
+.PHONY: all build test test-asan fuzz bench bench-compare run install clean format format-check bootstrap
 
 all: build
 
@@ -61,6 +64,18 @@ fuzz: $(FUZZ_BUILD)/build.ninja
 
 bench: build
 	scripts/run-benches $(BUILD)
+
+# The side-by-side comparison lives in the steering repository, next to ours.
+COMPARE ?= $(CURDIR)/../shared/bench/compare.sh
+ROUNDS  ?= 3
+
+bench-compare: build
+	@scripts/bootstrap bench
+	@test -f $(COMPARE) || { echo "bench-compare: $(COMPARE) not found (set COMPARE=path/to/compare.sh)" >&2; exit 2; }
+	ROUNDS=$(ROUNDS) bash $(COMPARE) pubsub 2000000 16 -- $(BUILD)/bench/mpreg-bench
+	ROUNDS=$(ROUNDS) bash $(COMPARE) pubsub 500000 1024 -- $(BUILD)/bench/mpreg-bench
+	ROUNDS=$(ROUNDS) bash $(COMPARE) fanout 500000 128 4 -- $(BUILD)/bench/mpreg-bench
+	ROUNDS=$(ROUNDS) bash $(COMPARE) reqrep 20000 16 -- $(BUILD)/bench/mpreg-bench
 
 run: build
 	@scripts/run-node $(BUILD)

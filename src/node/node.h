@@ -65,6 +65,13 @@ typedef struct mp_node_io {
      * mark: the node sheds pub/sub deliveries and stops reading RPC. */
     bool (*over_high_water)(void *ud, uint64_t conn);
     void (*set_reading)(void *ud, uint64_t conn, bool reading);
+    /* Optional: true when the connection's pending output is past half its
+     * high-water mark. A publish whose delivery leaves a subscriber there
+     * stalls the publisher (its reading pauses for MP_NODE_STALL_MS), as
+     * nats-server stalls a fast producer, so that a subscriber that keeps
+     * up, only less quickly, is slowed down to rather than shed. Shedding
+     * at the high-water mark is unchanged. NULL = never stall. */
+    bool (*over_soft_water)(void *ud, uint64_t conn);
     /* Closes the connection; with flush_first its pending output goes first.
      * The driver later reports mp_node_on_close. */
     void (*close)(void *ud, uint64_t conn, bool flush_first, mpreg_err reason);

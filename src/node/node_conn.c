@@ -169,6 +169,7 @@ void mp_node_on_open(mp_node *n, uint64_t conn, const char *peer_addr, uint64_t 
     mp_list_init(&c->invokes);
     mp_list_init(&c->functions);
     mp_timer_init(&c->handshake, mp_handshake_expired);
+    mp_timer_init(&c->stall, mp_ps_stall_over);
     if (mp_map_put(&n->conns, &c->id, sizeof c->id, c, NULL) ||
         mp_timer_arm(&n->timers, &c->handshake, mp_add_ms(now_ms, n->handshake_timeout_ms))) {
         mp_map_remove(&n->conns, &c->id, sizeof c->id);
@@ -471,7 +472,7 @@ void mp_node_on_writable(mp_node *n, uint64_t conn, uint64_t now_ms) {
     }
     if (c->reading_paused) {
         c->reading_paused = false;
-        if (c->state != MP_CONN_CLOSING) {
+        if (c->state != MP_CONN_CLOSING && !c->stalled) {
             n->io.set_reading(n->io.ud, conn, true);
         }
     }
@@ -486,6 +487,7 @@ void mp_node_on_close(mp_node *n, uint64_t conn, mpreg_err reason, uint64_t now_
     }
     mp_list_remove(&c->link);
     mp_timer_cancel(&n->timers, &c->handshake);
+    mp_timer_cancel(&n->timers, &c->stall);
     mp_node_log(n, MP_LOG_INFO, "conn %llu closed (%s): %u requests, %u calls in flight",
                 (unsigned long long)conn, mpreg_err_name(reason), c->request_count, c->inflight);
     /* Its own requests go quietly: nobody is left to answer. */

@@ -185,6 +185,8 @@ typedef struct mp_conn {
     uint32_t sub_count;
     uint32_t sub_cap;
     bool reading_paused;   /* we told the driver to stop reading it (RPC backpressure) */
+    bool stalled;          /* a publisher paused while a subscriber catches up */
+    mp_timer stall;        /* ends the stall */
     bool shedding;         /* over high water: pub/sub deliveries are dropped */
     uint64_t dropped_base; /* the subscriptions' drop count when shedding began */
     uint64_t shed_drops;   /* deliveries the node itself dropped while shedding */
@@ -278,6 +280,8 @@ void mp_ps_on_subscribe(mp_node *n, mp_conn *c, const mp_envelope *env);
 void mp_ps_on_unsubscribe(mp_node *n, mp_conn *c, const mp_envelope *env);
 void mp_ps_on_publish(mp_node *n, mp_conn *c, const mp_envelope *env);
 void mp_ps_on_writable(mp_node *n, mp_conn *c);
+/* A publisher's stall (node_pubsub.c) is over: it reads again. */
+void mp_ps_stall_over(mp_node *n, mp_timer *t);
 void mp_ps_conn_drop(mp_node *n, mp_conn *c);
 void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d);
 void mp_ps_interest(void *ud, mp_str pattern, bool added);
@@ -327,6 +331,7 @@ struct mp_node {
     mp_catalog *catalog;
     mp_engine *engine;
     mp_pubsub *pubsub;
+    uint64_t ps_publisher; /* the connection whose PUBLISH is being delivered; 0 = none */
     mpreg_registry registry;
 
     mp_map conns; /* id -> mp_conn */

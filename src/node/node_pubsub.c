@@ -13,7 +13,13 @@
  * to other members. When the driver reports the connection writable again,
  * it accepts again and the drops of the episode are reported through
  * io->count_drop. The connection itself stays open: losing messages is the
- * slow consumer's penalty, not losing the link. */
+ * slow consumer's penalty, not losing the link.
+ *
+ * Fast publishers. Before it comes to shedding, a delivery that leaves its
+ * subscriber's output past half the mark (io->over_soft_water) stalls the
+ * publisher: its reading pauses for MP_NODE_STALL_MS. A subscriber that
+ * keeps up, only less quickly than the publisher writes, then slows the
+ * publisher down instead of losing messages. */
 #include "node/node_internal.h"
 
 #include <stdlib.h>
@@ -114,6 +120,38 @@ void mp_ps_on_writable(mp_node *n, mp_conn *c) {
     c->shed_drops = 0;
 }
 
+/* --- stalling a fast publisher ---------------------------------------------- */
+
+/* A stall pauses the publisher's reading for this long, at most; a
+ * subscriber that stays behind longer goes over high water and is shed. */
+#define MP_NODE_STALL_MS 2
+
+/* The delivery just queued left its subscriber past the soft mark: stop
+ * reading from the publisher for a moment rather than let the subscriber's
+ * output reach the high-water mark and lose messages (nats-server does the
+ * same to a producer that outruns a consumer). */
+static void mp_ps_stall_publisher(mp_node *n) {
+    mp_conn *pub = n->ps_publisher ? mp_conn_get(n, n->ps_publisher) : NULL;
+    if (!pub || pub->stalled || pub->state == MP_CONN_CLOSING) {
+        return;
+    }
+    if (mp_timer_arm(&n->timers, &pub->stall, mp_add_ms(n->now_ms, MP_NODE_STALL_MS))) {
+        return; /* no memory for the timer: no stall, shedding still protects */
+    }
+    pub->stalled = true;
+    if (!pub->reading_paused) {
+        n->io.set_reading(n->io.ud, pub->id, false);
+    }
+}
+
+void mp_ps_stall_over(mp_node *n, mp_timer *t) {
+    mp_conn *c = MP_CONTAINER(t, mp_conn, stall);
+    c->stalled = false;
+    if (!c->reading_paused && c->state != MP_CONN_CLOSING) {
+        n->io.set_reading(n->io.ud, c->id, true);
+    }
+}
+
 /* --- the service's hooks ---------------------------------------------------- */
 
 void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
@@ -139,6 +177,8 @@ void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
     }
     if (n->io.over_high_water(n->io.ud, c->id)) {
         mp_ps_start_shedding(n, c);
+    } else if (n->io.over_soft_water && n->io.over_soft_water(n->io.ud, c->id)) {
+        mp_ps_stall_publisher(n);
     }
 }
 
@@ -255,6 +295,7 @@ static void mp_ps_forward(mp_node *n, const char *node, const mp_envelope *env) 
 }
 
 void mp_ps_on_publish(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    mp_pubsub_prefetch(n->pubsub, &env->id); /* overlaps the miss with routing */
     mp_route_decision d = mp_engine_route_publish(n->engine, env->topic.ptr, env->topic.len);
     if (d.action == MP_ROUTE_FAIL) {
         mp_node_send_errorf(n, c->id, &env->id, d.error ? d.error : MPREG_E_ROUTE, "PUBLISH: %s",
@@ -274,7 +315,9 @@ void mp_ps_on_publish(mp_node *n, mp_conn *c, const mp_envelope *env) {
             .header_count = env->header_count,
         };
         mp_pubsub_result res;
+        n->ps_publisher = c->id;
         mpreg_err err = mp_pubsub_publish(n->pubsub, &msg, n->now_ms, &res);
+        n->ps_publisher = 0;
         mp_ps_flush_shedding(n);
         if (err) {
             mp_node_send_errorf(n, c->id, &env->id, err, "PUBLISH: %s", mpreg_strerror(err));

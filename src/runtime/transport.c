@@ -636,6 +636,15 @@ static void mp_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         if (err != MPREG_OK && c->state == MP_CONN_OPEN) {
             mp_conn_protocol_error(c, err);
         }
+        /* libuv reads a busy socket up to 32 times (8 MiB with our buffer)
+         * before the check handle runs. Flush what this chunk produced now,
+         * so that a fast publisher's fan-out reaches the kernel chunk by
+         * chunk instead of piling up past the high-water mark (and being
+         * shed) within a single loop iteration. Still one write per
+         * connection per chunk, never per frame. */
+        if (c->t->dirty_head) {
+            mp_flush_all(c->t);
+        }
         return;
     }
     if (nread == 0) {
@@ -1283,6 +1292,11 @@ void mp_transport_output_commit(mp_transport *t, uint64_t conn_id, uint64_t fram
     if (mp_conn_accepts_output(c)) {
         mp_conn_queued(c);
     }
+}
+
+bool mp_transport_over_soft_water(mp_transport *t, uint64_t conn_id) {
+    const mp_conn *c = mp_conn_lookup(t, conn_id);
+    return c && mp_conn_pending(c) >= t->cfg.high_water / 2;
 }
 
 bool mp_transport_over_high_water(mp_transport *t, uint64_t conn_id) {

@@ -45,9 +45,10 @@
  *
  * Output. Nothing is written when the owner sends: frames are appended to the
  * connection's pending buffer and every connection with pending output is
- * flushed once per loop iteration, with one write of everything pending. A
- * request/reply exchange costs one write per side, and a burst of a thousand
- * small frames costs one write, not a thousand. */
+ * flushed once per loop iteration (and after each chunk read, so that a
+ * burst of reads does not pile up output), with one write of everything
+ * pending. A request/reply exchange costs one write per side, and a burst of
+ * a thousand small frames costs one write, not a thousand. */
 #ifndef MP_TRANSPORT_H
 #define MP_TRANSPORT_H
 
@@ -191,6 +192,9 @@ void mp_transport_output_commit(mp_transport *t, uint64_t conn_id, uint64_t fram
  * producing it. After a true answer, on_writable fires when it drains. False
  * for unknown ids. */
 bool mp_transport_over_high_water(mp_transport *t, uint64_t conn_id);
+/* True while the connection's pending output is at or over half the
+ * high-water mark (no callback follows). False for unknown ids. */
+bool mp_transport_over_soft_water(mp_transport *t, uint64_t conn_id);
 
 /* Stops / restarts reading from a connection (pushback). Frames already read
  * in the current read may still be delivered after a pause. MPREG_E_CLOSED

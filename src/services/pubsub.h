@@ -204,6 +204,12 @@ typedef struct mp_pubsub_result {
 mpreg_err mp_pubsub_publish(mp_pubsub *ps, const mp_pubsub_message *msg, uint64_t now_ms,
                             mp_pubsub_result *res);
 
+/* A hint, with no effect on the service's state: a publish of id is coming.
+ * It starts fetching the slot of the dedupe set that publish will look at,
+ * so that the cache miss (the set outgrows the caches) overlaps whatever
+ * the caller does first, such as routing. */
+void mp_pubsub_prefetch(const mp_pubsub *ps, const mp_id *id);
+
 /* Forgets message ids older than the dedupe window. Publishing does this as
  * well; a timer calling it keeps memory low on a quiet node. */
 void mp_pubsub_expire(mp_pubsub *ps, uint64_t now_ms);

@@ -32,6 +32,7 @@ typedef struct fconn {
     uint32_t commits;
     bool gone;    /* after on_close: output() is NULL */
     bool high;    /* over_high_water answer */
+    bool soft;    /* over_soft_water answer */
     bool reading; /* last set_reading */
     int reading_calls;
     bool closed;
@@ -66,6 +67,10 @@ static bool f_high(void *ud, uint64_t conn) {
     fake *f = ud;
     return f->c[conn].high;
 }
+static bool f_soft(void *ud, uint64_t conn) {
+    fake *f = ud;
+    return f->c[conn].soft;
+}
 static void f_set_reading(void *ud, uint64_t conn, bool reading) {
     fake *f = ud;
     f->c[conn].reading = reading;
@@ -94,6 +99,7 @@ static const mp_node_io IO = {
     .output_commit = f_commit,
     .over_high_water = f_high,
     .set_reading = f_set_reading,
+    .over_soft_water = f_soft,
     .close = f_close,
     .count_drop = f_count_drop,
     .log = f_log,
@@ -1458,6 +1464,29 @@ Test(node, pubsub_slow_subscriber) {
     cr_assert_eq(F.c[s].drops, 3);
     publish(p, "x", "5");
     expect_deliver(s, "x", "5", false);
+}
+
+Test(node, pubsub_stalls_a_publisher_that_outruns_a_subscriber) {
+    uint64_t s = client();
+    subscribe(s, "{\"patterns\": [\"x\"], \"tag\": \"t\"}");
+    uint64_t p = client();
+    int calls = F.c[p].reading_calls;
+    /* Past the soft mark the message still goes out, and the publisher
+     * stops being read for a moment instead of the subscriber being shed. */
+    F.c[s].soft = true;
+    publish(p, "x", "1");
+    expect_deliver(s, "x", "1", false);
+    cr_assert_eq(F.c[p].reading_calls, calls + 1);
+    cr_assert_not(F.c[p].reading);
+    publish(p, "x", "2"); /* already stalled: delivered, no second pause */
+    expect_deliver(s, "x", "2", false);
+    cr_assert_eq(F.c[p].reading_calls, calls + 1);
+    cr_assert_eq(F.c[s].drops, 0);
+    /* The stall ends on its own, however far behind the subscriber is. */
+    advance(2);
+    cr_assert_eq(F.c[p].reading_calls, calls + 2);
+    cr_assert(F.c[p].reading);
+    cr_assert_eq(mp_node_next_wakeup(F.node), UINT64_MAX);
 }
 
 Test(node, pubsub_goes_over_high_water_while_delivering) {
