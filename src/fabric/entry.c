@@ -370,6 +370,16 @@ mpreg_err mp_strlist_push(mp_strlist *l, const char *s) {
     return MPREG_OK;
 }
 
+mpreg_err mp_strlist_append(mp_strlist *dst, const mp_strlist *src) {
+    for (uint32_t i = 0; src && i < src->count; i++) {
+        mpreg_err err = mp_strlist_push(dst, src->items[i]);
+        if (err) {
+            return err;
+        }
+    }
+    return MPREG_OK;
+}
+
 void mp_strlist_free(mp_strlist *l) {
     for (uint32_t i = 0; i < l->count && l->items; i++) {
         free(l->items[i]);

@@ -187,6 +187,9 @@ bool mp_entry_equal(const mp_entry *a, const mp_entry *b);
 
 /* String list helpers. */
 mpreg_err mp_strlist_push(mp_strlist *l, const char *s);
+/* Appends copies of every item of src (NULL = none) to dst. On error dst
+ * keeps what was appended so far; the caller frees it. */
+mpreg_err mp_strlist_append(mp_strlist *dst, const mp_strlist *src);
 void mp_strlist_free(mp_strlist *l);
 bool mp_strlist_contains(const mp_strlist *l, const char *s);
 /* True when every item of sub is in super. */

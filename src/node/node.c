@@ -43,16 +43,6 @@ void mp_node_log(const mp_node *n, mp_log_level level, const char *fmt, ...) {
     n->io.log(n->io.ud, level, line);
 }
 
-mpreg_err mp_strlist_copy_into(const mp_strlist *src, mp_strlist *dst) {
-    for (uint32_t i = 0; src && i < src->count; i++) {
-        mpreg_err err = mp_strlist_push(dst, src->items[i]);
-        if (err) {
-            return err;
-        }
-    }
-    return MPREG_OK;
-}
-
 static int mp_cstr_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -192,7 +182,7 @@ static mpreg_err mp_node_describe(mp_node *n) {
         err = mp_strlist_push(&e.u.node.capabilities, caps[i]);
     }
     if (!err) {
-        err = mp_strlist_copy_into(&n->resources, &e.u.node.resources);
+        err = mp_strlist_append(&e.u.node.resources, &n->resources);
     }
     if (!err) {
         err = mp_node_advertise(n, &e);

@@ -111,7 +111,7 @@ static mpreg_err mp_local_advertise(mp_node *n, mp_local_fn *f, bool force) {
     if (!err && (force || !mp_strlist_same(&all, &f->advertised))) {
         mp_entry e;
         err = mp_local_entry(n, f, &e);
-        err = err ? err : mp_strlist_copy_into(&all, &e.u.function.resources);
+        err = err ? err : mp_strlist_append(&e.u.function.resources, &all);
         err = err ? err : mp_node_advertise(n, &e);
         mp_entry_free(&e);
         if (!err) {
@@ -188,7 +188,7 @@ mpreg_err mp_functions_add(mp_node *n, const char *name, const char *function_id
         return MPREG_E_NOMEM;
     }
     mp_provider *p = calloc(1, sizeof *p);
-    mpreg_err err = p ? mp_strlist_copy_into(resources, &p->resources) : MPREG_E_NOMEM;
+    mpreg_err err = p ? mp_strlist_append(&p->resources, resources) : MPREG_E_NOMEM;
     if (!err) {
         p->local = f;
         p->conn = conn;
@@ -444,7 +444,7 @@ static mpreg_err mp_register_check(mp_node *n, const mp_conn *c, const mpreg_val
         const char *why = NULL;
         err = mp_entry_function(&e, n->node_id, n->cluster, items[i].name, items[i].function_id,
                                 items[i].version);
-        err = err ? err : mp_strlist_copy_into(&items[i].resources, &e.u.function.resources);
+        err = err ? err : mp_strlist_append(&e.u.function.resources, &items[i].resources);
         err = err ? err : mp_entry_validate(&e, &why);
         mp_entry_free(&e);
         if (err) {

@@ -363,8 +363,7 @@ static inline uint64_t mp_add_ms(uint64_t a, uint64_t b) {
     return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
 
-/* String list helpers: copy; sorted union without duplicates. */
-mpreg_err mp_strlist_copy_into(const mp_strlist *src, mp_strlist *dst);
+/* Sorted union without duplicates of dst and add, into dst. */
 mpreg_err mp_strlist_union_into(mp_strlist *dst, const mp_strlist *add);
 
 #endif

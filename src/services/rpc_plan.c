@@ -1708,11 +1708,9 @@ mpreg_err mp_rpc_plan_resolve_args(mp_rpc_plan *plan, uint32_t id, mpreg_value *
 
 static mpreg_err mp_strlist_copy(const mp_strlist *src, mp_strlist *dst) {
     *dst = (mp_strlist){NULL, 0};
-    for (uint32_t i = 0; i < src->count; i++) {
-        if (mp_strlist_push(dst, src->items[i]) != MPREG_OK) {
-            mp_strlist_free(dst);
-            return MPREG_E_NOMEM;
-        }
+    if (mp_strlist_append(dst, src) != MPREG_OK) {
+        mp_strlist_free(dst);
+        return MPREG_E_NOMEM;
     }
     return MPREG_OK;
 }

@@ -729,3 +729,20 @@ Test(entry, validate_clears_why_on_success_for_tombstones) {
     cr_assert_null(why);
     mp_entry_free(&e);
 }
+
+Test(strlist, append_copies_every_item_and_accepts_null) {
+    mp_strlist src = {0}, dst = {0};
+    cr_assert_eq(mp_strlist_push(&src, "gpu"), MPREG_OK);
+    cr_assert_eq(mp_strlist_push(&src, "eu"), MPREG_OK);
+    cr_assert_eq(mp_strlist_push(&dst, "ssd"), MPREG_OK);
+    cr_assert_eq(mp_strlist_append(&dst, &src), MPREG_OK);
+    cr_assert_eq(dst.count, 3);
+    cr_assert_str_eq(dst.items[0], "ssd");
+    cr_assert_str_eq(dst.items[1], "gpu");
+    cr_assert_str_eq(dst.items[2], "eu");
+    cr_assert_neq(dst.items[1], src.items[0], "items are copies, not shared");
+    cr_assert_eq(mp_strlist_append(&dst, NULL), MPREG_OK);
+    cr_assert_eq(dst.count, 3);
+    mp_strlist_free(&src);
+    mp_strlist_free(&dst);
+}
