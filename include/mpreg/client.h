@@ -11,8 +11,8 @@
  * Both speak RPC (call one function, or send a request of several commands
  * whose arguments name each other's results), pub/sub (publish, subscribe
  * with wildcards, queue groups and replay), act as a worker (register
- * functions the fabric may then route calls to) and read the node's status
- * and catalog.
+ * functions the fabric may then route calls to) and read the node's status,
+ * catalog and view of the cluster's members.
  *
  *     mpreg_error err = {0};
  *     mpreg_client *c = mpreg_connect("127.0.0.1:6464", NULL, &err);
@@ -223,6 +223,10 @@ int mpreg_poll(mpreg_client *c, int timeout_ms);
 /* The node's status / catalog, as the CONTROL_REPLY map the node sends. */
 mpreg_err mpreg_status(mpreg_client *c, mpreg_value *out, mpreg_error *err);
 mpreg_err mpreg_catalog(mpreg_client *c, mpreg_value *out, mpreg_error *err);
+/* The cluster's members as the node sees them: {"self": id, "members":
+ * [{"id", "addr", "state" ("alive", "suspect", "dead", "left"),
+ * "generation", "incarnation", "since_ms"}...], "stats": {...}}. */
+mpreg_err mpreg_members(mpreg_client *c, mpreg_value *out, mpreg_error *err);
 
 /* What the node said in WELCOME (borrowed; "" when it did not say). */
 const char *mpreg_client_node(const mpreg_client *c);
@@ -287,6 +291,7 @@ mpreg_err mpreg_async_register(mpreg_async_client *c, const mpreg_worker_functio
                                mpreg_done_cb done, void *ud);
 mpreg_err mpreg_async_status(mpreg_async_client *c, mpreg_reply_cb cb, void *ud);
 mpreg_err mpreg_async_catalog(mpreg_async_client *c, mpreg_reply_cb cb, void *ud);
+mpreg_err mpreg_async_members(mpreg_async_client *c, mpreg_reply_cb cb, void *ud);
 
 /* Closes the connection (after saying GOODBYE and flushing) and releases
  * the client. Operations still pending get MPREG_E_CLOSED. The memory goes

@@ -5,12 +5,16 @@
  *     mpreg pub orders.eu.created '{"id": 7}'
  *     mpreg sub 'orders.#' --count 10
  *     mpreg status
+ *     mpreg members
+ *     mpreg catalog --kind functions
  *
  * A thin shell over libmpreg's blocking client: parse the command line,
- * connect, do one thing, print JSON. Output is pretty JSON on a terminal and
- * compact JSON otherwise (or with --json), so that scripts can pipe it into
- * jq. Errors go to stderr as "error: <name>: <message>" with exit status 1;
- * a command line that makes no sense exits with 2 and a hint. */
+ * connect, do one thing, print the answer. Output is compact JSON when
+ * stdout is not a terminal (or with --json), so that scripts can pipe it
+ * into jq; on a terminal it is pretty JSON, except for members and catalog,
+ * which print tables. Errors go to stderr as "error: <name>: <message>" with
+ * exit status 1; a command line that makes no sense exits with 2 and a
+ * hint. */
 #define _GNU_SOURCE
 #include "mpreg/client.h"
 #include "mpreg/value.h"
@@ -43,7 +47,8 @@ static const char *const usage_main =
     "  pub TOPIC DATA        publish a message\n"
     "  sub PATTERN...        print messages published to matching topics\n"
     "  status                print the node's status\n"
-    "  catalog               print the node's catalog\n"
+    "  members               list the cluster's members as the node sees them\n"
+    "  catalog               list what the fabric offers: functions, topics, nodes\n"
     "\n"
     "global options (anywhere on the line):\n"
     "  --url HOST:PORT       the node to talk to (default: $MPREG_URL, else " MPREG_DEFAULT_URL
@@ -57,6 +62,8 @@ static const char *const usage_main =
     "examples:\n"
     "  mpreg call echo hi\n"
     "  mpreg --url 10.0.0.5:6464 status\n"
+    "  mpreg members\n"
+    "  mpreg catalog --kind functions\n"
     "  mpreg sub 'orders.#' --count 1 &  mpreg pub orders.eu.created hello\n"
     "\n"
     "Exit status: 0 on success, 1 when the operation failed, 2 for a bad command line.\n";
@@ -139,13 +146,48 @@ static const char *const usage_status = "usage: mpreg status\n"
                                         "example:\n"
                                         "  mpreg status --json | jq .node\n";
 
-static const char *const usage_catalog = "usage: mpreg catalog\n"
-                                         "\n"
-                                         "Prints the catalog the node knows (functions,\n"
-                                         "subscriptions, nodes) as JSON.\n"
-                                         "\n"
-                                         "example:\n"
-                                         "  mpreg catalog\n";
+static const char *const usage_members =
+    "usage: mpreg members [--json]\n"
+    "\n"
+    "Lists the members of the node's cluster as the node sees them, itself\n"
+    "included (marked *):\n"
+    "  ID           the member's node id\n"
+    "  ADDR         the address members dial to reach it\n"
+    "  STATE        alive, suspect (missed its probes; may still refute),\n"
+    "               dead (declared failed) or left (stopped gracefully)\n"
+    "  GENERATION   the member's start count: a restart is a new generation\n"
+    "  INCARNATION  bumped by the member to refute a suspicion\n"
+    "Dead and left members stay listed for a while (--swim dead_keep_ms).\n"
+    "\n"
+    "On a terminal it prints a table; with --json or when piped, the node's\n"
+    "answer as JSON: {\"self\", \"members\": [{\"id\", \"addr\", \"state\",\n"
+    "\"generation\", \"incarnation\", \"since_ms\"}...], \"stats\": {...}}.\n"
+    "\n"
+    "examples:\n"
+    "  mpreg members\n"
+    "  mpreg --url 127.0.0.1:6465 members --json | jq -r '.members[].state'\n";
+
+static const char *const usage_catalog =
+    "usage: mpreg catalog [--kind KIND[,KIND...]] [--json]\n"
+    "\n"
+    "Lists what the node knows the fabric offers, grouped by kind:\n"
+    "  functions  NAME, VERSION, FUNCTION_ID, RESOURCES and the NODES serving it\n"
+    "  topics     PATTERN and the NODES with subscribers to it\n"
+    "  nodes      ID, NAME, CLUSTER and ENDPOINTS of every node\n"
+    "  queues, caches (when the fabric has any)\n"
+    "\n"
+    "options:\n"
+    "  --kind KIND           only these kinds: functions, topics, nodes, queues,\n"
+    "                        caches (comma-separated, or repeated)\n"
+    "\n"
+    "On a terminal it prints tables; with --json or when piped, the node's\n"
+    "answer as JSON (a map from kind to its entries, one per node), keeping\n"
+    "only the kinds asked for.\n"
+    "\n"
+    "examples:\n"
+    "  mpreg catalog\n"
+    "  mpreg catalog --kind functions,topics\n"
+    "  mpreg catalog --kind nodes --json | jq -r '.nodes[].node'\n";
 
 /* ==== the command line ========================================================= */
 
@@ -157,9 +199,11 @@ typedef enum cli_cmd {
     CMD_SUB = 1 << 3,
     CMD_STATUS = 1 << 4,
     CMD_CATALOG = 1 << 5,
+    CMD_MEMBERS = 1 << 6,
 } cli_cmd;
 
-#define CMD_ALL (CMD_CALL | CMD_REQUEST | CMD_PUB | CMD_SUB | CMD_STATUS | CMD_CATALOG)
+#define CMD_ALL                                                                                    \
+    (CMD_CALL | CMD_REQUEST | CMD_PUB | CMD_SUB | CMD_STATUS | CMD_CATALOG | CMD_MEMBERS)
 
 typedef struct cli_command {
     const char *name;
@@ -168,9 +212,13 @@ typedef struct cli_command {
 } cli_command;
 
 static const cli_command commands[] = {
-    {"call", CMD_CALL, usage_call},       {"request", CMD_REQUEST, usage_request},
-    {"pub", CMD_PUB, usage_pub},          {"sub", CMD_SUB, usage_sub},
-    {"status", CMD_STATUS, usage_status}, {"catalog", CMD_CATALOG, usage_catalog},
+    {"call", CMD_CALL, usage_call},
+    {"request", CMD_REQUEST, usage_request},
+    {"pub", CMD_PUB, usage_pub},
+    {"sub", CMD_SUB, usage_sub},
+    {"status", CMD_STATUS, usage_status},
+    {"catalog", CMD_CATALOG, usage_catalog},
+    {"members", CMD_MEMBERS, usage_members},
 };
 
 typedef enum cli_opt_id {
@@ -188,6 +236,7 @@ typedef enum cli_opt_id {
     OPT_GROUP,
     OPT_REPLAY_LAST,
     OPT_REPLAY_SINCE,
+    OPT_KIND,
 } cli_opt_id;
 
 typedef struct cli_opt_spec {
@@ -213,7 +262,12 @@ static const cli_opt_spec opt_specs[] = {
     {"--group", OPT_GROUP, true, CMD_SUB},
     {"--replay-last", OPT_REPLAY_LAST, true, CMD_SUB},
     {"--replay-since", OPT_REPLAY_SINCE, true, CMD_SUB},
+    {"--kind", OPT_KIND, true, CMD_CATALOG},
 };
+
+/* The catalog's kinds, in the order they are printed. */
+static const char *const catalog_kinds[] = {"functions", "topics", "nodes", "queues", "caches"};
+#define N_KINDS (sizeof catalog_kinds / sizeof catalog_kinds[0])
 
 typedef struct cli {
     const cli_command *command;
@@ -232,6 +286,7 @@ typedef struct cli {
     const char *group;
     uint64_t replay_last;
     uint64_t replay_since;
+    unsigned kinds;   /* catalog kinds asked for, bit i = catalog_kinds[i]; 0 = all */
     const char **pos; /* positional arguments after the command */
     size_t npos;
 } cli;
@@ -266,6 +321,30 @@ static bool parse_u64(const char *s, uint64_t max, uint64_t *out) {
     }
     *out = v;
     return true;
+}
+
+/* "functions,topics": each word must be a kind. */
+static int parse_kinds(cli *c, const char *val) {
+    const char *p = val;
+    for (;;) {
+        size_t len = strcspn(p, ",");
+        size_t k = 0;
+        while (k < N_KINDS &&
+               (strlen(catalog_kinds[k]) != len || strncmp(catalog_kinds[k], p, len) != 0)) {
+            k++;
+        }
+        if (k == N_KINDS) {
+            return usage_error(c,
+                               "--kind: unknown kind '%.*s' (known: functions, topics, nodes, "
+                               "queues, caches)",
+                               (int)len, p);
+        }
+        c->kinds |= 1u << k;
+        if (p[len] == '\0') {
+            return 0;
+        }
+        p += len + 1;
+    }
 }
 
 static const cli_opt_spec *find_opt(const char *arg, size_t len) {
@@ -339,6 +418,8 @@ static int apply_opt(cli *c, const cli_opt_spec *o, const char *val) {
             return usage_error(c, "--replay-since: expected Unix milliseconds, got '%s'", val);
         }
         return 0;
+    case OPT_KIND:
+        return parse_kinds(c, val);
     }
     return 0;
 }
@@ -672,15 +753,446 @@ static int cmd_sub(const cli *c, mpreg_client *client) {
     return 0;
 }
 
-static int cmd_control(const cli *c, mpreg_client *client) {
+static int cmd_status(const cli *c, mpreg_client *client) {
     mpreg_value out;
     mpreg_error err = {0};
-    mpreg_err rc = c->command->cmd == CMD_STATUS ? mpreg_status(client, &out, &err)
-                                                 : mpreg_catalog(client, &out, &err);
-    if (rc != MPREG_OK) {
+    if (mpreg_status(client, &out, &err) != MPREG_OK) {
         return fail(&err);
     }
     int status = print_value(c, &out, pretty_output(c));
+    mpreg_value_free(&out);
+    return status;
+}
+
+/* ==== tables ========================================================================= */
+
+/* Rows of text cells, printed with aligned columns. Cells are copied; out of
+ * memory is remembered and reported once, at print time. */
+typedef struct text_table {
+    size_t ncols;
+    char **cells; /* row after row */
+    size_t ncells;
+    size_t cap;
+    bool nomem;
+} text_table;
+
+static void table_cell(text_table *t, const char *text) {
+    if (t->nomem) {
+        return;
+    }
+    if (t->ncells == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 64;
+        char **cells = realloc(t->cells, cap * sizeof *cells);
+        if (cells == NULL) {
+            t->nomem = true;
+            return;
+        }
+        t->cells = cells;
+        t->cap = cap;
+    }
+    char *copy = strdup(text != NULL && text[0] != '\0' ? text : "-");
+    if (copy == NULL) {
+        t->nomem = true;
+        return;
+    }
+    t->cells[t->ncells++] = copy;
+}
+
+/* Takes a malloc'd cell (NULL = out of memory). */
+static void table_cell_owned(text_table *t, char *text) {
+    if (text == NULL) {
+        t->nomem = true;
+        return;
+    }
+    table_cell(t, text);
+    free(text);
+}
+
+static void table_free(text_table *t) {
+    for (size_t i = 0; i < t->ncells; i++) {
+        free(t->cells[i]);
+    }
+    free(t->cells);
+    *t = (text_table){0};
+}
+
+/* Display width: UTF-8 continuation bytes take no column. */
+static size_t text_width(const char *s) {
+    size_t w = 0;
+    for (; *s != '\0'; s++) {
+        w += ((unsigned char)*s & 0xc0) != 0x80;
+    }
+    return w;
+}
+
+/* Prints the table (its first row is the header) with two spaces between
+ * columns; the last column is not padded. */
+static int table_print(const text_table *t, const char *indent) {
+    if (t->nomem || t->ncols == 0) {
+        return fail_msg(MPREG_E_NOMEM, "out of memory");
+    }
+    size_t *width = calloc(t->ncols, sizeof *width);
+    if (width == NULL) {
+        return fail_msg(MPREG_E_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < t->ncells; i++) {
+        size_t w = text_width(t->cells[i]);
+        width[i % t->ncols] = w > width[i % t->ncols] ? w : width[i % t->ncols];
+    }
+    for (size_t i = 0; i < t->ncells; i++) {
+        size_t col = i % t->ncols;
+        if (col == 0) {
+            fputs(indent, stdout);
+        }
+        fputs(t->cells[i], stdout);
+        if (col + 1 < t->ncols) {
+            printf("%*s", (int)(width[col] - text_width(t->cells[i]) + 2), "");
+        } else {
+            putchar('\n');
+        }
+    }
+    free(width);
+    return 0;
+}
+
+/* ---- reading the node's answers ---------------------------------------------------- */
+
+static const char *field_str(const mpreg_value *m, const char *key) {
+    const mpreg_value *v = m != NULL && m->type == MPREG_MAP ? mpreg_map_get(m, key) : NULL;
+    return v != NULL && v->type == MPREG_STR ? v->u.str.ptr : NULL;
+}
+
+/* A scalar as text, an array as its items joined with ", ", malloc'd. A
+ * missing field is "" (printed as "-"); anything else as compact JSON. */
+static char *value_text(const mpreg_value *v) {
+    if (v == NULL || v->type == MPREG_NIL) {
+        return strdup("");
+    }
+    if (v->type == MPREG_STR) {
+        return strdup(v->u.str.ptr);
+    }
+    if (v->type == MPREG_INT) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "%lld", (long long)v->u.i);
+        return strdup(buf);
+    }
+    if (v->type != MPREG_ARRAY) {
+        return mpreg_value_to_json(v, false);
+    }
+    size_t cap = 1, len = 0;
+    char *out = calloc(1, 1);
+    for (size_t i = 0; out != NULL && i < v->u.arr.len; i++) {
+        char *item = value_text(&v->u.arr.items[i]);
+        if (item == NULL) {
+            free(out);
+            return NULL;
+        }
+        size_t n = strlen(item);
+        char *grown = realloc(out, cap + n + 2);
+        if (grown == NULL) {
+            free(item);
+            free(out);
+            return NULL;
+        }
+        out = grown;
+        cap += n + 2;
+        len += (size_t)sprintf(out + len, "%s%s", i > 0 ? ", " : "", item);
+        free(item);
+    }
+    return out;
+}
+
+static char *field_text(const mpreg_value *m, const char *key) {
+    return value_text(m != NULL && m->type == MPREG_MAP ? mpreg_map_get(m, key) : NULL);
+}
+
+/* An answer's list under key: the array, or NULL when absent or not one. */
+static const mpreg_value *field_list(const mpreg_value *m, const char *key) {
+    const mpreg_value *v = m != NULL && m->type == MPREG_MAP ? mpreg_map_get(m, key) : NULL;
+    return v != NULL && v->type == MPREG_ARRAY ? v : NULL;
+}
+
+/* ==== members ======================================================================== */
+
+static int print_members(const mpreg_value *v) {
+    const mpreg_value *list = field_list(v, "members");
+    if (list == NULL) {
+        return fail_msg(MPREG_E_DECODE, "the node's answer has no member list");
+    }
+    const char *self = field_str(v, "self");
+    const char *cluster = field_str(v, "cluster");
+    static const char *const states[] = {"alive", "suspect", "dead", "left"};
+    size_t count[4] = {0};
+    text_table t = {.ncols = 5};
+    const char *head[] = {"ID", "ADDR", "STATE", "GENERATION", "INCARNATION"};
+    for (size_t i = 0; i < 5; i++) {
+        table_cell(&t, head[i]);
+    }
+    for (size_t i = 0; i < list->u.arr.len; i++) {
+        const mpreg_value *m = &list->u.arr.items[i];
+        const char *id = field_str(m, "id");
+        bool is_self = id != NULL && self != NULL && strcmp(id, self) == 0;
+        char *id_text = NULL;
+        if (asprintf(&id_text, "%s%s", id != NULL ? id : "?", is_self ? " *" : "") < 0) {
+            id_text = NULL;
+        }
+        table_cell_owned(&t, id_text);
+        table_cell_owned(&t, field_text(m, "addr"));
+        table_cell_owned(&t, field_text(m, "state"));
+        table_cell_owned(&t, field_text(m, "generation"));
+        table_cell_owned(&t, field_text(m, "incarnation"));
+        const char *state = field_str(m, "state");
+        for (size_t k = 0; state != NULL && k < 4; k++) {
+            count[k] += strcmp(state, states[k]) == 0;
+        }
+    }
+    if (cluster != NULL && self != NULL) {
+        printf("cluster %s, as %s sees it:\n", cluster, self);
+    }
+    int status = table_print(&t, "");
+    table_free(&t);
+    if (status == 0) {
+        printf("%zu member%s: %zu alive, %zu suspect, %zu dead, %zu left\n", list->u.arr.len,
+               list->u.arr.len == 1 ? "" : "s", count[0], count[1], count[2], count[3]);
+    }
+    return status != 0 || fflush(stdout) != 0 ? 1 : 0;
+}
+
+static int cmd_members(const cli *c, mpreg_client *client) {
+    mpreg_value out;
+    mpreg_error err = {0};
+    if (mpreg_members(client, &out, &err) != MPREG_OK) {
+        return fail(&err);
+    }
+    int status = pretty_output(c) ? print_members(&out) : print_value(c, &out, false);
+    mpreg_value_free(&out);
+    return status;
+}
+
+/* ==== catalog ======================================================================== */
+
+/* One row of a grouped kind: the entries that differ only by node. */
+typedef struct entry_ref {
+    const mpreg_value *entry;
+    char *key; /* the grouping fields, joined; malloc'd */
+} entry_ref;
+
+static int cmp_entry_ref(const void *a, const void *b) {
+    const entry_ref *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    if (c != 0) {
+        return c;
+    }
+    const char *nx = field_str(x->entry, "node"), *ny = field_str(y->entry, "node");
+    return strcmp(nx != NULL ? nx : "", ny != NULL ? ny : "");
+}
+
+/* Groups entries that agree on every field in `fields` (one row each) and
+ * lists the nodes that hold them in the last column. */
+static void add_grouped(text_table *t, const mpreg_value *list, const char *const *fields,
+                        size_t nfields) {
+    size_t n = list->u.arr.len;
+    entry_ref *refs = calloc(n ? n : 1, sizeof *refs);
+    if (refs == NULL) {
+        t->nomem = true;
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        refs[i].entry = &list->u.arr.items[i];
+        /* Fields joined with a byte no field text contains. */
+        size_t len = 0;
+        char *key = calloc(1, 1);
+        for (size_t f = 0; key != NULL && f < nfields; f++) {
+            char *text = field_text(refs[i].entry, fields[f]);
+            char *grown = text != NULL ? realloc(key, len + strlen(text) + 2) : NULL;
+            if (grown == NULL) {
+                free(text);
+                free(key);
+                key = NULL;
+                break;
+            }
+            key = grown;
+            len += (size_t)sprintf(key + len, "%s\x1f", text);
+            free(text);
+        }
+        if (key == NULL) {
+            t->nomem = true;
+        }
+        refs[i].key = key != NULL ? key : strdup("");
+    }
+    if (!t->nomem) {
+        qsort(refs, n, sizeof *refs, cmp_entry_ref);
+    }
+    for (size_t i = 0; i < n && !t->nomem;) {
+        size_t j = i;
+        mpreg_value nodes = mpreg_array();
+        for (; j < n && strcmp(refs[j].key, refs[i].key) == 0; j++) {
+            const char *node = field_str(refs[j].entry, "node");
+            if (mpreg_array_push(&nodes, mpreg_str(node != NULL ? node : "?")) != MPREG_OK) {
+                t->nomem = true;
+            }
+        }
+        for (size_t f = 0; f < nfields; f++) {
+            table_cell_owned(t, field_text(refs[i].entry, fields[f]));
+        }
+        table_cell_owned(t, value_text(&nodes));
+        mpreg_value_free(&nodes);
+        i = j;
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(refs[i].key);
+    }
+    free(refs);
+}
+
+/* Kinds the CLI has no layout for: a column per field, in the order the
+ * fields first appear. */
+static void add_generic(text_table *t, const mpreg_value *list, const char ***headers) {
+    const char **cols = NULL;
+    size_t ncols = 0;
+    for (size_t i = 0; i < list->u.arr.len; i++) {
+        const mpreg_value *e = &list->u.arr.items[i];
+        for (size_t k = 0; e->type == MPREG_MAP && k < e->u.map.len; k++) {
+            const char *name = e->u.map.items[k].key.u.str.ptr;
+            size_t c = 0;
+            while (c < ncols && strcmp(cols[c], name) != 0) {
+                c++;
+            }
+            if (c == ncols) {
+                const char **grown = realloc(cols, (ncols + 1) * sizeof *cols);
+                if (grown == NULL) {
+                    t->nomem = true;
+                    free(cols);
+                    return;
+                }
+                cols = grown;
+                cols[ncols++] = name;
+            }
+        }
+    }
+    t->ncols = ncols;
+    for (size_t c = 0; c < ncols; c++) {
+        char *upper = strdup(cols[c]);
+        for (char *p = upper; p != NULL && *p != '\0'; p++) {
+            *p = (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
+        }
+        table_cell_owned(t, upper);
+    }
+    for (size_t i = 0; i < list->u.arr.len; i++) {
+        for (size_t c = 0; c < ncols; c++) {
+            table_cell_owned(t, field_text(&list->u.arr.items[i], cols[c]));
+        }
+    }
+    *headers = cols;
+}
+
+/* One section: "functions (3)", then its table, or "(none)". */
+static int print_kind(const char *kind, const mpreg_value *list) {
+    static const char *const fn_fields[] = {"name", "version", "function_id", "resources"};
+    static const char *const fn_head[] = {"NAME", "VERSION", "FUNCTION_ID", "RESOURCES", "NODES"};
+    static const char *const topic_fields[] = {"pattern"};
+    static const char *const topic_head[] = {"PATTERN", "NODES"};
+    static const char *const node_fields[] = {"node", "name", "cluster", "endpoints"};
+    static const char *const node_head[] = {"ID", "NAME", "CLUSTER", "ENDPOINTS"};
+    text_table t = {0};
+    const char **generic_cols = NULL;
+    bool empty = list == NULL || list->u.arr.len == 0;
+    if (!empty && strcmp(kind, "functions") == 0) {
+        t.ncols = 5;
+        for (size_t i = 0; i < 5; i++) {
+            table_cell(&t, fn_head[i]);
+        }
+        add_grouped(&t, list, fn_fields, 4);
+    } else if (!empty && strcmp(kind, "topics") == 0) {
+        t.ncols = 2;
+        for (size_t i = 0; i < 2; i++) {
+            table_cell(&t, topic_head[i]);
+        }
+        add_grouped(&t, list, topic_fields, 1);
+    } else if (!empty && strcmp(kind, "nodes") == 0) {
+        t.ncols = 4;
+        for (size_t i = 0; i < 4; i++) {
+            table_cell(&t, node_head[i]);
+        }
+        for (size_t i = 0; i < list->u.arr.len; i++) {
+            for (size_t f = 0; f < 4; f++) {
+                table_cell_owned(&t, field_text(&list->u.arr.items[i], node_fields[f]));
+            }
+        }
+    } else if (!empty) {
+        add_generic(&t, list, &generic_cols);
+    }
+    int status = 0;
+    size_t rows = t.ncols > 0 ? t.ncells / t.ncols : 0;
+    printf("%s (%zu)\n", kind, rows > 0 ? rows - 1 : 0);
+    if (rows == 0) {
+        printf("  (none)\n");
+    } else {
+        status = table_print(&t, "  ");
+    }
+    free(generic_cols);
+    table_free(&t);
+    return status;
+}
+
+static bool kind_wanted(const cli *c, size_t k) {
+    return c->kinds == 0 || (c->kinds & (1u << k)) != 0;
+}
+
+/* The answer with only the kinds asked for; a kind the node did not send is
+ * an empty list, so that a script can count on the key. */
+static mpreg_err filter_kinds(const cli *c, const mpreg_value *v, mpreg_value *out) {
+    if (c->kinds == 0) {
+        return mpreg_value_clone(v, out);
+    }
+    *out = mpreg_map();
+    for (size_t k = 0; k < N_KINDS; k++) {
+        if (!kind_wanted(c, k)) {
+            continue;
+        }
+        const mpreg_value *list = field_list(v, catalog_kinds[k]);
+        mpreg_value copy = mpreg_array();
+        mpreg_err err = list != NULL ? mpreg_value_clone(list, &copy) : MPREG_OK;
+        err = err ? err : mpreg_map_set(out, catalog_kinds[k], copy);
+        if (err) {
+            mpreg_value_free(out);
+            return err;
+        }
+    }
+    return MPREG_OK;
+}
+
+static int cmd_catalog(const cli *c, mpreg_client *client) {
+    mpreg_value out;
+    mpreg_error err = {0};
+    if (mpreg_catalog(client, &out, &err) != MPREG_OK) {
+        return fail(&err);
+    }
+    int status = 0;
+    if (pretty_output(c)) {
+        bool first = true;
+        for (size_t k = 0; k < N_KINDS && status == 0; k++) {
+            const mpreg_value *list = field_list(&out, catalog_kinds[k]);
+            /* Kinds the node does not know yet are left out unless asked for. */
+            if (!kind_wanted(c, k) || (list == NULL && c->kinds == 0)) {
+                continue;
+            }
+            if (!first) {
+                putchar('\n');
+            }
+            first = false;
+            status = print_kind(catalog_kinds[k], list);
+        }
+        status = status != 0 || fflush(stdout) != 0 ? 1 : 0;
+    } else {
+        mpreg_value filtered;
+        if (filter_kinds(c, &out, &filtered) != MPREG_OK) {
+            status = fail_msg(MPREG_E_NOMEM, "out of memory");
+        } else {
+            status = print_value(c, &filtered, false);
+            mpreg_value_free(&filtered);
+        }
+    }
     mpreg_value_free(&out);
     return status;
 }
@@ -737,8 +1249,14 @@ static int run(const cli *c) {
     case CMD_SUB:
         status = cmd_sub(c, client);
         break;
+    case CMD_MEMBERS:
+        status = cmd_members(c, client);
+        break;
+    case CMD_CATALOG:
+        status = cmd_catalog(c, client);
+        break;
     default:
-        status = cmd_control(c, client);
+        status = cmd_status(c, client);
         break;
     }
     mpreg_close(client);

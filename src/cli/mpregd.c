@@ -2,8 +2,10 @@
  *
  * Reads its settings (flags, then a JSON config file under them), prepares
  * the data directory (locks it and bumps the node's incarnation there),
- * creates the server (runtime/server.h), loads plugins into the node's
- * registry, listens, says where, and runs until SIGINT or SIGTERM.
+ * creates the server (runtime/server.h), listens, creates the node (after
+ * listening, so that the address it advertises to cluster members names
+ * the port actually bound), loads plugins into the node's registry, says
+ * where it listens, and runs until SIGINT or SIGTERM.
  *
  * Exit status: 0 after a graceful stop, 1 when the node could not start
  * (port in use, data dir, plugin), 2 for a usage error (bad flag or config). */
@@ -12,6 +14,7 @@
 #include "core/envelope.h"
 #include "core/frame.h"
 #include "fabric/entry.h"
+#include "fabric/membership.h"
 #include "runtime/server.h"
 #include "runtime/transport.h"
 
@@ -25,6 +28,7 @@
 #include <signal.h>
 #include <sodium.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +47,7 @@
 #define MP_TOKEN_MAX 1024u
 #define MP_HOST_MAX 256u
 #define MP_MAX_RETAIN 1000000u
+#define MP_MAX_PEER_CONNS 100000u
 
 #define MP_EXIT_FAIL 1
 #define MP_EXIT_USAGE 2
@@ -72,6 +77,10 @@ typedef struct mp_settings {
     char *max_frame;
     char *retain;
     char *log_level;
+    mp_list peers;
+    char *advertise;
+    mp_list swim; /* "FIELD=VALUE", applied in order: the file's, then the flags' */
+    char *max_peer_conns;
 } mp_settings;
 
 /* The settings checked and resolved, defaults applied. */
@@ -89,6 +98,11 @@ typedef struct mp_options {
     uint32_t max_frame;
     uint32_t retain;
     mp_log_level log_level;
+    const char **seeds; /* --peer addresses, deduplicated */
+    uint32_t seed_count;
+    char advertise[MP_SWIM_MAX_ID + 1]; /* "" until given or derived from the bound address */
+    mp_swim_config swim;
+    uint32_t max_peer_conns; /* 0 = the node's default */
 } mp_options;
 
 static void mp_oom(void) {
@@ -128,14 +142,17 @@ static void mp_list_free(mp_list *l) {
 }
 
 static void mp_settings_free(mp_settings *s) {
-    char **strs[] = {&s->config,   &s->listen, &s->port_file, &s->name,   &s->cluster,
-                     &s->data_dir, &s->token,  &s->max_frame, &s->retain, &s->log_level};
+    char **strs[] = {&s->config,  &s->listen,    &s->port_file, &s->name,
+                     &s->cluster, &s->data_dir,  &s->token,     &s->max_frame,
+                     &s->retain,  &s->log_level, &s->advertise, &s->max_peer_conns};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         free(*strs[i]);
         *strs[i] = NULL;
     }
     mp_list_free(&s->resources);
     mp_list_free(&s->plugins);
+    mp_list_free(&s->peers);
+    mp_list_free(&s->swim);
 }
 
 /* ---- usage ------------------------------------------------------------------ */
@@ -171,24 +188,55 @@ static void mp_usage(FILE *out) {
             "  -h, --help              show this help and exit\n"
             "  -V, --version           show the version and exit\n"
             "\n"
+            "Clustering (nodes with the same --cluster find each other through any member):\n"
+            "      --peer HOST:PORT    a member to join through (repeatable; any one live\n"
+            "                          member is enough; default: none, a cluster of one\n"
+            "                          that others may join)\n"
+            "      --advertise HOST:PORT\n"
+            "                          the address other members dial to reach this node\n"
+            "                          (default: the bound --listen address, with 0.0.0.0\n"
+            "                          or :: replaced by 127.0.0.1; give it when members\n"
+            "                          run on other machines)\n"
+            "      --swim FIELD=VALUE  tune membership (repeatable), in milliseconds or\n"
+            "                          counts: probe_interval_ms (1000), probe_timeout_ms\n"
+            "                          (500), indirect_checks (3), suspicion_mult (4),\n"
+            "                          retransmit_mult (4), gossip_interval_ms (200),\n"
+            "                          gossip_nodes (3), push_pull_interval_ms (30000),\n"
+            "                          dead_keep_ms (60000), max_piggyback_bytes (16384)\n"
+            "      --max-peer-conns N  peer connections kept open at most (default 64)\n"
+            "\n"
             "Once listening it prints \"listening on HOST:PORT\" on stdout. Logs go to\n"
-            "stderr. SIGINT or SIGTERM stops it gracefully; a second one exits at once.\n"
-            "Each start bumps the node's incarnation, kept in DIR/incarnation.\n"
+            "stderr. SIGINT or SIGTERM stops it gracefully (a member of a cluster first\n"
+            "tells the others it is leaving, which takes at most a second); a second\n"
+            "signal exits at once. Each start bumps the node's incarnation, kept in\n"
+            "DIR/incarnation: members take a restarted node back at once.\n"
             "\n"
             "The config file is a JSON object with the keys listen, port_file, name,\n"
-            "cluster, data_dir, token, log_level (strings), max_frame (a number or a\n"
-            "string like \"1M\"), retain (a number), resources and plugins (arrays of\n"
-            "strings); '-' may stand for '_'. A setting given as a flag replaces the\n"
-            "file's (a list too). Relative paths are relative to the working\n"
-            "directory. For example:\n"
+            "cluster, data_dir, token, log_level, advertise (strings), max_frame (a\n"
+            "number or a string like \"1M\"), retain and max_peer_conns (numbers),\n"
+            "resources, plugins and peers (arrays of strings) and swim (an object of\n"
+            "the --swim fields, numbers); '-' may stand for '_'. A setting given as a\n"
+            "flag replaces the file's (a list too); --swim fields override the file's\n"
+            "one by one. Relative paths are relative to the working directory. For\n"
+            "example:\n"
             "  {\"listen\": \"0.0.0.0:6464\", \"name\": \"n1\", \"resources\": [\"gpu\"],\n"
-            "   \"plugins\": [\"./hello_plugin.so\"], \"log_level\": \"debug\"}\n"
+            "   \"plugins\": [\"./hello_plugin.so\"], \"log_level\": \"debug\",\n"
+            "   \"peers\": [\"10.0.0.2:6464\"], \"advertise\": \"10.0.0.1:6464\",\n"
+            "   \"swim\": {\"probe_interval_ms\": 500, \"probe_timeout_ms\": 200}}\n"
             "\n"
             "Examples:\n"
             "  %s\n"
             "  %s --listen 127.0.0.1:0 --port-file /tmp/mpregd.port --data-dir /tmp/n1\n"
-            "  %s --name n1 --resource gpu --plugin build/examples/plugin/hello_plugin.so\n",
-            mp_prog, mp_prog, mp_prog, mp_prog);
+            "  %s --name n1 --resource gpu --plugin build/examples/plugin/hello_plugin.so\n"
+            "\n"
+            "A cluster of three nodes on one machine (one shell each, or add '&'):\n"
+            "  %s --name n1 --listen 127.0.0.1:6464 --data-dir /tmp/mpreg/n1\n"
+            "  %s --name n2 --listen 127.0.0.1:6465 --data-dir /tmp/mpreg/n2 \\\n"
+            "         --peer 127.0.0.1:6464\n"
+            "  %s --name n3 --listen 127.0.0.1:6466 --data-dir /tmp/mpreg/n3 \\\n"
+            "         --peer 127.0.0.1:6464\n"
+            "  mpreg --url 127.0.0.1:6466 members   # n1, n2 and n3, all alive\n",
+            mp_prog, mp_prog, mp_prog, mp_prog, mp_prog, mp_prog, mp_prog);
 }
 
 /* A usage error: the problem, a hint, exit 2. */
@@ -213,6 +261,10 @@ enum {
     MP_OPT_MAX_FRAME,
     MP_OPT_RETAIN,
     MP_OPT_LOG_LEVEL,
+    MP_OPT_PEER,
+    MP_OPT_ADVERTISE,
+    MP_OPT_SWIM,
+    MP_OPT_MAX_PEER_CONNS,
 };
 
 static const struct option mp_long_options[] = {
@@ -228,6 +280,10 @@ static const struct option mp_long_options[] = {
     {"max-frame", required_argument, NULL, MP_OPT_MAX_FRAME},
     {"retain", required_argument, NULL, MP_OPT_RETAIN},
     {"log-level", required_argument, NULL, MP_OPT_LOG_LEVEL},
+    {"peer", required_argument, NULL, MP_OPT_PEER},
+    {"advertise", required_argument, NULL, MP_OPT_ADVERTISE},
+    {"swim", required_argument, NULL, MP_OPT_SWIM},
+    {"max-peer-conns", required_argument, NULL, MP_OPT_MAX_PEER_CONNS},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -286,6 +342,18 @@ static void mp_parse_flags(int argc, char **argv, mp_settings *f) {
             break;
         case MP_OPT_LOG_LEVEL:
             mp_set(&f->log_level, optarg);
+            break;
+        case MP_OPT_PEER:
+            mp_list_push(&f->peers, optarg);
+            break;
+        case MP_OPT_ADVERTISE:
+            mp_set(&f->advertise, optarg);
+            break;
+        case MP_OPT_SWIM:
+            mp_list_push(&f->swim, optarg);
+            break;
+        case MP_OPT_MAX_PEER_CONNS:
+            mp_set(&f->max_peer_conns, optarg);
             break;
         case 'h':
             mp_usage(stdout);
@@ -354,6 +422,66 @@ static void mp_config_number(const char *path, const char *key, json_t *v, char 
     mp_set(slot, json_string_value(v));
 }
 
+/* The membership settings --swim and the config file's "swim" may set. */
+typedef struct mp_swim_field {
+    const char *name;
+    size_t offset; /* of its uint32_t in mp_swim_config */
+} mp_swim_field;
+
+#define MP_SWIM_FIELD(f)                                                                           \
+    { #f, offsetof(mp_swim_config, f) }
+static const mp_swim_field mp_swim_fields[] = {
+    MP_SWIM_FIELD(probe_interval_ms),    MP_SWIM_FIELD(probe_timeout_ms),
+    MP_SWIM_FIELD(indirect_checks),      MP_SWIM_FIELD(suspicion_mult),
+    MP_SWIM_FIELD(retransmit_mult),      MP_SWIM_FIELD(gossip_interval_ms),
+    MP_SWIM_FIELD(gossip_nodes),         MP_SWIM_FIELD(push_pull_interval_ms),
+    MP_SWIM_FIELD(dead_keep_ms),         MP_SWIM_FIELD(max_piggyback_bytes),
+    MP_SWIM_FIELD(reconnect_timeout_ms), MP_SWIM_FIELD(reconnect_interval_ms),
+};
+#define MP_SWIM_FIELD_NAMES                                                                        \
+    "probe_interval_ms, probe_timeout_ms, indirect_checks, suspicion_mult, retransmit_mult, "      \
+    "gossip_interval_ms, gossip_nodes, push_pull_interval_ms, dead_keep_ms, max_piggyback_bytes, " \
+    "reconnect_timeout_ms, reconnect_interval_ms"
+
+static const mp_swim_field *mp_swim_field_find(const char *name, size_t len) {
+    for (size_t i = 0; i < sizeof mp_swim_fields / sizeof mp_swim_fields[0]; i++) {
+        if (strlen(mp_swim_fields[i].name) == len &&
+            strncmp(mp_swim_fields[i].name, name, len) == 0) {
+            return &mp_swim_fields[i];
+        }
+    }
+    return NULL;
+}
+
+/* "swim": {"probe_interval_ms": 500, ...}, kept as FIELD=VALUE like --swim. */
+static void mp_config_swim(const char *path, const char *key, json_t *v, mp_list *l) {
+    if (!json_is_object(v)) {
+        mp_usage_error("config %s: \"%s\" must be an object of membership settings, e.g. "
+                       "{\"probe_interval_ms\": 500}",
+                       path, key);
+    }
+    l->set = true;
+    const char *field;
+    json_t *value;
+    json_object_foreach(v, field, value) {
+        char buf[64];
+        const char *name = mp_config_key(field, buf, sizeof buf);
+        if (name == NULL || mp_swim_field_find(name, strlen(name)) == NULL) {
+            mp_usage_error("config %s: \"%s\": unknown field \"%s\" (known: " MP_SWIM_FIELD_NAMES
+                           ")",
+                           path, key, field);
+        }
+        if (!json_is_integer(value) || json_integer_value(value) < 0 ||
+            json_integer_value(value) > UINT32_MAX) {
+            mp_usage_error("config %s: \"%s\".\"%s\" must be a number from 0 to %u", path, key,
+                           field, UINT32_MAX);
+        }
+        char item[96];
+        snprintf(item, sizeof item, "%s=%lld", name, (long long)json_integer_value(value));
+        mp_list_push(l, item);
+    }
+}
+
 static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp_settings *c) {
     char buf[32];
     const char *key = mp_config_key(raw_key, buf, sizeof buf);
@@ -363,7 +491,7 @@ static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp
     } strings[] = {
         {"listen", &c->listen},       {"port_file", &c->port_file}, {"name", &c->name},
         {"cluster", &c->cluster},     {"data_dir", &c->data_dir},   {"token", &c->token},
-        {"log_level", &c->log_level},
+        {"log_level", &c->log_level}, {"advertise", &c->advertise},
     };
     for (size_t i = 0; key != NULL && i < sizeof strings / sizeof strings[0]; i++) {
         if (strcmp(key, strings[i].key) == 0) {
@@ -379,9 +507,16 @@ static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp
         mp_config_number(path, raw_key, v, &c->max_frame);
     } else if (key != NULL && strcmp(key, "retain") == 0) {
         mp_config_number(path, raw_key, v, &c->retain);
+    } else if (key != NULL && strcmp(key, "peers") == 0) {
+        mp_config_list(path, raw_key, v, &c->peers);
+    } else if (key != NULL && strcmp(key, "max_peer_conns") == 0) {
+        mp_config_number(path, raw_key, v, &c->max_peer_conns);
+    } else if (key != NULL && strcmp(key, "swim") == 0) {
+        mp_config_swim(path, raw_key, v, &c->swim);
     } else {
         mp_usage_error("config %s: unknown key \"%s\" (known: listen, port_file, name, cluster, "
-                       "data_dir, resources, plugins, token, max_frame, retain, log_level)",
+                       "data_dir, resources, plugins, token, max_frame, retain, log_level, "
+                       "peers, advertise, swim, max_peer_conns)",
                        path, raw_key);
     }
 }
@@ -434,8 +569,19 @@ static void mp_merge(mp_settings *flags, mp_settings *file) {
     mp_take(&flags->max_frame, &file->max_frame);
     mp_take(&flags->retain, &file->retain);
     mp_take(&flags->log_level, &file->log_level);
+    mp_take(&flags->advertise, &file->advertise);
+    mp_take(&flags->max_peer_conns, &file->max_peer_conns);
     mp_take_list(&flags->resources, &file->resources);
     mp_take_list(&flags->plugins, &file->plugins);
+    mp_take_list(&flags->peers, &file->peers);
+    /* Membership fields merge one by one: the file's first, so that a flag
+     * applied later wins over the same field from the file. */
+    for (size_t i = 0; i < flags->swim.len; i++) {
+        mp_list_push(&file->swim, flags->swim.items[i]);
+    }
+    mp_list_free(&flags->swim);
+    flags->swim = file->swim;
+    file->swim = (mp_list){0};
 }
 
 /* ---- checking ------------------------------------------------------------- */
@@ -571,6 +717,108 @@ static void mp_check_resources(const mp_list *l, mp_options *o) {
     }
 }
 
+/* A member's address: HOST:PORT or [IPV6]:PORT, a real port, short enough
+ * for membership messages. */
+static void mp_check_member_addr(const char *what, const char *text) {
+    char host[MP_TRANSPORT_HOST_MAX];
+    uint16_t port = 0;
+    if (strlen(text) > MP_SWIM_MAX_ID) {
+        mp_usage_error("%s '%s': at most %u characters", what, text, MP_SWIM_MAX_ID);
+    }
+    if (mp_transport_split_addr(text, false, host, &port) != MPREG_OK) {
+        mp_usage_error("%s '%s': expected HOST:PORT with a port from 1 to 65535, e.g. "
+                       "127.0.0.1:6464 (IPv6 as [::1]:6464)",
+                       what, text);
+    }
+}
+
+static bool mp_unspecified_host(const char *host) {
+    return strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 || strcmp(host, "[::]") == 0;
+}
+
+static void mp_check_peers(const mp_list *l, mp_options *o) {
+    o->seeds = calloc(l->len + 1, sizeof *o->seeds);
+    if (o->seeds == NULL) {
+        mp_oom();
+    }
+    for (size_t i = 0; i < l->len; i++) {
+        const char *p = l->items[i];
+        mp_check_member_addr("--peer", p);
+        bool seen = false; /* the same seed twice is one seed */
+        for (uint32_t j = 0; j < o->seed_count; j++) {
+            seen = seen || strcmp(o->seeds[j], p) == 0;
+        }
+        if (!seen) {
+            o->seeds[o->seed_count++] = p;
+        }
+    }
+}
+
+static void mp_check_advertise(const char *text, mp_options *o) {
+    mp_check_member_addr("--advertise", text);
+    char host[MP_TRANSPORT_HOST_MAX];
+    uint16_t port = 0;
+    (void)mp_transport_split_addr(text, false, host, &port);
+    if (mp_unspecified_host(host)) {
+        mp_usage_error("--advertise '%s': other members cannot dial %s; give an address of this "
+                       "machine they can reach",
+                       text, host);
+    }
+    snprintf(o->advertise, sizeof o->advertise, "%s", text);
+}
+
+/* Each FIELD=VALUE over the defaults, in order, then the whole checked:
+ * some limits tie two fields together (probe_timeout_ms < probe_interval_ms). */
+static void mp_check_swim(const mp_list *l, mp_options *o) {
+    mp_swim_config_default(&o->swim);
+    for (size_t i = 0; i < l->len; i++) {
+        const char *item = l->items[i];
+        const char *eq = strchr(item, '=');
+        if (eq == NULL) {
+            mp_usage_error("--swim '%s': expected FIELD=VALUE, e.g. probe_interval_ms=500", item);
+        }
+        const mp_swim_field *f = mp_swim_field_find(item, (size_t)(eq - item));
+        if (f == NULL) {
+            mp_usage_error("--swim '%s': unknown field '%.*s' (known: " MP_SWIM_FIELD_NAMES ")",
+                           item, (int)(eq - item), item);
+        }
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(eq + 1, &end, 10);
+        if (end == eq + 1 || *end != '\0' || eq[1] == '-' || errno != 0 || v > UINT32_MAX) {
+            mp_usage_error("--swim '%s': %s must be a number from 0 to %u", item, f->name,
+                           UINT32_MAX);
+        }
+        uint32_t u = (uint32_t)v;
+        memcpy((char *)&o->swim + f->offset, &u, sizeof u);
+    }
+    const char *why = NULL;
+    mpreg_err err = mp_swim_config_check(&o->swim, &why);
+    if (err != MPREG_OK) {
+        why = why != NULL ? why : "?";
+        const mp_swim_field *f = mp_swim_field_find(why, strlen(why));
+        if (f != NULL) {
+            uint32_t v;
+            memcpy(&v, (const char *)&o->swim + f->offset, sizeof v);
+            mp_usage_error("--swim: %s=%u is not allowed: %s", why, (unsigned)v,
+                           mpreg_strerror(err));
+        }
+        mp_usage_error("--swim: bad membership setting: %s (%s)", why, mpreg_strerror(err));
+    }
+}
+
+static void mp_check_max_peer_conns(const char *text, uint32_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (end == text || *end != '\0' || text[0] == '-' || errno != 0 || v == 0 ||
+        v > MP_MAX_PEER_CONNS) {
+        mp_usage_error("--max-peer-conns '%s': expected a number of connections from 1 to %u", text,
+                       MP_MAX_PEER_CONNS);
+    }
+    *out = (uint32_t)v;
+}
+
 static void mp_check(const mp_settings *s, mp_options *o) {
     mp_check_listen(s->listen != NULL ? s->listen : MP_DEFAULT_LISTEN, o);
     if (s->port_file != NULL && s->port_file[0] == '\0') {
@@ -607,6 +855,18 @@ static void mp_check(const mp_settings *s, mp_options *o) {
     o->log_level = MP_LOG_INFO;
     if (s->log_level != NULL && !mp_log_level_parse(s->log_level, &o->log_level)) {
         mp_usage_error("--log-level '%s': expected error, warn, info or debug", s->log_level);
+    }
+    mp_check_peers(&s->peers, o);
+    if (s->advertise != NULL) {
+        mp_check_advertise(s->advertise, o);
+    } else if (strlen(o->host) + sizeof ":65535" > sizeof o->advertise) {
+        mp_usage_error("--listen host '%s' is too long to advertise to cluster members: give "
+                       "--advertise HOST:PORT",
+                       o->host);
+    }
+    mp_check_swim(&s->swim, o);
+    if (s->max_peer_conns != NULL) {
+        mp_check_max_peer_conns(s->max_peer_conns, &o->max_peer_conns);
     }
 }
 
@@ -878,6 +1138,7 @@ static void mp_daemon_free(mp_daemon *d) {
     }
     free(d->opts.data_dir);
     free(d->opts.resources);
+    free(d->opts.seeds);
     mp_settings_free(&d->flags);
     mp_settings_free(&d->file);
 }
@@ -901,16 +1162,48 @@ static int mp_prepare_data_dir(mp_daemon *d, uint64_t *incarnation) {
     return mp_bump_incarnation(o->name, o->data_dir, incarnation);
 }
 
-static int mp_listen(mp_daemon *d) {
+static int mp_listen(mp_daemon *d, uint16_t *bound) {
     mp_options *o = &d->opts;
-    uint16_t bound = 0;
-    if (mp_server_listen(d->server, o->host, o->port, &bound) != MPREG_OK) {
+    if (mp_server_listen(d->server, o->host, o->port, bound) != MPREG_OK) {
         mp_fail(o->name, "%s%s", mp_server_last_error(d->server),
                 strstr(mp_server_last_error(d->server), "in use") != NULL
                     ? " (is another mpregd running? pick another --listen port, or 0 for any)"
                     : "");
         return -1;
     }
+    return 0;
+}
+
+/* The default --advertise: where we listen, as a member on this machine
+ * can dial it. The unspecified address is no destination, so it becomes
+ * loopback; a port 0 becomes the port the kernel picked. */
+static void mp_default_advertise(mp_options *o, uint16_t bound) {
+    const char *host = mp_unspecified_host(o->host) ? "127.0.0.1" : o->host;
+    /* mp_check made sure the host leaves room for the port. */
+    size_t n = strlen(host);
+    memcpy(o->advertise, host, n);
+    snprintf(o->advertise + n, sizeof o->advertise - n, ":%u", (unsigned)bound);
+}
+
+/* The membership settings in force, as --swim would set them. */
+static void mp_log_swim(mp_server *server, const mp_swim_config *swim) {
+    char line[512];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof mp_swim_fields / sizeof mp_swim_fields[0] && n < sizeof line;
+         i++) {
+        uint32_t v;
+        memcpy(&v, (const char *)swim + mp_swim_fields[i].offset, sizeof v);
+        int w = snprintf(line + n, sizeof line - n, "%s%s=%u", i ? " " : "", mp_swim_fields[i].name,
+                         (unsigned)v);
+        n += w > 0 ? (size_t)w : 0;
+    }
+    mp_server_log(server, MP_LOG_DEBUG, "membership: %s", line);
+}
+
+/* Says where we listen, once everything is ready: whoever waits for the port
+ * file or the line may use the node at once. */
+static int mp_announce(mp_daemon *d, uint16_t bound) {
+    mp_options *o = &d->opts;
     if (o->port_file != NULL) {
         char text[16];
         snprintf(text, sizeof text, "%u\n", (unsigned)bound);
@@ -931,6 +1224,25 @@ static int mp_start(mp_daemon *d) {
     if (mp_prepare_data_dir(d, &incarnation) != 0) {
         return -1;
     }
+    mp_server_config scfg = {
+        .node_id = o->name,
+        .log_level = o->log_level,
+        .max_frame = o->max_frame,
+    };
+    if (mp_server_new(&scfg, &d->server) != MPREG_OK) {
+        return -1;
+    }
+    mp_server_log(d->server, MP_LOG_INFO, "data dir %s", o->data_dir);
+    /* Listening first, so that the advertised address has the real port.
+     * Nobody is served before mp_server_run: connections wait in the
+     * backlog until the node and its plugins are ready. */
+    uint16_t bound = 0;
+    if (mp_listen(d, &bound) != 0) {
+        return -1;
+    }
+    if (o->advertise[0] == '\0') {
+        mp_default_advertise(o, bound);
+    }
     mp_node_config cfg = {
         .node_id = o->name,
         .name = o->name,
@@ -941,20 +1253,27 @@ static int mp_start(mp_daemon *d) {
         .token = o->token,
         .max_frame = o->max_frame,
         .log_level = o->log_level,
+        .advertise_addr = o->advertise,
+        .seeds = o->seeds,
+        .seed_count = o->seed_count,
+        .swim = o->swim,
+        .max_peer_conns = o->max_peer_conns,
     };
     /* A zeroed pubsub config means "all defaults" to the node; with one field
      * set, the others must be filled in too. */
     mp_pubsub_config_default(&cfg.pubsub);
     cfg.pubsub.retain_per_topic = o->retain;
-    if (mp_server_new(&cfg, &d->server) != MPREG_OK) {
+    if (mp_server_start(d->server, &cfg) != MPREG_OK) {
         return -1;
     }
-    mp_server_log(d->server, MP_LOG_INFO, "data dir %s", o->data_dir);
-    /* Plugins before listening: a client never sees the node without them. */
+    mp_server_log(d->server, MP_LOG_INFO, "cluster %s: advertising %s, %u peer%s to join through",
+                  o->cluster, o->advertise, (unsigned)o->seed_count, o->seed_count == 1 ? "" : "s");
+    mp_log_swim(d->server, &o->swim);
+    /* Plugins before announcing: a client never sees the node without them. */
     if (mp_load_plugins(d->server, o->name, o->plugins, &d->plugins) != 0) {
         return -1;
     }
-    return mp_listen(d);
+    return mp_announce(d, bound);
 }
 
 int main(int argc, char **argv) {

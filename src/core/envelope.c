@@ -1,20 +1,19 @@
 /* envelope.c - the UnifiedMessage and its MessagePack codec.
  *
- * Encoding goes through msgpack-c's packer into an mp_buf. Decoding does not
- * use msgpack-c: its object tree costs a zone allocation per container and a
- * hostile array32 header makes it try to allocate gigabytes before it notices
- * the input is short. Instead a strict cursor (mp_rd, core/mpread.h) walks
- * the bytes once, checks every length against the end of the input before
- * trusting it, and points the envelope's strings straight into the input.
- * No allocation, no copy, no recursion (unknown values are skipped with a
- * counter, not a stack).
+ * Encoding writes MessagePack straight into an mp_buf (see "Encoding").
+ * Decoding does not use msgpack-c either: its object tree costs a zone
+ * allocation per container and a hostile array32 header makes it try to
+ * allocate gigabytes before it notices the input is short. Instead a strict
+ * cursor (mp_rd, core/mpread.h) walks the bytes once, checks every length
+ * against the end of the input before trusting it, and points the
+ * envelope's strings straight into the input. No allocation, no copy, no
+ * recursion (unknown values are skipped with a counter, not a stack).
  *
  * The wire format is documented in docs/PROTOCOL.md; keep the two in step. */
 #include "core/envelope.h"
 #include "core/mpread.h"
 #include "mpreg/value.h" /* mpreg_utf8_valid */
 
-#include <msgpack.h>
 #include <string.h>
 
 /* ------------------------------------------------------------------------ */
@@ -136,6 +135,15 @@ void mp_envelope_init(mp_envelope *e, mp_kind kind) {
     e->hop_budget = MP_DEFAULT_HOPS;
 }
 
+static void mp_envelope_reset(mp_envelope *e);
+
+void mp_envelope_init_fields(mp_envelope *e, mp_kind kind) {
+    mp_envelope_reset(e);
+    e->version = MP_PROTOCOL_VERSION;
+    e->kind = kind;
+    e->hop_budget = MP_DEFAULT_HOPS;
+}
+
 mp_str mp_envelope_header(const mp_envelope *e, const char *key) {
     mp_str k = mp_str_c(key);
     uint32_t n = e->header_count < MP_MAX_HEADERS ? e->header_count : MP_MAX_HEADERS;
@@ -224,6 +232,14 @@ bool mp_envelope_equal(const mp_envelope *a, const mp_envelope *b) {
         }                                                                                          \
         return (code);                                                                             \
     } while (0)
+
+/* mp_id_is_zero, inlined: validation asks it of every envelope. */
+static inline bool mp_id_zero(const mp_id *id) {
+    uint64_t a, b;
+    memcpy(&a, id->bytes, 8);
+    memcpy(&b, id->bytes + 8, 8);
+    return (a | b) == 0;
+}
 
 /* A view that claims bytes must have somewhere to point. */
 static bool mp_str_sane(mp_str s) {
@@ -363,6 +379,10 @@ static mpreg_err mp_validate_headers(const mp_envelope *e, const char **why) {
     return MPREG_OK;
 }
 
+mpreg_err mp_envelope_validate_headers(const mp_envelope *e, const char **why) {
+    return mp_validate_headers(e, why);
+}
+
 mpreg_err mp_envelope_validate(const mp_envelope *e, const char **why) {
     if (e->version != MP_PROTOCOL_VERSION) {
         MP_FAIL(MPREG_E_VERSION, "version: unsupported protocol version");
@@ -370,27 +390,32 @@ mpreg_err mp_envelope_validate(const mp_envelope *e, const char **why) {
     if (!mp_kind_is_known((uint32_t)e->kind)) {
         MP_FAIL(MPREG_E_KIND, "kind: unknown kind");
     }
-    if (mp_id_is_zero(&e->id)) {
+    if (mp_id_zero(&e->id)) {
         MP_FAIL(MPREG_E_INVALID, "id: must not be zero");
     }
-    if (mp_kind_is_reply(e->kind) && mp_id_is_zero(&e->correlation_id)) {
+    if (mp_kind_is_reply(e->kind) && mp_id_zero(&e->correlation_id)) {
         MP_FAIL(MPREG_E_MISSING_FIELD, "correlation: required for reply kinds");
     }
     mpreg_err err = mp_validate_names(e, why);
     if (err) {
         return err;
     }
-    err = mp_validate_path(e->routing_path, e->routing_path_len, true, why);
-    if (err) {
-        return err;
+    /* Most envelopes have no paths and no headers: no calls for them. */
+    if (e->routing_path_len || e->federation_path_len) {
+        err = mp_validate_path(e->routing_path, e->routing_path_len, true, why);
+        if (err) {
+            return err;
+        }
+        err = mp_validate_path(e->federation_path, e->federation_path_len, false, why);
+        if (err) {
+            return err;
+        }
     }
-    err = mp_validate_path(e->federation_path, e->federation_path_len, false, why);
-    if (err) {
-        return err;
-    }
-    err = mp_validate_headers(e, why);
-    if (err) {
-        return err;
+    if (e->header_count) {
+        err = mp_validate_headers(e, why);
+        if (err) {
+            return err;
+        }
     }
     if (e->payload.len > UINT32_MAX || !(e->payload.len == 0 || e->payload.ptr != NULL)) {
         MP_FAIL(MPREG_E_TOO_LARGE, "payload: NULL or larger than a msgpack bin32");
@@ -425,106 +450,151 @@ static size_t mp_encoded_bound(const mp_envelope *e) {
     return n + e->payload.len;
 }
 
-/* The packer's write callback. Encode reserves the worst case first, so the
- * common path is one compare and a copy. Most writes are item heads of 1 to 9
- * bytes; copying those with fixed-size memcpy (a move or two, inlined) rather
- * than a libc call halves the cost of an encode. The fallback keeps this
- * correct should the bound ever be short. */
-static int mp_pack_write(void *data, const char *bytes, size_t len) {
-    mp_buf *b = data;
-    if (len > b->cap - b->len) {
-        return mp_buf_msgpack_write(data, bytes, len);
+/* The writer. After reserving the bound, every item is written straight
+ * into the buffer, choosing the forms msgpack-c's packer chooses (the
+ * smallest that holds the value), so encodings stay canonical and equal to
+ * what other msgpack-c users produce. It replaced msgpack-c's packer here:
+ * a callback per item head was half the cost of an encode, and an encode
+ * runs for nearly every frame the node sends. */
+
+static inline uint8_t *mp_w_be16(uint8_t *p, uint8_t tag, uint16_t v) {
+    p[0] = tag;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)v;
+    return p + 3;
+}
+
+static inline uint8_t *mp_w_be32(uint8_t *p, uint8_t tag, uint32_t v) {
+    p[0] = tag;
+    mp_put_u32be(p + 1, v);
+    return p + 5;
+}
+
+static inline uint8_t *mp_w_uint(uint8_t *p, uint64_t v) {
+    if (v < 0x80) {
+        *p = (uint8_t)v;
+        return p + 1;
     }
-    uint8_t *dst = b->data + b->len;
-    switch (len) {
-    case 1:
-        dst[0] = (uint8_t)bytes[0];
-        break;
-    case 2:
-        memcpy(dst, bytes, 2);
-        break;
-    case 3:
-        memcpy(dst, bytes, 3);
-        break;
-    case 5:
-        memcpy(dst, bytes, 5);
-        break;
-    case 9:
-        memcpy(dst, bytes, 9);
-        break;
-    default:
-        memcpy(dst, bytes, len);
-        break;
+    if (v <= UINT8_MAX) {
+        p[0] = 0xcc;
+        p[1] = (uint8_t)v;
+        return p + 2;
     }
-    b->len += len;
-    return 0;
+    if (v <= UINT16_MAX) {
+        return mp_w_be16(p, 0xcd, (uint16_t)v);
+    }
+    if (v <= UINT32_MAX) {
+        return mp_w_be32(p, 0xce, (uint32_t)v);
+    }
+    p[0] = 0xcf;
+    mp_put_u32be(p + 1, (uint32_t)(v >> 32));
+    mp_put_u32be(p + 5, (uint32_t)v);
+    return p + 9;
 }
 
-/* Every msgpack-c pack call returns 0 or the callback's -1; the helpers
- * below OR the results together, one call per statement (the operands of a
- * single `|` expression would be evaluated in no particular order). */
-
-static int mp_pack_key(msgpack_packer *pk, mp_field f) {
-    return msgpack_pack_uint8(pk, (uint8_t)f); /* positive fixint: one byte */
+/* Heads of str, bin, array and map: fix form, then 8 (str and bin only),
+ * 16 and 32 bits. */
+static inline uint8_t *mp_w_str_head(uint8_t *p, size_t n) {
+    if (n < 32) {
+        *p = (uint8_t)(0xa0u | n);
+        return p + 1;
+    }
+    if (n <= UINT8_MAX) {
+        p[0] = 0xd9;
+        p[1] = (uint8_t)n;
+        return p + 2;
+    }
+    return n <= UINT16_MAX ? mp_w_be16(p, 0xda, (uint16_t)n) : mp_w_be32(p, 0xdb, (uint32_t)n);
 }
 
-static int mp_pack_strv(msgpack_packer *pk, mp_str s) {
-    int rc = msgpack_pack_str(pk, s.len);
-    rc |= msgpack_pack_str_body(pk, s.ptr, s.len);
-    return rc;
+static inline uint8_t *mp_w_bin_head(uint8_t *p, size_t n) {
+    if (n <= UINT8_MAX) {
+        p[0] = 0xc4;
+        p[1] = (uint8_t)n;
+        return p + 2;
+    }
+    return n <= UINT16_MAX ? mp_w_be16(p, 0xc5, (uint16_t)n) : mp_w_be32(p, 0xc6, (uint32_t)n);
 }
 
-static int mp_pack_opt_str(msgpack_packer *pk, mp_field f, mp_str s) {
+static inline uint8_t *mp_w_array_head(uint8_t *p, size_t n) {
+    if (n < 16) {
+        *p = (uint8_t)(0x90u | n);
+        return p + 1;
+    }
+    return n <= UINT16_MAX ? mp_w_be16(p, 0xdc, (uint16_t)n) : mp_w_be32(p, 0xdd, (uint32_t)n);
+}
+
+static inline uint8_t *mp_w_map_head(uint8_t *p, size_t n) {
+    if (n < 16) {
+        *p = (uint8_t)(0x80u | n);
+        return p + 1;
+    }
+    return n <= UINT16_MAX ? mp_w_be16(p, 0xde, (uint16_t)n) : mp_w_be32(p, 0xdf, (uint32_t)n);
+}
+
+static inline uint8_t *mp_w_bytes(uint8_t *p, const void *src, size_t n) {
+    if (n) {
+        memcpy(p, src, n);
+    }
+    return p + n;
+}
+
+static inline uint8_t *mp_w_str(uint8_t *p, mp_str s) {
+    return mp_w_bytes(mp_w_str_head(p, s.len), s.ptr, s.len);
+}
+
+/* Field keys are small positive fixints: one byte. */
+static inline uint8_t *mp_w_opt_str(uint8_t *p, mp_field f, mp_str s) {
     if (s.len == 0) {
-        return 0;
+        return p;
     }
-    int rc = mp_pack_key(pk, f);
-    rc |= mp_pack_strv(pk, s);
-    return rc;
+    *p = (uint8_t)f;
+    return mp_w_str(p + 1, s);
 }
 
-static int mp_pack_uint(msgpack_packer *pk, mp_field f, uint64_t v) {
-    int rc = mp_pack_key(pk, f);
-    rc |= msgpack_pack_uint64(pk, v); /* smallest form that holds v */
-    return rc;
+static inline uint8_t *mp_w_uint_field(uint8_t *p, mp_field f, uint64_t v) {
+    *p = (uint8_t)f;
+    return mp_w_uint(p + 1, v);
 }
 
-static int mp_pack_bin(msgpack_packer *pk, mp_field f, const void *p, size_t len) {
-    int rc = mp_pack_key(pk, f);
-    rc |= msgpack_pack_bin(pk, len);
-    rc |= msgpack_pack_bin_body(pk, p, len);
-    return rc;
+static inline uint8_t *mp_w_id_field(uint8_t *p, mp_field f, const mp_id *id) {
+    p[0] = (uint8_t)f;
+    p[1] = 0xc4; /* bin 8 */
+    p[2] = MP_ID_LEN;
+    memcpy(p + 3, id->bytes, MP_ID_LEN);
+    return p + 3 + MP_ID_LEN;
 }
 
-static int mp_pack_path(msgpack_packer *pk, mp_field f, const mp_str *path, uint32_t len) {
+static uint8_t *mp_w_path(uint8_t *p, mp_field f, const mp_str *path, uint32_t len) {
     if (len == 0) {
-        return 0;
+        return p;
     }
-    int rc = mp_pack_key(pk, f);
-    rc |= msgpack_pack_array(pk, len);
+    *p = (uint8_t)f;
+    p = mp_w_array_head(p + 1, len);
     for (uint32_t i = 0; i < len; i++) {
-        rc |= mp_pack_strv(pk, path[i]);
+        p = mp_w_str(p, path[i]);
     }
-    return rc;
+    return p;
 }
 
-static int mp_pack_headers(msgpack_packer *pk, const mp_envelope *e) {
-    if (e->header_count == 0) {
-        return 0;
+/* extra: entries the caller appends after e's own (mp_envelope_encode_split). */
+static uint8_t *mp_w_headers(uint8_t *p, const mp_envelope *e, uint32_t extra) {
+    if (e->header_count + extra == 0) {
+        return p;
     }
-    int rc = mp_pack_key(pk, MP_F_HEADERS);
-    rc |= msgpack_pack_map(pk, e->header_count);
+    *p = MP_F_HEADERS;
+    p = mp_w_map_head(p + 1, e->header_count + extra);
     for (uint32_t i = 0; i < e->header_count; i++) {
-        rc |= mp_pack_strv(pk, e->headers[i].key);
-        rc |= mp_pack_strv(pk, e->headers[i].value);
+        p = mp_w_str(p, e->headers[i].key);
+        p = mp_w_str(p, e->headers[i].value);
     }
-    return rc;
+    return p;
 }
 
 /* Fields whose value differs from the default, plus the four always sent. */
-static uint32_t mp_field_count(const mp_envelope *e) {
+static uint32_t mp_field_count(const mp_envelope *e, uint32_t extra_headers) {
     uint32_t n = 4; /* version, kind, id, hop_budget */
-    n += !mp_id_is_zero(&e->correlation_id);
+    n += !mp_id_zero(&e->correlation_id);
     n += e->topic.len > 0;
     n += e->source_node.len > 0;
     n += e->source_cluster.len > 0;
@@ -533,38 +603,45 @@ static uint32_t mp_field_count(const mp_envelope *e) {
     n += e->routing_path_len > 0;
     n += e->federation_path_len > 0;
     n += e->deadline_ms > 0;
-    n += e->header_count > 0;
+    n += e->header_count + extra_headers > 0;
     n += e->payload.len > 0;
     return n;
 }
 
 /* Fields go out in field-number order: not required by decoders, but it
  * makes encodings canonical (equal envelopes, equal bytes) and puts the
- * version first, where a peer of another version looks for it. */
-static int mp_pack_fields(msgpack_packer *pk, const mp_envelope *e) {
-    int rc = msgpack_pack_map(pk, mp_field_count(e));
-    rc |= mp_pack_uint(pk, MP_F_VERSION, e->version);
-    rc |= mp_pack_uint(pk, MP_F_KIND, (uint32_t)e->kind);
-    rc |= mp_pack_bin(pk, MP_F_ID, e->id.bytes, MP_ID_LEN);
-    if (!mp_id_is_zero(&e->correlation_id)) {
-        rc |= mp_pack_bin(pk, MP_F_CORRELATION, e->correlation_id.bytes, MP_ID_LEN);
+ * version first, where a peer of another version looks for it. Writes
+ * everything up to the payload's bytes (the payload is the last field) and
+ * returns the end. */
+static uint8_t *mp_w_fields(uint8_t *p, const mp_envelope *e, uint32_t extra_headers, size_t *split,
+                            const uint8_t *base) {
+    p = mp_w_map_head(p, mp_field_count(e, extra_headers));
+    p = mp_w_uint_field(p, MP_F_VERSION, e->version);
+    p = mp_w_uint_field(p, MP_F_KIND, (uint32_t)e->kind);
+    p = mp_w_id_field(p, MP_F_ID, &e->id);
+    if (!mp_id_zero(&e->correlation_id)) {
+        p = mp_w_id_field(p, MP_F_CORRELATION, &e->correlation_id);
     }
-    rc |= mp_pack_opt_str(pk, MP_F_TOPIC, e->topic);
-    rc |= mp_pack_opt_str(pk, MP_F_SOURCE_NODE, e->source_node);
-    rc |= mp_pack_opt_str(pk, MP_F_SOURCE_CLUSTER, e->source_cluster);
-    rc |= mp_pack_opt_str(pk, MP_F_TARGET_CLUSTER, e->target_cluster);
-    rc |= mp_pack_opt_str(pk, MP_F_TARGET_NODE, e->target_node);
-    rc |= mp_pack_uint(pk, MP_F_HOP_BUDGET, e->hop_budget);
-    rc |= mp_pack_path(pk, MP_F_ROUTING_PATH, e->routing_path, e->routing_path_len);
-    rc |= mp_pack_path(pk, MP_F_FEDERATION_PATH, e->federation_path, e->federation_path_len);
+    p = mp_w_opt_str(p, MP_F_TOPIC, e->topic);
+    p = mp_w_opt_str(p, MP_F_SOURCE_NODE, e->source_node);
+    p = mp_w_opt_str(p, MP_F_SOURCE_CLUSTER, e->source_cluster);
+    p = mp_w_opt_str(p, MP_F_TARGET_CLUSTER, e->target_cluster);
+    p = mp_w_opt_str(p, MP_F_TARGET_NODE, e->target_node);
+    p = mp_w_uint_field(p, MP_F_HOP_BUDGET, e->hop_budget);
+    p = mp_w_path(p, MP_F_ROUTING_PATH, e->routing_path, e->routing_path_len);
+    p = mp_w_path(p, MP_F_FEDERATION_PATH, e->federation_path, e->federation_path_len);
     if (e->deadline_ms) {
-        rc |= mp_pack_uint(pk, MP_F_DEADLINE, e->deadline_ms);
+        p = mp_w_uint_field(p, MP_F_DEADLINE, e->deadline_ms);
     }
-    rc |= mp_pack_headers(pk, e);
+    p = mp_w_headers(p, e, extra_headers);
+    if (split) {
+        *split = (size_t)(p - base);
+    }
     if (e->payload.len) {
-        rc |= mp_pack_bin(pk, MP_F_PAYLOAD, e->payload.ptr, e->payload.len);
+        *p = MP_F_PAYLOAD;
+        p = mp_w_bin_head(p + 1, e->payload.len);
     }
-    return rc;
+    return p;
 }
 
 mpreg_err mp_envelope_encode(const mp_envelope *e, mp_buf *out) {
@@ -576,13 +653,25 @@ mpreg_err mp_envelope_encode(const mp_envelope *e, mp_buf *out) {
     if (err) {
         return err;
     }
-    size_t start = out->len;
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, out, mp_pack_write);
-    if (mp_pack_fields(&pk, e) != 0) {
-        out->len = start; /* never leave half an envelope behind */
-        return MPREG_E_NOMEM;
+    uint8_t *p = mp_w_fields(out->data + out->len, e, 0, NULL, out->data);
+    p = mp_w_bytes(p, e->payload.ptr, e->payload.len);
+    out->len = (size_t)(p - out->data);
+    return MPREG_OK;
+}
+
+mpreg_err mp_envelope_encode_split(const mp_envelope *e, uint32_t extra_headers, mp_buf *out,
+                                   size_t *split) {
+    /* The bound walks the headers and paths: their counts must be sane. */
+    if (e->header_count > MP_MAX_HEADERS || e->routing_path_len > MP_MAX_PATH ||
+        e->federation_path_len > MP_MAX_PATH || e->payload.len > UINT32_MAX) {
+        return MPREG_E_TOO_LARGE;
     }
+    mpreg_err err = mp_buf_reserve(out, mp_encoded_bound(e) - e->payload.len);
+    if (err) {
+        return err;
+    }
+    uint8_t *p = mp_w_fields(out->data + out->len, e, extra_headers, split, out->data);
+    out->len = (size_t)(p - out->data);
     return MPREG_OK;
 }
 

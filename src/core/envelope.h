@@ -114,6 +114,10 @@ typedef struct mp_envelope {
 
 /* Zeroes *e and sets version and the default hop budget. */
 void mp_envelope_init(mp_envelope *e, mp_kind kind);
+/* The same, but leaves the path and header arrays (3 KiB) as they are:
+ * only their entries below the counts (set to 0) mean anything. For code
+ * that builds an envelope per message. */
+void mp_envelope_init_fields(mp_envelope *e, mp_kind kind);
 
 /* True for the kinds in the enum above. */
 bool mp_kind_is_known(uint32_t kind);
@@ -132,6 +136,33 @@ mpreg_err mp_envelope_validate(const mp_envelope *e, const char **why);
 mpreg_err mp_envelope_encode(const mp_envelope *e, mp_buf *out);
 /* Appends a whole frame: 4-byte big-endian length, then the encoding. */
 mpreg_err mp_envelope_encode_frame(const mp_envelope *e, mp_buf *out);
+
+/* The header rules of mp_envelope_validate alone: count, key and value
+ * lengths, UTF-8, no empty or duplicate key. For a caller that builds an
+ * envelope from parts it has checked except its headers. */
+mpreg_err mp_envelope_validate_headers(const mp_envelope *e, const char **why);
+
+/* The trusted encoding, split for copies that differ in a few headers and
+ * leaving the payload where it is. It appends e's encoding to out as
+ * mp_envelope_encode would, except that
+ *   - the map of headers announces e->header_count + extra_headers entries,
+ *     and *split is set to the offset in out (counted from out->data) where
+ *     the first entry after e's own headers belongs;
+ *   - it stops before the payload's bytes (the payload is the last field).
+ * A copy is then out[start, split), the extra_headers entries (str key, str
+ * value, MessagePack), out[split, end), then e->payload's bytes: byte for
+ * byte what mp_envelope_encode writes for e with those headers appended.
+ * The node encodes a DELIVER once per published message this way, then
+ * writes one copy per subscriber with its "sub" and "tag" (services/pubsub.h).
+ *
+ * Trusted: nothing is validated, so that the per-message cost is the copy.
+ * Only for envelopes whose every field is valid by construction, with the
+ * extra headers included (constants, checked names, a checked topic,
+ * headers passed through mp_envelope_validate_headers); everything else
+ * goes through mp_envelope_encode. Errors leave out as it was: MPREG_E_NOMEM,
+ * MPREG_E_TOO_LARGE for counts no envelope may have. */
+mpreg_err mp_envelope_encode_split(const mp_envelope *e, uint32_t extra_headers, mp_buf *out,
+                                   size_t *split);
 
 /* Decodes one envelope spanning all of data[0..len) and validates it. Fields
  * of *out point into data. On error *why (if non-NULL) gets a static

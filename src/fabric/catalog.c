@@ -29,8 +29,10 @@
  *   - functions: function name -> list of live function records;
  *   - queues:    queue name -> list of live queue records;
  *   - nodes, caches: node id -> the live descriptor / cache profile record;
- *   - topics: each node with live interests has a numeric handle; the
- *     matcher holds (handle, pattern), so a match reports every node once.
+ *   - topics: each (node, group) pair with live interests has a numeric
+ *     handle; one matcher holds the (handle, pattern) bindings of group ""
+ *     (ungrouped subscribers), another those of queue groups, so a match
+ *     reports every node, or every (node, group) pair, once.
  * A record remembers its slot in each list it is on, so unlinking is a
  * swap-remove rather than a search. Because an entry's index position
  * depends only on its key, replacing a live entry by a newer live one
@@ -90,12 +92,19 @@ typedef struct mp_cat_death {
     uint64_t incarnation;
 } mp_cat_death;
 
-/* A node with live topic interests, as the matcher knows it. */
+/* A node with live topic interests, of any group. */
 typedef struct mp_cat_topic_node {
     char *node;
-    uint64_t handle;
-    size_t patterns; /* live topic records of the node */
+    size_t sets; /* its mp_cat_topic_sets */
 } mp_cat_topic_node;
+
+/* A (node, group) pair with live topic interests, as a matcher knows it. */
+typedef struct mp_cat_topic_set {
+    mp_cat_topic_node *tn;
+    char *group; /* "" = ungrouped */
+    uint64_t handle;
+    size_t patterns; /* live topic records of the pair */
+} mp_cat_topic_set;
 
 typedef struct mp_cat_heap {
     mp_cat_record **items;
@@ -116,8 +125,12 @@ struct mp_catalog {
     mp_map nodes;         /* node id -> live MP_ENTRY_NODE record */
     mp_map caches;        /* node id -> live MP_ENTRY_CACHE record */
     mp_map topic_nodes;   /* node id -> mp_cat_topic_node */
-    mp_map topic_handles; /* handle -> the same mp_cat_topic_node */
-    mp_matcher *matcher;
+    mp_map topic_sets;    /* node id \0 group -> mp_cat_topic_set */
+    mp_map topic_handles; /* handle -> the same mp_cat_topic_set */
+    /* Of topic_nodes, those that are not the local node. */
+    size_t remote_topic_nodes;
+    mp_matcher *matcher;       /* the handles of group "" sets */
+    mp_matcher *group_matcher; /* the handles of queue groups' sets */
     uint64_t next_handle;
     mp_cat_heap heap;
 
@@ -497,67 +510,150 @@ static void mp_cat_topic_node_free(void *p) {
     }
 }
 
-static void mp_cat_topic_node_drop(mp_catalog *c, mp_cat_topic_node *tn) {
-    mp_map_remove(&c->topic_handles, &tn->handle, sizeof tn->handle);
+static void mp_cat_topic_set_free(void *p) {
+    mp_cat_topic_set *set = p;
+    if (set) {
+        free(set->group);
+        free(set);
+    }
+}
+
+static bool mp_cat_is_local(const mp_catalog *c, const char *node) {
+    return strcmp(node, c->local_node) == 0;
+}
+
+/* A set's map key: node id, NUL, group (neither holds a NUL). Entries are
+ * validated, so both fit. */
+#define MP_CAT_SET_KEY_MAX (2 * MP_ENTRY_MAX_STR + 1)
+
+static size_t mp_cat_set_key(const mp_topic_key *k, char out[MP_CAT_SET_KEY_MAX]) {
+    size_t n = strlen(mp_cat_str(k->node)), g = strlen(mp_cat_str(k->group));
+    if (n > MP_ENTRY_MAX_STR || g > MP_ENTRY_MAX_STR) {
+        return 0;
+    }
+    memcpy(out, mp_cat_str(k->node), n);
+    out[n] = '\0';
+    memcpy(out + n + 1, mp_cat_str(k->group), g);
+    return n + 1 + g;
+}
+
+static mp_matcher *mp_cat_set_matcher(const mp_catalog *c, const mp_cat_topic_set *set) {
+    return set->group[0] ? c->group_matcher : c->matcher;
+}
+
+/* One set of tn fewer; the node goes with its last. */
+static void mp_cat_topic_node_release(mp_catalog *c, mp_cat_topic_node *tn) {
+    if (--tn->sets > 0) {
+        return;
+    }
+    if (!mp_cat_is_local(c, tn->node)) {
+        c->remote_topic_nodes--;
+    }
     mp_map_remove(&c->topic_nodes, tn->node, strlen(tn->node));
     mp_cat_topic_node_free(tn);
 }
 
-static mpreg_err mp_cat_topic_node_new(mp_catalog *c, const char *node, mp_cat_topic_node **out) {
-    mp_cat_topic_node *tn = calloc(1, sizeof *tn);
+/* Drops a set that holds no pattern. */
+static void mp_cat_topic_set_drop(mp_catalog *c, mp_cat_topic_set *set, const char *key,
+                                  size_t klen) {
+    mp_cat_topic_node *tn = set->tn;
+    mp_map_remove(&c->topic_handles, &set->handle, sizeof set->handle);
+    mp_map_remove(&c->topic_sets, key, klen);
+    mp_cat_topic_set_free(set);
+    mp_cat_topic_node_release(c, tn);
+}
+
+static mpreg_err mp_cat_topic_node_get(mp_catalog *c, const char *node, mp_cat_topic_node **out) {
+    mp_cat_topic_node *tn = mp_map_get(&c->topic_nodes, node, strlen(node));
+    if (tn) {
+        *out = tn;
+        return MPREG_OK;
+    }
+    tn = calloc(1, sizeof *tn);
     if (!tn || !(tn->node = mp_cat_strdup(node))) {
         free(tn);
         return MPREG_E_NOMEM;
     }
-    tn->handle = ++c->next_handle;
     mpreg_err err = mp_map_put(&c->topic_nodes, tn->node, strlen(tn->node), tn, NULL);
     if (err) {
         mp_cat_topic_node_free(tn);
         return err;
     }
-    err = mp_map_put(&c->topic_handles, &tn->handle, sizeof tn->handle, tn, NULL);
-    if (err) {
-        mp_map_remove(&c->topic_nodes, tn->node, strlen(tn->node));
-        mp_cat_topic_node_free(tn);
-        return err;
+    if (!mp_cat_is_local(c, tn->node)) {
+        c->remote_topic_nodes++;
     }
     *out = tn;
     return MPREG_OK;
 }
 
-static mpreg_err mp_cat_topic_add(mp_catalog *c, const mp_topic_key *k) {
-    const char *node = mp_cat_str(k->node);
-    const char *pattern = mp_cat_str(k->pattern);
-    mp_cat_topic_node *tn = mp_map_get(&c->topic_nodes, node, strlen(node));
-    bool created = false;
-    if (!tn) {
-        mpreg_err err = mp_cat_topic_node_new(c, node, &tn);
-        if (err) {
-            return err;
-        }
-        created = true;
+/* The set of k's (node, group), created empty when there is none. */
+static mpreg_err mp_cat_topic_set_get(mp_catalog *c, const mp_topic_key *k, const char *key,
+                                      size_t klen, mp_cat_topic_set **out) {
+    mp_cat_topic_set *set = mp_map_get(&c->topic_sets, key, klen);
+    if (set) {
+        *out = set;
+        return MPREG_OK;
     }
-    mpreg_err err = mp_matcher_add(c->matcher, tn->handle, pattern, strlen(pattern));
+    mp_cat_topic_node *tn;
+    mpreg_err err = mp_cat_topic_node_get(c, mp_cat_str(k->node), &tn);
     if (err) {
-        if (created) {
-            mp_cat_topic_node_drop(c, tn);
+        return err;
+    }
+    tn->sets++; /* now, so that undoing a half-made set releases a new node too */
+    set = calloc(1, sizeof *set);
+    err = set && (set->group = mp_cat_strdup(k->group)) ? MPREG_OK : MPREG_E_NOMEM;
+    if (!err) {
+        set->tn = tn;
+        set->handle = ++c->next_handle;
+        err = mp_map_put(&c->topic_sets, key, klen, set, NULL);
+    }
+    if (!err &&
+        (err = mp_map_put(&c->topic_handles, &set->handle, sizeof set->handle, set, NULL))) {
+        mp_map_remove(&c->topic_sets, key, klen);
+    }
+    if (err) {
+        mp_cat_topic_set_free(set);
+        mp_cat_topic_node_release(c, tn);
+        return err;
+    }
+    *out = set;
+    return MPREG_OK;
+}
+
+static mpreg_err mp_cat_topic_add(mp_catalog *c, const mp_topic_key *k) {
+    char key[MP_CAT_SET_KEY_MAX];
+    size_t klen = mp_cat_set_key(k, key);
+    if (klen == 0) {
+        return MPREG_E_INVALID;
+    }
+    const char *pattern = mp_cat_str(k->pattern);
+    mp_cat_topic_set *set;
+    mpreg_err err = mp_cat_topic_set_get(c, k, key, klen, &set);
+    if (err) {
+        return err;
+    }
+    err = mp_matcher_add(mp_cat_set_matcher(c, set), set->handle, pattern, strlen(pattern));
+    if (err) {
+        if (set->patterns == 0) {
+            mp_cat_topic_set_drop(c, set, key, klen);
         }
         return err;
     }
-    tn->patterns++;
+    set->patterns++;
     return MPREG_OK;
 }
 
 static void mp_cat_topic_remove(mp_catalog *c, const mp_topic_key *k) {
-    const char *node = mp_cat_str(k->node);
-    const char *pattern = mp_cat_str(k->pattern);
-    mp_cat_topic_node *tn = mp_map_get(&c->topic_nodes, node, strlen(node));
-    if (!tn) {
+    char key[MP_CAT_SET_KEY_MAX];
+    size_t klen = mp_cat_set_key(k, key);
+    mp_cat_topic_set *set = klen ? mp_map_get(&c->topic_sets, key, klen) : NULL;
+    if (!set) {
         return;
     }
-    mp_matcher_remove(c->matcher, tn->handle, pattern, strlen(pattern));
-    if (--tn->patterns == 0) {
-        mp_cat_topic_node_drop(c, tn);
+    const char *pattern = mp_cat_str(k->pattern);
+    mp_matcher_remove(mp_cat_set_matcher(c, set), set->handle, pattern, strlen(pattern));
+    if (--set->patterns == 0) {
+        mp_cat_topic_set_drop(c, set, key, klen);
     }
 }
 
@@ -937,7 +1033,8 @@ mp_catalog *mp_catalog_new(const mp_catalog_config *cfg) {
     c->local_node = mp_cat_strdup(cfg ? cfg->local_node : NULL);
     c->local_cluster = mp_cat_strdup(cfg ? cfg->local_cluster : NULL);
     c->matcher = mp_matcher_new();
-    if (!c->local_node || !c->local_cluster || !c->matcher) {
+    c->group_matcher = mp_matcher_new();
+    if (!c->local_node || !c->local_cluster || !c->matcher || !c->group_matcher) {
         mp_catalog_free(c);
         return NULL;
     }
@@ -951,6 +1048,7 @@ mp_catalog *mp_catalog_new(const mp_catalog_config *cfg) {
     mp_map_init(&c->nodes);
     mp_map_init(&c->caches);
     mp_map_init(&c->topic_nodes);
+    mp_map_init(&c->topic_sets);
     mp_map_init(&c->topic_handles);
     mp_buf_init(&c->key_scratch);
     mp_buf_init(&c->enc_scratch);
@@ -970,8 +1068,10 @@ void mp_catalog_free(mp_catalog *c) {
     mp_map_free(&c->nodes, NULL);
     mp_map_free(&c->caches, NULL);
     mp_map_free(&c->topic_nodes, mp_cat_topic_node_free);
+    mp_map_free(&c->topic_sets, mp_cat_topic_set_free);
     mp_map_free(&c->topic_handles, NULL);
     mp_matcher_free(c->matcher);
+    mp_matcher_free(c->group_matcher);
     free(c->heap.items);
     mp_buf_free(&c->key_scratch);
     mp_buf_free(&c->enc_scratch);
@@ -1167,15 +1267,25 @@ void mp_catalog_each_queue(const mp_catalog *c, const char *queue, mp_entry_visi
 typedef struct mp_cat_match_ctx {
     const mp_catalog *c;
     void (*cb)(void *ud, const char *node);
+    void (*group_cb)(void *ud, const char *node, const char *group);
     void *ud;
 } mp_cat_match_ctx;
 
 static void mp_cat_match_hit(void *ud, uint64_t handle) {
     mp_cat_match_ctx *m = ud;
-    const mp_cat_topic_node *tn = mp_map_get(&m->c->topic_handles, &handle, sizeof handle);
-    if (tn && m->cb) {
-        m->cb(m->ud, tn->node);
+    const mp_cat_topic_set *set = mp_map_get(&m->c->topic_handles, &handle, sizeof handle);
+    if (!set) {
+        return;
     }
+    if (m->cb) {
+        m->cb(m->ud, set->tn->node);
+    } else if (m->group_cb) {
+        m->group_cb(m->ud, set->tn->node, set->group);
+    }
+}
+
+size_t mp_catalog_remote_topic_nodes(const mp_catalog *c) {
+    return c->remote_topic_nodes;
 }
 
 size_t mp_catalog_match_topic(mp_catalog *c, const char *topic, size_t len,
@@ -1183,8 +1293,19 @@ size_t mp_catalog_match_topic(mp_catalog *c, const char *topic, size_t len,
     if (!topic) {
         return 0;
     }
-    mp_cat_match_ctx m = {c, cb, ud};
+    mp_cat_match_ctx m = {.c = c, .cb = cb, .ud = ud};
     return mp_matcher_match(c->matcher, topic, len, cb ? mp_cat_match_hit : NULL, &m);
+}
+
+size_t mp_catalog_match_topic_groups(mp_catalog *c, const char *topic, size_t len,
+                                     void (*cb)(void *ud, const char *node, const char *group),
+                                     void *ud) {
+    /* Most catalogs have no group at all: no walk then. */
+    if (!topic || mp_matcher_sub_count(c->group_matcher) == 0) {
+        return 0;
+    }
+    mp_cat_match_ctx m = {.c = c, .group_cb = cb, .ud = ud};
+    return mp_matcher_match(c->group_matcher, topic, len, cb ? mp_cat_match_hit : NULL, &m);
 }
 
 const mp_node_descriptor *mp_catalog_node(const mp_catalog *c, const char *node) {

@@ -5,8 +5,10 @@
  * node deaths as a CRDT, expires entries whose TTL ran out, and keeps the
  * indexes routing needs:
  *   - functions by name (then function_id, version, resources: selector.h),
- *   - a topic trie over every node's interest patterns (matcher.h), answering
- *     "which nodes have subscribers for this topic", each node once,
+ *   - topic tries over every node's interest patterns (matcher.h), answering
+ *     "which nodes have ungrouped subscribers for this topic", each node
+ *     once, and "which (node, queue group) pairs have members for it",
+ *     each pair once,
  *   - queues by name, cache profiles, node descriptors by node id.
  *
  * Merge rules (per entry key, last writer wins on the version):
@@ -110,10 +112,22 @@ void mp_catalog_each_record(const mp_catalog *c, mp_entry_visit visit, void *ud)
 /* Live function endpoints with this name. */
 void mp_catalog_each_function(const mp_catalog *c, const char *name, mp_entry_visit visit,
                               void *ud);
-/* Calls cb once per node with at least one live interest pattern matching
- * the topic; returns how many nodes. */
+/* Calls cb once per node with at least one live ungrouped interest (topic
+ * entries with group "") whose pattern matches the topic; returns how many
+ * nodes. Queue groups' interests are not counted here. */
 size_t mp_catalog_match_topic(mp_catalog *c, const char *topic, size_t len,
                               void (*cb)(void *ud, const char *node), void *ud);
+/* Calls cb once per (node, group) pair, group != "", with at least one live
+ * interest whose pattern matches the topic; returns how many pairs. A node
+ * with members of two groups is visited twice, once per group. */
+size_t mp_catalog_match_topic_groups(mp_catalog *c, const char *topic, size_t len,
+                                     void (*cb)(void *ud, const char *node, const char *group),
+                                     void *ud);
+/* How many nodes other than the local one have at least one live topic
+ * interest, of any group. O(1): at 0, a publish here can only be for local
+ * subscribers, and the node lets its pub/sub service's own matcher decide
+ * alone. */
+size_t mp_catalog_remote_topic_nodes(const mp_catalog *c);
 /* Live endpoints of a queue (normally one owner). */
 void mp_catalog_each_queue(const mp_catalog *c, const char *queue, mp_entry_visit visit, void *ud);
 const mp_node_descriptor *mp_catalog_node(const mp_catalog *c, const char *node);

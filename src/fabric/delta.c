@@ -121,6 +121,7 @@ enum {
     MP_E_WITHDRAWN = 5,
     MP_E_KEY = 6,
     MP_E_VALUE = 7,
+    MP_E_GROUP = 8, /* a topic key's group, outside the key array (see mp_wire_key) */
 };
 
 /* The highest field number any of our maps uses; larger keys are unknown. */
@@ -276,14 +277,33 @@ static int mp_pack_key_u64(msgpack_packer *pk, uint8_t num, uint64_t v) {
     return rc;
 }
 
+/* The key strings that travel in the key array (field 6), and in *group the
+ * topic key's group (NULL for other kinds). The group came after the key
+ * array was fixed at two strings for topics: as field 8, absent meaning "",
+ * an ungrouped entry encodes as it always did, and a decoder that predates
+ * groups still reads a grouped one (as its pattern's interest) instead of
+ * refusing the whole delta over a key array of an unexpected length. */
+static size_t mp_wire_key(mp_entry *e, char **slots[MP_ENTRY_MAX_KEY_FIELDS], char ***group) {
+    size_t n = mp_entry_key_slots(e, slots);
+    *group = NULL;
+    if (e->kind == MP_ENTRY_TOPIC) {
+        *group = slots[--n];
+    }
+    return n;
+}
+
+static bool mp_group_sent(char **group) {
+    return group && *group && **group;
+}
+
 static int mp_pack_entry(msgpack_packer *pk, const mp_entry *e) {
-    char **keys[MP_ENTRY_MAX_KEY_FIELDS];
-    size_t nkeys = mp_entry_key_slots((mp_entry *)e, keys);
+    char **keys[MP_ENTRY_MAX_KEY_FIELDS], **group;
+    size_t nkeys = mp_wire_key((mp_entry *)e, keys, &group);
     if (nkeys == 0) {
         return -1; /* unknown kind: nothing the peer could decode */
     }
-    /* kind, incarnation, counter, key, [ttl], and withdrawn or value */
-    int rc = msgpack_pack_map(pk, 4u + (e->ttl_ms != 0) + 1u);
+    /* kind, incarnation, counter, key, [ttl], withdrawn or value, [group] */
+    int rc = msgpack_pack_map(pk, 4u + (e->ttl_ms != 0) + 1u + mp_group_sent(group));
     rc |= mp_pack_key_u64(pk, MP_E_KIND, (uint64_t)e->kind);
     rc |= mp_pack_key_u64(pk, MP_E_INCARNATION, e->version.incarnation);
     rc |= mp_pack_key_u64(pk, MP_E_COUNTER, e->version.counter);
@@ -302,6 +322,10 @@ static int mp_pack_entry(msgpack_packer *pk, const mp_entry *e) {
     if (!e->withdrawn) {
         rc |= msgpack_pack_uint8(pk, MP_E_VALUE);
         rc |= mp_pack_value(pk, e);
+    }
+    if (mp_group_sent(group)) {
+        rc |= msgpack_pack_uint8(pk, MP_E_GROUP);
+        rc |= mp_pack_cstr(pk, *group);
     }
     return rc;
 }
@@ -552,13 +576,16 @@ static mpreg_err mp_decode_value(const msgpack_object *o, mp_entry *e, const cha
     return err;
 }
 
-static mpreg_err mp_decode_key(const msgpack_object *o, mp_entry *e, const char **why) {
+/* The key array (field 6) and, for a topic, its group (field 8, may be NULL:
+ * absent = ""). */
+static mpreg_err mp_decode_key(const msgpack_object *o, const msgpack_object *group_obj,
+                               mp_entry *e, const char **why) {
     *why = "entry.key";
     if (o->type != MSGPACK_OBJECT_ARRAY) {
         return MPREG_E_TYPE;
     }
-    char **slots[MP_ENTRY_MAX_KEY_FIELDS];
-    size_t n = mp_entry_key_slots(e, slots);
+    char **slots[MP_ENTRY_MAX_KEY_FIELDS], **group;
+    size_t n = mp_wire_key(e, slots, &group);
     if (o->via.array.size != n) {
         return MPREG_E_INVALID;
     }
@@ -568,7 +595,16 @@ static mpreg_err mp_decode_key(const msgpack_object *o, mp_entry *e, const char 
             return err;
         }
     }
-    return MPREG_OK;
+    *why = "entry.group";
+    if (!group) {
+        /* Only a topic key has a group: one elsewhere is a confused peer. */
+        return group_obj ? MPREG_E_INVALID : MPREG_OK;
+    }
+    if (group_obj) {
+        return mp_obj_str(group_obj, group);
+    }
+    *group = calloc(1, 1);
+    return *group ? MPREG_OK : MPREG_E_NOMEM;
 }
 
 /* Required unsigned field f of an entry map. */
@@ -622,7 +658,7 @@ static mpreg_err mp_decode_entry_fields(const msgpack_object *o, mp_entry *e, co
     if (!f[MP_E_KEY]) {
         return MPREG_E_MISSING_FIELD;
     }
-    err = mp_decode_key(f[MP_E_KEY], e, why);
+    err = mp_decode_key(f[MP_E_KEY], f[MP_E_GROUP], e, why);
     if (err) {
         return err;
     }

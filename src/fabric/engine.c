@@ -21,6 +21,14 @@ struct mp_engine {
     uint32_t node_count;
     uint32_t node_cap;
     mp_buf hash_input; /* key || 0 || node, for rendezvous weights */
+    /* Scratch behind a publish plan (mp_engine_plan_publish). */
+    struct mp_group_cand *cands; /* (node, group) pairs matching the topic */
+    uint32_t cand_count;
+    uint32_t cand_cap;
+    mp_publish_target *targets;
+    uint32_t target_cap;
+    mp_str *groups; /* the targets' group lists, one after another */
+    uint32_t group_cap;
     char why[MP_ENGINE_WHY_MAX];
     /* NUL-terminated copies of envelope fields for the catalog's C-string API. */
     char cluster_buf[MP_MAX_NAME_LEN + 1];
@@ -118,6 +126,9 @@ void mp_engine_free(mp_engine *e) {
         return;
     }
     free(e->nodes);
+    free(e->cands);
+    free(e->targets);
+    free(e->groups);
     mp_buf_free(&e->hash_input);
     free(e);
 }
@@ -162,18 +173,35 @@ static mp_route_decision mp_fail(mp_engine *e, mp_route_reason reason, mpreg_err
     return d;
 }
 
-static mpreg_err mp_push_node(mp_engine *e, const char *node) {
-    if (e->node_count == e->node_cap) {
-        uint32_t cap = e->node_cap ? e->node_cap * 2 : 16;
-        const char **nodes = realloc(e->nodes, cap * sizeof *nodes);
-        if (!nodes) {
+/* Grows an array of `size`-byte items to hold at least n. */
+static mpreg_err mp_reserve(void **items, uint32_t *cap, uint32_t n, size_t size) {
+    if (n <= *cap) {
+        return MPREG_OK;
+    }
+    uint32_t ncap = *cap ? *cap : 8;
+    while (ncap < n) {
+        if (ncap > UINT32_MAX / 2) {
             return MPREG_E_NOMEM;
         }
-        e->nodes = nodes;
-        e->node_cap = cap;
+        ncap *= 2;
     }
-    e->nodes[e->node_count++] = node;
+    void *p = realloc(*items, (size_t)ncap * size);
+    if (!p) {
+        return MPREG_E_NOMEM;
+    }
+    *items = p;
+    *cap = ncap;
     return MPREG_OK;
+}
+
+static mpreg_err mp_push_node(mp_engine *e, const char *node) {
+    void *items = e->nodes;
+    mpreg_err err = mp_reserve(&items, &e->node_cap, e->node_count + 1, sizeof *e->nodes);
+    e->nodes = items;
+    if (!err) {
+        e->nodes[e->node_count++] = node;
+    }
+    return err;
 }
 
 /* Copies an envelope string into a NUL-terminated buffer of cap bytes. */
@@ -328,6 +356,208 @@ mp_route_decision mp_engine_route_publish(mp_engine *e, const char *topic, size_
                          "no node has a matching subscription; dropped");
     }
     return mp_decide(e, MP_ROUTE_NODES, MP_RR_SUBSCRIBERS, "subscribers on other nodes");
+}
+
+/* ---- publish with queue groups --------------------------------------------- */
+
+/* A node with members of a group matching the topic. */
+typedef struct mp_group_cand {
+    const char *node; /* borrowed from the catalog */
+    mp_str group;     /* borrowed from the catalog */
+    uint64_t weight;  /* the rendezvous weight for this message */
+    bool chosen;
+} mp_group_cand;
+
+typedef struct mp_group_walk {
+    mp_engine *e;
+    mpreg_err err;
+} mp_group_walk;
+
+static void mp_group_visit(void *ud, const char *node, const char *group) {
+    mp_group_walk *w = ud;
+    mp_engine *e = w->e;
+    if (w->err) {
+        return;
+    }
+    void *items = e->cands;
+    w->err = mp_reserve(&items, &e->cand_cap, e->cand_count + 1, sizeof *e->cands);
+    e->cands = items;
+    if (!w->err) {
+        e->cands[e->cand_count++] = (mp_group_cand){.node = node, .group = mp_str_c(group)};
+    }
+}
+
+static int mp_bytes_cmp(mp_str a, mp_str b) {
+    size_t n = a.len < b.len ? a.len : b.len;
+    int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
+    return c ? c : (a.len > b.len) - (a.len < b.len);
+}
+
+/* By group, then best first (heavier, then smaller node id). */
+static int mp_cand_rank_cmp(const void *pa, const void *pb) {
+    const mp_group_cand *a = pa, *b = pb;
+    int c = mp_bytes_cmp(a->group, b->group);
+    if (c) {
+        return c;
+    }
+    if (a->weight != b->weight) {
+        return a->weight > b->weight ? -1 : 1;
+    }
+    return strcmp(a->node, b->node);
+}
+
+/* By node, then group: the order of the plan's targets and their groups. */
+static int mp_cand_target_cmp(const void *pa, const void *pb) {
+    const mp_group_cand *a = pa, *b = pb;
+    int c = strcmp(a->node, b->node);
+    return c ? c : mp_bytes_cmp(a->group, b->group);
+}
+
+static mpreg_err mp_cand_weigh(mp_engine *e, const mp_id *id) {
+    mp_buf *in = &e->hash_input;
+    static const char sep = '\0';
+    for (uint32_t i = 0; i < e->cand_count; i++) {
+        mp_group_cand *c = &e->cands[i];
+        mp_buf_clear(in);
+        mpreg_err err = mp_buf_append(in, id->bytes, MP_ID_LEN);
+        err = err ? err : mp_buf_append(in, c->group.ptr, c->group.len);
+        err = err ? err : mp_buf_append(in, &sep, 1);
+        err = err ? err : mp_buf_append(in, c->node, strlen(c->node));
+        if (err) {
+            return err;
+        }
+        c->weight = mp_hash_bytes(in->data, in->len);
+    }
+    return MPREG_OK;
+}
+
+/* What the groups already given to node cost (budgeted placement only). */
+static size_t mp_node_load(const mp_engine *e, const char *node, size_t per_group) {
+    size_t load = 0;
+    for (uint32_t i = 0; i < e->cand_count; i++) {
+        const mp_group_cand *c = &e->cands[i];
+        if (c->chosen && strcmp(c->node, node) == 0) {
+            load += c->group.len + per_group;
+        }
+    }
+    return load;
+}
+
+/* Marks each group's node among the ranked candidates; returns how many
+ * groups found no node with room. When every group together fits the
+ * budget no node can overflow, and each group simply takes its best node:
+ * the load is only summed (quadratically, but then the groups are many
+ * and long) when it could matter. */
+static uint32_t mp_cand_choose(mp_engine *e, mp_group_budget b) {
+    size_t total = 0;
+    for (uint32_t i = 0; i < e->cand_count; i++) {
+        if (i == 0 || !mp_str_eq(e->cands[i].group, e->cands[i - 1].group)) {
+            total += e->cands[i].group.len + b.per_group;
+        }
+    }
+    bool limited = b.bytes && total > b.bytes;
+    uint32_t unplaced = 0;
+    for (uint32_t i = 0, j; i < e->cand_count; i = j) {
+        for (j = i + 1; j < e->cand_count && mp_str_eq(e->cands[j].group, e->cands[i].group); j++) {
+        }
+        size_t cost = e->cands[i].group.len + b.per_group;
+        uint32_t k = i;
+        while (limited && k < j &&
+               mp_node_load(e, e->cands[k].node, b.per_group) + cost > b.bytes) {
+            k++;
+        }
+        if (k == j) {
+            unplaced++;
+        } else {
+            e->cands[k].chosen = true;
+        }
+    }
+    return unplaced;
+}
+
+/* Builds the targets from the sorted plain nodes (e->nodes) and the chosen
+ * candidates (cands[0..chosen), sorted by node and group): one target per
+ * node, merged. */
+static mpreg_err mp_plan_targets(mp_engine *e, uint32_t chosen, bool local_plain,
+                                 mp_publish_plan *out) {
+    void *items = e->targets;
+    mpreg_err err = mp_reserve(&items, &e->target_cap, e->node_count + chosen, sizeof *e->targets);
+    e->targets = items;
+    items = e->groups;
+    err = err ? err : mp_reserve(&items, &e->group_cap, chosen, sizeof *e->groups);
+    e->groups = items;
+    if (err) {
+        return err;
+    }
+    for (uint32_t k = 0; k < chosen; k++) {
+        e->groups[k] = e->cands[k].group;
+    }
+    out->local = (mp_publish_target){
+        .node = mp_catalog_local_node(e->catalog), .plain = local_plain, .groups = e->groups};
+    uint32_t n = 0, p = 0, k = 0;
+    while (p < e->node_count || k < chosen) {
+        bool plain_next =
+            k == chosen || (p < e->node_count && strcmp(e->nodes[p], e->cands[k].node) <= 0);
+        const char *node = plain_next ? e->nodes[p] : e->cands[k].node;
+        mp_publish_target t = {.node = node, .groups = &e->groups[k]};
+        if (p < e->node_count && strcmp(e->nodes[p], node) == 0) {
+            t.plain = true;
+            p++;
+        }
+        while (k < chosen && strcmp(e->cands[k].node, node) == 0) {
+            t.group_count++;
+            k++;
+        }
+        if (mp_is_local_node(e, node)) {
+            out->local.groups = t.groups;
+            out->local.group_count = t.group_count;
+        } else {
+            e->targets[n++] = t;
+        }
+    }
+    out->targets = e->targets;
+    out->target_count = n;
+    return MPREG_OK;
+}
+
+mpreg_err mp_engine_plan_publish(mp_engine *e, const char *topic, size_t len, const mp_id *id,
+                                 mp_group_budget budget, mp_publish_plan *out, const char **why) {
+    const char *dummy;
+    why = why ? why : &dummy;
+    *out = (mp_publish_plan){.local.node = mp_catalog_local_node(e->catalog)};
+    if (!id) {
+        *why = "no message id";
+        return MPREG_E_INVALID;
+    }
+    mp_route_decision d = mp_engine_route_publish(e, topic, len);
+    if (d.action == MP_ROUTE_FAIL) {
+        *why = d.why;
+        return d.error;
+    }
+    bool local_plain = d.action == MP_ROUTE_LOCAL || d.action == MP_ROUTE_LOCAL_AND_NODES;
+    e->cand_count = 0;
+    mp_group_walk w = {.e = e};
+    mp_catalog_match_topic_groups(e->catalog, topic, len, mp_group_visit, &w);
+    mpreg_err err = w.err ? w.err : mp_cand_weigh(e, id);
+    uint32_t chosen = 0;
+    if (!err && e->cand_count) {
+        qsort(e->cands, e->cand_count, sizeof *e->cands, mp_cand_rank_cmp);
+        out->unplaced = mp_cand_choose(e, budget);
+        for (uint32_t i = 0; i < e->cand_count; i++) {
+            if (e->cands[i].chosen) {
+                e->cands[chosen++] = e->cands[i];
+            }
+        }
+        qsort(e->cands, chosen, sizeof *e->cands, mp_cand_target_cmp);
+    }
+    err = err ? err : mp_plan_targets(e, chosen, local_plain, out);
+    if (err) {
+        *out = (mp_publish_plan){.local.node = mp_catalog_local_node(e->catalog)};
+        *why = "out of memory";
+        return err;
+    }
+    *why = NULL;
+    return MPREG_OK;
 }
 
 /* ---- queues -------------------------------------------------------------- */

@@ -136,13 +136,68 @@ void mp_engine_set_planner(mp_engine *e, mp_cluster_planner *planner);
 mp_route_decision mp_engine_route_function(mp_engine *e, const mp_function_query *q,
                                            const char *target_cluster);
 
-/* A publish: every node with an interest pattern matching the topic, each
- * once, sorted by node id. This node, when interested, is the LOCAL part:
+/* A publish to ungrouped subscribers: every node with an ungrouped
+ * interest pattern matching the topic (mp_catalog_match_topic), each once,
+ * sorted by node id. This node, when interested, is the LOCAL part:
  * LOCAL (only here), LOCAL_AND_NODES, or NODES (only elsewhere).
  * Nobody interested is NOT an error: action NODES, node_count 0, reason
  * NO_SUBSCRIBERS, error MPREG_OK (pub/sub drops such messages silently).
- * An invalid topic fails with MPREG_E_TOPIC. */
+ * An invalid topic fails with MPREG_E_TOPIC. Queue groups are placed by
+ * mp_engine_plan_publish. */
 mp_route_decision mp_engine_route_publish(mp_engine *e, const char *topic, size_t len);
+
+/* --- a publish with queue groups (docs/PROTOCOL.md §9.8) ----------------
+ *
+ * A queue group spans the cluster: of the members of a group whose patterns
+ * match a message, one cluster-wide receives it. The engine picks the node,
+ * that node's pub/sub service the member among its own. For each group
+ * with interest matching the topic anywhere (mp_catalog_match_topic_groups),
+ * the node is the one with the highest rendezvous weight
+ *
+ *     mp_hash_bytes(id || group || 0x00 || node)
+ *
+ * (id: the message id's 16 bytes; neither name holds a NUL) among the nodes
+ * with that group's interest. So every node that places the same message
+ * picks the same node, and a group's messages spread evenly over its nodes,
+ * message by message.
+ *
+ * Budget. The groups a node is given travel in one header of bounded size,
+ * so each node may be given groups costing at most budget.bytes, a group
+ * costing its name's length plus budget.per_group. A group that would take
+ * its node past that goes to the next node of its ranking that has room;
+ * when none has, it is left out of this message and counted in `unplaced`.
+ * Groups are placed in bytewise order of their names. */
+typedef struct mp_group_budget {
+    size_t bytes; /* per node; 0 = no limit */
+    size_t per_group;
+} mp_group_budget;
+
+/* One node's part of a publish. */
+typedef struct mp_publish_target {
+    const char *node;     /* borrowed from the catalog */
+    bool plain;           /* its ungrouped subscribers get the message */
+    uint32_t group_count; /* and one member of each of these groups */
+    const mp_str *groups; /* names borrowed from the catalog, bytewise order */
+} mp_publish_target;
+
+typedef struct mp_publish_plan {
+    /* This node's part (node = this node): plain when it has an ungrouped
+     * interest matching the topic, and the groups placed here. */
+    mp_publish_target local;
+    /* Every other node with a part, sorted by node id; never this node. */
+    uint32_t target_count;
+    const mp_publish_target *targets;
+    uint32_t unplaced; /* groups no node had room for (see Budget) */
+} mp_publish_plan;
+
+/* Plans the publish of message id to topic: the ungrouped part as
+ * mp_engine_route_publish decides it, plus each matching group's node.
+ * Nobody interested is an empty plan, not an error. Errors: MPREG_E_TOPIC
+ * for an invalid topic, MPREG_E_INVALID without an id, MPREG_E_NOMEM; *why
+ * (if non-NULL) then says what is wrong. The plan's arrays live in the
+ * engine until its next call. */
+mpreg_err mp_engine_plan_publish(mp_engine *e, const char *topic, size_t len, const mp_id *id,
+                                 mp_group_budget budget, mp_publish_plan *out, const char **why);
 
 /* A queue operation goes to the queue's owner. With several live endpoints
  * the choice is deterministic: the healthy one with the smallest node id.

@@ -64,7 +64,8 @@ size_t mp_entry_key_slots(mp_entry *e, char **slots[MP_ENTRY_MAX_KEY_FIELDS]) {
     case MP_ENTRY_TOPIC:
         slots[0] = &e->u.topic.key.node;
         slots[1] = &e->u.topic.key.pattern;
-        return 2;
+        slots[2] = &e->u.topic.key.group;
+        return 3;
     case MP_ENTRY_QUEUE:
         slots[0] = &e->u.queue.key.node;
         slots[1] = &e->u.queue.key.queue;
@@ -223,6 +224,10 @@ static mpreg_err mp_validate_key(const mp_entry *e, const char **why) {
         if (!err) {
             const char *p = e->u.topic.key.pattern;
             err = mp_pattern_validate(p, strlen(p), NULL);
+        }
+        if (!err) {
+            /* The same rule as a SUBSCRIBE's group, and "" for ungrouped. */
+            err = mp_check_str(e->u.topic.key.group, false, "key.group", why);
         }
         return err;
     case MP_ENTRY_QUEUE:
@@ -652,8 +657,13 @@ mpreg_err mp_entry_function(mp_entry *e, const char *node, const char *cluster, 
 }
 
 mpreg_err mp_entry_topic(mp_entry *e, const char *node, const char *cluster, const char *pattern) {
-    const char *keys[] = {node, pattern};
-    mpreg_err err = mp_entry_start(e, MP_ENTRY_TOPIC, keys, 2);
+    return mp_entry_topic_group(e, node, cluster, pattern, "");
+}
+
+mpreg_err mp_entry_topic_group(mp_entry *e, const char *node, const char *cluster,
+                               const char *pattern, const char *group) {
+    const char *keys[] = {node, pattern, mp_s(group)};
+    mpreg_err err = mp_entry_start(e, MP_ENTRY_TOPIC, keys, 3);
     if (err) {
         return err;
     }

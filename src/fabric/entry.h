@@ -55,9 +55,15 @@ typedef struct mp_function_key {
     char *version;     /* semver text as registered, e.g. "1.2.0" */
 } mp_function_key;
 
+/* "node has subscribers on pattern in group": group "" for its ungrouped
+ * subscribers, else a queue group's name. A node holds one entry per
+ * (pattern, group) pair it has subscriptions for, so that a publish can go
+ * to all of a pattern's ungrouped subscribers and to one member cluster-wide
+ * of each group (docs/PROTOCOL.md §9.8). */
 typedef struct mp_topic_key {
     char *node;
     char *pattern; /* a valid pattern (topic.h) */
+    char *group;   /* "" = ungrouped */
 } mp_topic_key;
 
 typedef struct mp_queue_key {
@@ -166,7 +172,8 @@ mpreg_err mp_entry_key_bytes(const mp_entry *e, mp_buf *out);
 
 /* Checks lengths, counts and formats (pattern syntax, semver text, ranges of
  * doubles). A received entry is validated before it is applied.
- * Ids and names must be non-empty (function_id and cache region may be "");
+ * Ids and names must be non-empty (function_id, a topic's group and the cache
+ * region may be "");
  * every string is valid UTF-8 of at most MP_ENTRY_MAX_STR bytes; a withdrawn
  * entry needs
  * only a valid key. On failure *why (if non-NULL) names the field, e.g.
@@ -204,7 +211,11 @@ bool mp_strlist_is_subset(const mp_strlist *sub, const mp_strlist *super);
  * a queue starts healthy; other numbers start at 0. */
 mpreg_err mp_entry_function(mp_entry *e, const char *node, const char *cluster, const char *name,
                             const char *function_id, const char *version);
+/* Ungrouped interest: group "". */
 mpreg_err mp_entry_topic(mp_entry *e, const char *node, const char *cluster, const char *pattern);
+/* Interest of a queue group (NULL or "" = ungrouped, as mp_entry_topic). */
+mpreg_err mp_entry_topic_group(mp_entry *e, const char *node, const char *cluster,
+                               const char *pattern, const char *group);
 mpreg_err mp_entry_queue(mp_entry *e, const char *node, const char *cluster, const char *queue,
                          uint32_t modes);
 mpreg_err mp_entry_cache(mp_entry *e, const char *node, const char *cluster, const char *region);

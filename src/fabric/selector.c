@@ -136,6 +136,9 @@ static bool mp_passes_filters(mp_select_walk *w, const mp_function_endpoint *ep)
     if (q->resources && !mp_strlist_is_subset(q->resources, &ep->resources)) {
         return false;
     }
+    if (q->avoid_node && strcmp(ep->key.node, q->avoid_node) == 0) {
+        return false;
+    }
     w->counts.candidates++;
     return true;
 }

@@ -36,6 +36,9 @@ typedef struct mp_function_query {
     const char *function_id;     /* NULL or "" = any */
     const char *version;         /* constraint text (semver.h); NULL or "" = any */
     const mp_strlist *resources; /* NULL or empty = none required */
+    /* NULL = none. Endpoints on this node are passed over as if they had
+     * not the resources: a retry after the node could not be reached. */
+    const char *avoid_node;
 } mp_function_query;
 
 typedef enum mp_select_reason {

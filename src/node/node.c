@@ -73,6 +73,9 @@ mpreg_err mp_node_advertise(mp_node *n, mp_entry *e) {
     if (err) {
         mp_node_log(n, MP_LOG_WARN, "catalog refused an entry of this node: %s",
                     mpreg_err_name(err));
+    } else if (result == MP_APPLY_ADDED || result == MP_APPLY_UPDATED ||
+               result == MP_APPLY_WITHDRAWN) {
+        mp_cluster_entry_changed(n, e);
     }
     return err;
 }
@@ -106,7 +109,7 @@ static bool mp_config_ok(const mp_node_config *cfg, const mp_node_io *io, mp_rng
     return true;
 }
 
-static char *mp_strdup_or_null(const char *s) {
+char *mp_node_strdup(const char *s) {
     if (!s) {
         return NULL;
     }
@@ -119,12 +122,12 @@ static char *mp_strdup_or_null(const char *s) {
 }
 
 static mpreg_err mp_node_copy_config(mp_node *n, const mp_node_config *cfg) {
-    n->node_id = mp_strdup_or_null(cfg->node_id);
-    n->name = mp_strdup_or_null(cfg->name ? cfg->name : cfg->node_id);
-    n->cluster = mp_strdup_or_null(cfg->cluster ? cfg->cluster : "default");
+    n->node_id = mp_node_strdup(cfg->node_id);
+    n->name = mp_node_strdup(cfg->name ? cfg->name : cfg->node_id);
+    n->cluster = mp_node_strdup(cfg->cluster ? cfg->cluster : "default");
     /* An empty token is no token: nobody could be refused for lacking it. */
     bool has_token = cfg->token && cfg->token[0];
-    n->token = has_token ? mp_strdup_or_null(cfg->token) : NULL;
+    n->token = has_token ? mp_node_strdup(cfg->token) : NULL;
     if (!n->node_id || !n->name || !n->cluster || (has_token && !n->token)) {
         return MPREG_E_NOMEM;
     }
@@ -171,7 +174,7 @@ static mpreg_err mp_node_compose(mp_node *n, const mp_node_config *cfg) {
 }
 
 /* The node descriptor: what other nodes learn about this one. */
-static mpreg_err mp_node_describe(mp_node *n) {
+static mpreg_err mp_node_describe(mp_node *n, const mp_node_config *cfg) {
     mp_entry e;
     mpreg_err err = mp_entry_node(&e, n->node_id, n->name, n->cluster, n->incarnation);
     if (err) {
@@ -183,6 +186,9 @@ static mpreg_err mp_node_describe(mp_node *n) {
     }
     if (!err) {
         err = mp_strlist_append(&e.u.node.resources, &n->resources);
+    }
+    if (!err && cfg->advertise_addr) {
+        err = mp_strlist_push(&e.u.node.endpoints, cfg->advertise_addr);
     }
     if (!err) {
         err = mp_node_advertise(n, &e);
@@ -209,8 +215,10 @@ mp_node *mp_node_new(const mp_node_config *cfg, const mp_node_io *io, mp_rng *rn
     mp_map_init(&n->invokes);
     mp_list_init(&n->conn_list);
     mp_list_init(&n->orphans);
-    if (mp_node_copy_config(n, cfg) || mp_node_compose(n, cfg) || mp_node_describe(n) ||
-        mp_builtins_register(n)) {
+    mp_map_init(&n->peers);
+    mp_list_init(&n->peer_lru);
+    if (mp_node_copy_config(n, cfg) || mp_node_compose(n, cfg) || mp_node_describe(n, cfg) ||
+        (!cfg->no_builtins && mp_builtins_register(n)) || mp_cluster_start(n, cfg)) {
         mp_node_free(n);
         return NULL;
     }
@@ -232,6 +240,7 @@ static void mp_conn_free_all(mp_node *n) {
         free(c->subs);
         free(c->name);
         free(c->addr);
+        free(c->peer_id);
         free(c);
     }
     mp_map_free(&n->conns, NULL);
@@ -242,6 +251,7 @@ void mp_node_free(mp_node *n) {
         return;
     }
     mp_conn_free_all(n);
+    mp_cluster_free(n);
     mp_rpc_free_orphans(n);
     mp_functions_free_all(n);
     mp_map_free(&n->invokes, NULL);
@@ -265,12 +275,15 @@ void mp_node_tick(mp_node *n, uint64_t now_ms) {
     mp_timers_run(&n->timers, n, now_ms);
     mp_catalog_expire(n->catalog, now_ms);
     mp_pubsub_expire(n->pubsub, now_ms);
+    mp_cluster_tick(n);
 }
 
 uint64_t mp_node_next_wakeup(const mp_node *n) {
     uint64_t t = mp_timers_next(&n->timers);
     uint64_t c = mp_catalog_next_expiry(n->catalog);
-    return t < c ? t : c;
+    uint64_t m = mp_cluster_next_wakeup(n);
+    t = t < c ? t : c;
+    return t < m ? t : m;
 }
 
 /* --- stop ------------------------------------------------------------------ */
@@ -293,6 +306,13 @@ void mp_node_stop(mp_node *n, uint64_t now_ms) {
         mp_envelope_init(&bye, MP_KIND_GOODBYE);
         mp_node_send(n, c->id, &bye);
         mp_node_close_conn(n, c, MPREG_E_CLOSED);
+    }
+}
+
+void mp_node_leave(mp_node *n, uint64_t now_ms) {
+    n->now_ms = now_ms;
+    if (!n->stopping) {
+        mp_cluster_leave(n);
     }
 }
 

@@ -31,6 +31,7 @@
 #include "core/buf.h"
 #include "core/rng.h"
 #include "fabric/catalog.h"
+#include "fabric/membership.h"
 #include "mpreg/error.h"
 #include "mpreg/plugin.h"
 #include "mpreg/value.h"
@@ -79,6 +80,14 @@ typedef struct mp_node_io {
     void (*count_drop)(void *ud, uint64_t conn, uint32_t frames);
     /* Optional: one structured log line (the driver adds time and node). */
     void (*log)(void *ud, mp_log_level level, const char *message);
+    /* Optional (required for clustering): opens an outgoing connection to
+     * addr ("host:port") and returns its id (never reused, never 0), or 0
+     * when it cannot even start (bad address, no memory). The node may
+     * append frames to its output at once: the driver sends them once
+     * connected. Success is NOT reported through mp_node_on_open (the node
+     * already knows the connection); failure, at any time, through
+     * mp_node_on_close with MPREG_E_UNREACHABLE. */
+    uint64_t (*dial)(void *ud, const char *addr);
 } mp_node_io;
 
 typedef struct mp_node_config {
@@ -94,6 +103,17 @@ typedef struct mp_node_config {
     uint32_t rpc_timeout_ms;       /* a request without deadline gets this; 0 = 30 000 */
     mp_log_level log_level;
     mp_pubsub_config pubsub; /* all zero = mp_pubsub_config_default; else used as given */
+    /* Clustering. advertise_addr is the "host:port" other members dial to
+     * reach this node (NULL = this node cannot be dialed: it still joins,
+     * but members reach it only over connections it opened). seeds are
+     * addresses of members to join through (any one live member is
+     * enough). swim all zero = mp_swim_config_default. */
+    const char *advertise_addr;
+    const char *const *seeds;
+    uint32_t seed_count;
+    mp_swim_config swim;
+    uint32_t max_peer_conns; /* peer connections kept open at most; 0 = 64 */
+    bool no_builtins;        /* simulator: skip echo, echos, ... (small catalogs) */
 } mp_node_config;
 
 typedef struct mp_node mp_node;
@@ -126,11 +146,19 @@ uint64_t mp_node_next_wakeup(const mp_node *n);
  * opened afterwards are closed at once, and frames still arriving are
  * ignored. */
 void mp_node_stop(mp_node *n, uint64_t now_ms);
+/* Graceful leave, for a clustered node before mp_node_stop: LEFT is
+ * broadcast and sent at once to a few members, so they drop this node's
+ * entries without waiting for the suspicion timeout. */
+void mp_node_leave(mp_node *n, uint64_t now_ms);
 
 /* --- introspection -------------------------------------------------------- */
 /* The "status" control reply: node, cluster, uptime, connections, counters. */
 mpreg_err mp_node_status(const mp_node *n, uint64_t now_ms, mpreg_value *out);
 mp_catalog *mp_node_catalog(mp_node *n);
+/* The "members" control reply: {"self": id, "members": [{id, addr, state,
+ * generation, incarnation, since_ms}...], "stats": {...}}. */
+mpreg_err mp_node_members(const mp_node *n, uint64_t now_ms, mpreg_value *out);
+mp_swim *mp_node_swim(mp_node *n);
 const char *mp_node_id(const mp_node *n);
 
 #endif

@@ -23,14 +23,6 @@ mp_conn *mp_conn_get(const mp_node *n, uint64_t id) {
     return mp_map_get(&n->conns, &id, sizeof id);
 }
 
-mp_conn *mp_conn_for_node(mp_node *n, const char *node) {
-    /* No peer links yet: clustering will look up (or dial) the connection to
-     * `node` here. Until then every other node is unreachable. */
-    (void)n;
-    (void)node;
-    return NULL;
-}
-
 /* --- sending --------------------------------------------------------------- */
 
 mpreg_err mp_node_send(mp_node *n, uint64_t conn, mp_envelope *env) {
@@ -132,6 +124,13 @@ void mp_conn_check_backpressure(mp_node *n, mp_conn *c) {
 
 static void mp_handshake_expired(mp_node *n, mp_timer *t) {
     mp_conn *c = MP_CONTAINER(t, mp_conn, handshake);
+    if (c->outbound) {
+        /* A link this node dialed: the peer never answered the HELLO. */
+        mp_node_log(n, MP_LOG_INFO, "conn %llu: no WELCOME from %s within %u ms",
+                    (unsigned long long)c->id, c->addr ? c->addr : "?", n->handshake_timeout_ms);
+        mp_node_close_conn(n, c, MPREG_E_UNREACHABLE);
+        return;
+    }
     mp_node_log(n, MP_LOG_INFO, "conn %llu: no HELLO within %u ms", (unsigned long long)c->id,
                 n->handshake_timeout_ms);
     mp_node_send_errorf(n, c->id, NULL, MPREG_E_HANDSHAKE, "no HELLO within %u ms",
@@ -148,6 +147,34 @@ static char *mp_strndup0(const char *s, size_t len) {
     return d;
 }
 
+mp_conn *mp_conn_create(mp_node *n, uint64_t id, const char *addr) {
+    mp_conn *c = calloc(1, sizeof *c);
+    if (!c || (addr && !(c->addr = mp_strndup0(addr, strlen(addr))))) {
+        free(c);
+        n->io.close(n->io.ud, id, false, MPREG_E_NOMEM);
+        return NULL;
+    }
+    c->id = id;
+    mp_list_init(&c->requests);
+    mp_list_init(&c->invokes);
+    mp_list_init(&c->functions);
+    mp_list_init(&c->served);
+    mp_list_init(&c->peer_link);
+    mp_timer_init(&c->handshake, mp_handshake_expired);
+    mp_timer_init(&c->stall, mp_ps_stall_over);
+    if (mp_map_put(&n->conns, &c->id, sizeof c->id, c, NULL) ||
+        mp_timer_arm(&n->timers, &c->handshake, mp_add_ms(n->now_ms, n->handshake_timeout_ms))) {
+        mp_map_remove(&n->conns, &c->id, sizeof c->id);
+        mp_timer_cancel(&n->timers, &c->handshake);
+        free(c->addr);
+        free(c);
+        n->io.close(n->io.ud, id, false, MPREG_E_NOMEM);
+        return NULL;
+    }
+    mp_list_push(&n->conn_list, &c->link);
+    return c;
+}
+
 void mp_node_on_open(mp_node *n, uint64_t conn, const char *peer_addr, uint64_t now_ms) {
     n->now_ms = now_ms;
     if (n->stopping) {
@@ -158,30 +185,10 @@ void mp_node_on_open(mp_node *n, uint64_t conn, const char *peer_addr, uint64_t 
         mp_node_log(n, MP_LOG_WARN, "conn %llu opened twice", (unsigned long long)conn);
         return;
     }
-    mp_conn *c = calloc(1, sizeof *c);
-    if (!c || (peer_addr && !(c->addr = mp_strndup0(peer_addr, strlen(peer_addr))))) {
-        free(c);
-        n->io.close(n->io.ud, conn, false, MPREG_E_NOMEM);
-        return;
+    if (mp_conn_create(n, conn, peer_addr)) {
+        mp_node_log(n, MP_LOG_DEBUG, "conn %llu open from %s", (unsigned long long)conn,
+                    peer_addr ? peer_addr : "?");
     }
-    c->id = conn;
-    mp_list_init(&c->requests);
-    mp_list_init(&c->invokes);
-    mp_list_init(&c->functions);
-    mp_timer_init(&c->handshake, mp_handshake_expired);
-    mp_timer_init(&c->stall, mp_ps_stall_over);
-    if (mp_map_put(&n->conns, &c->id, sizeof c->id, c, NULL) ||
-        mp_timer_arm(&n->timers, &c->handshake, mp_add_ms(now_ms, n->handshake_timeout_ms))) {
-        mp_map_remove(&n->conns, &c->id, sizeof c->id);
-        mp_timer_cancel(&n->timers, &c->handshake);
-        free(c->addr);
-        free(c);
-        n->io.close(n->io.ud, conn, false, MPREG_E_NOMEM);
-        return;
-    }
-    mp_list_push(&n->conn_list, &c->link);
-    mp_node_log(n, MP_LOG_DEBUG, "conn %llu open from %s", (unsigned long long)conn,
-                peer_addr ? peer_addr : "?");
 }
 
 /* Compares the whole of both, whatever their contents, so the time taken
@@ -200,6 +207,8 @@ typedef struct mp_hello {
     mp_str name;
     bool has_token;
     mp_str token;
+    mp_str node;    /* peers: the member id */
+    mp_str cluster; /* peers: its cluster */
 } mp_hello;
 
 static mp_str mp_value_view(const mpreg_value *v) {
@@ -238,6 +247,14 @@ static mpreg_err mp_hello_parse(const mpreg_value *v, mp_hello *h, const char **
         *why = "token: must be a string";
         return MPREG_E_HANDSHAKE;
     }
+    const mpreg_value *node = mpreg_map_get(v, "node");
+    const mpreg_value *cluster = mpreg_map_get(v, "cluster");
+    if ((node && node->type != MPREG_STR) || (cluster && cluster->type != MPREG_STR)) {
+        *why = "node, cluster: must be strings";
+        return MPREG_E_HANDSHAKE;
+    }
+    h->node = node ? mp_value_view(node) : MP_STR_NULL;
+    h->cluster = cluster ? mp_value_view(cluster) : MP_STR_NULL;
     h->name = name ? mp_value_view(name) : MP_STR_NULL;
     h->has_token = token != NULL;
     h->token = token ? mp_value_view(token) : MP_STR_NULL;
@@ -293,6 +310,13 @@ static void mp_conn_on_hello(mp_node *n, mp_conn *c, const mp_envelope *env) {
         snprintf(msg, sizeof msg, "bad HELLO: %s", why);
         mp_handshake_refuse(n, c, &env->id, MPREG_E_HANDSHAKE, msg);
         mpreg_value_free(&v);
+        return;
+    }
+    if (h.role == MP_ROLE_PEER && !mp_cluster_peer_hello(n, c, h.node, h.cluster, &why)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "peer refused: %s", why);
+        mpreg_value_free(&v);
+        mp_handshake_refuse(n, c, &env->id, MPREG_E_HANDSHAKE, msg);
         return;
     }
     c->role = h.role;
@@ -409,6 +433,32 @@ static void mp_conn_dispatch_client(mp_node *n, mp_conn *c, const mp_envelope *e
     }
 }
 
+/* What peers carry: membership gossip, invokes of this node's functions
+ * and their results, and publishes for this node's subscribers. */
+static void mp_conn_dispatch_peer(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    mp_cluster_touch(n, c);
+    switch (env->kind) {
+    case MP_KIND_WELCOME:
+        mp_cluster_on_welcome(n, c, env);
+        break;
+    case MP_KIND_GOSSIP:
+        mp_cluster_on_gossip(n, c, env);
+        break;
+    case MP_KIND_RPC_INVOKE:
+        mp_rpc_on_invoke(n, c, env);
+        break;
+    case MP_KIND_RPC_RESULT:
+        mp_rpc_on_result(n, c, env);
+        break;
+    case MP_KIND_PUBLISH:
+        mp_ps_on_publish(n, c, env);
+        break;
+    default:
+        mp_conn_refuse_kind(n, c, env);
+        break;
+    }
+}
+
 void mp_node_on_frame(mp_node *n, uint64_t conn, const uint8_t *frame, size_t len,
                       uint64_t now_ms) {
     n->now_ms = now_ms;
@@ -445,9 +495,7 @@ void mp_node_on_frame(mp_node *n, uint64_t conn, const uint8_t *frame, size_t le
     if (c->role == MP_ROLE_CLIENT) {
         mp_conn_dispatch_client(n, c, &env);
     } else {
-        /* Peers say HELLO and keep the link; what they carry comes with
-         * clustering. */
-        mp_conn_refuse_kind(n, c, &env);
+        mp_conn_dispatch_peer(n, c, &env);
     }
 }
 
@@ -496,9 +544,12 @@ void mp_node_on_close(mp_node *n, uint64_t conn, mpreg_err reason, uint64_t now_
      * those failures wake up cannot pick this worker again. */
     mp_functions_conn_drop(n, c);
     mp_rpc_conn_invokes_fail(n, c);
+    mp_rpc_conn_served_drop(n, c);
     mp_ps_conn_drop(n, c);
+    mp_cluster_conn_closed(n, c, reason);
     free(c->subs);
     free(c->name);
     free(c->addr);
+    free(c->peer_id);
     free(c);
 }

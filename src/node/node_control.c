@@ -3,7 +3,8 @@
  * A CONTROL envelope names its operation in the topic and gets one
  * CONTROL_REPLY (or an ERROR). "status" is the node's vital signs,
  * "catalog" what the node knows about the fabric, "subscriptions" the
- * asking connection's own subscriptions with their counts, all as plain
+ * asking connection's own subscriptions with their counts, "members" the
+ * cluster's members as this node sees them (node_cluster.c), all as plain
  * values so that the CLI can print them as JSON. Lists are sorted, so two nodes with
  * the same catalog print the same text. */
 #include "node/node_internal.h"
@@ -143,7 +144,8 @@ static int mp_cmp_topic(const void *a, const void *b) {
     const mp_topic_key *x = &(*(const mp_entry *const *)a)->u.topic.key;
     const mp_topic_key *y = &(*(const mp_entry *const *)b)->u.topic.key;
     int c = strcmp(x->pattern, y->pattern);
-    return c ? c : strcmp(x->node, y->node);
+    c = c ? c : strcmp(x->node, y->node);
+    return c ? c : strcmp(x->group ? x->group : "", y->group ? y->group : "");
 }
 
 static int mp_cmp_node(const void *a, const void *b) {
@@ -170,6 +172,9 @@ static mpreg_value mp_topic_value(const mp_entry *e) {
     mpreg_value v = mpreg_map();
     mpreg_err err = mp_set(MPREG_OK, &v, "pattern", mpreg_str(e->u.topic.key.pattern));
     err = mp_set(err, &v, "node", mpreg_str(e->u.topic.key.node));
+    if (e->u.topic.key.group && e->u.topic.key.group[0]) {
+        err = mp_set(err, &v, "group", mpreg_str(e->u.topic.key.group));
+    }
     if (err) {
         mpreg_value_free(&v);
     }
@@ -181,6 +186,8 @@ static mpreg_value mp_node_value(const mp_entry *e) {
     mpreg_err err = mp_set(MPREG_OK, &v, "node", mpreg_str(e->u.node.key.node));
     err = mp_set(err, &v, "name", mpreg_str(e->u.node.name));
     err = mp_set(err, &v, "cluster", mpreg_str(e->u.node.cluster));
+    err = mp_set(err, &v, "endpoints", mp_strlist_value(&e->u.node.endpoints));
+    err = mp_set(err, &v, "incarnation", mpreg_int((int64_t)e->u.node.incarnation));
     if (err) {
         mpreg_value_free(&v);
     }
@@ -272,10 +279,12 @@ void mp_control_on_request(mp_node *n, mp_conn *c, const mp_envelope *env) {
         err = mp_control_catalog(n, &v);
     } else if (mp_str_eq_c(env->topic, "subscriptions")) {
         err = mp_control_subscriptions(n, c, &v);
+    } else if (mp_str_eq_c(env->topic, "members")) {
+        err = mp_node_members(n, n->now_ms, &v);
     } else {
         mp_node_send_errorf(n, c->id, &env->id, MPREG_E_INVALID,
                             "unknown control operation '%.*s' (known: status, catalog, "
-                            "subscriptions)",
+                            "subscriptions, members)",
                             (int)(env->topic.len > 64 ? 64 : env->topic.len),
                             env->topic.ptr ? env->topic.ptr : "");
         return;

@@ -46,15 +46,6 @@ mp_local_fn *mp_functions_find(mp_node *n, const char *name, const char *functio
     return len ? mp_map_get(&n->functions, key, len) : NULL;
 }
 
-static char *mp_dup(const char *s) {
-    size_t len = strlen(s) + 1;
-    char *d = malloc(len);
-    if (d) {
-        memcpy(d, s, len);
-    }
-    return d;
-}
-
 static void mp_local_free(void *v) {
     mp_local_fn *f = v;
     while (!mp_list_empty(&f->providers)) {
@@ -142,9 +133,9 @@ static mp_local_fn *mp_local_create(mp_node *n, const char *key, size_t klen, co
         return NULL;
     }
     mp_list_init(&f->providers);
-    f->name = mp_dup(name);
-    f->function_id = mp_dup(function_id);
-    f->version = mp_dup(version);
+    f->name = mp_node_strdup(name);
+    f->function_id = mp_node_strdup(function_id);
+    f->version = mp_node_strdup(version);
     if (!f->name || !f->function_id || !f->version ||
         mp_map_put(&n->functions, key, klen, f, NULL)) {
         mp_local_free(f);

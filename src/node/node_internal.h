@@ -38,6 +38,7 @@
 #define MP_NODE_MAX_REQUESTS_PER_CONN 1024u /* RPC requests in flight per connection */
 #define MP_NODE_MAX_WORKER_FUNCTIONS 256u   /* functions one connection may register */
 #define MP_NODE_MAX_SUBS_PER_CONN 10000u    /* subscriptions per connection */
+#define MP_NODE_MAX_RETRIES 3u              /* commands of one request retried on another node */
 #define MP_NODE_DEFAULT_HANDSHAKE_MS 10000u
 #define MP_NODE_DEFAULT_RPC_TIMEOUT_MS 30000u
 #define MP_NODE_MAX_SLEEP_MS 3600000 /* the sleep built-in: one hour at most */
@@ -190,13 +191,22 @@ typedef struct mp_conn {
     bool shedding;         /* over high water: pub/sub deliveries are dropped */
     uint64_t dropped_base; /* the subscriptions' drop count when shedding began */
     uint64_t shed_drops;   /* deliveries the node itself dropped while shedding */
+    /* Peer links (node_cluster.c). */
+    char *peer_id;     /* the member at the other end; NULL until known */
+    bool outbound;     /* this node dialed it (and sent the HELLO) */
+    bool welcomed;     /* outbound: its WELCOME arrived */
+    mp_link peer_link; /* in node->peer_lru, least recently used first */
+    mp_link served;    /* mp_served.conn_link: a peer's invokes this node runs */
 } mp_conn;
 
 mp_conn *mp_conn_get(const mp_node *n, uint64_t id);
-/* The connection to node `node` that messages for it go through, or NULL.
- * Always NULL until clustering dials peers: every path that would send to
- * another node comes through here, so that is where peers will plug in. */
+/* The connection to node `node` that messages for it go through, dialing
+ * one when there is none (node_cluster.c); NULL when the node's address is
+ * unknown or the driver cannot dial. */
 mp_conn *mp_conn_for_node(mp_node *n, const char *node);
+/* Creates the node's side of a connection (on_open and dials share it);
+ * NULL on out of memory (the driver's connection is then closed). */
+mp_conn *mp_conn_create(mp_node *n, uint64_t id, const char *addr);
 
 /* Fills in id (when zero), source node and cluster, encodes the frame (never
  * one over max_frame: MPREG_E_FRAME_TOO_LARGE, nothing appended) and commits
@@ -228,13 +238,25 @@ typedef struct mp_request {
     mp_link conn_link; /* in conn->requests */
     mp_link calls;     /* mpreg_call.req_link: its calls in flight */
     bool advancing;    /* inside mp_request_advance: completions only record */
+    uint32_t retries;  /* commands sent elsewhere after a node could not be reached */
 } mp_request;
+
+/* A peer's RPC_INVOKE that this node runs for it (node_rpc.c): one call,
+ * answered with RPC_RESULT on the peer's connection. */
+typedef struct mp_served {
+    mp_conn *conn;     /* the peer that asked; served invokes go before it */
+    mp_id invoke_id;   /* the RPC_RESULT's correlation */
+    mp_link conn_link; /* in conn->served */
+    mp_timer deadline;
+    struct mpreg_call *call; /* NULL once answered */
+} mp_served;
 
 struct mpreg_call {
     mp_node *node;
-    mp_request *req;  /* NULL once orphaned (the request went away first) */
-    uint32_t cmd;     /* the command's id in req's plan */
-    mp_link req_link; /* in req->calls, or in node->orphans */
+    mp_request *req;   /* NULL once orphaned (the request went away first) */
+    mp_served *served; /* instead of req: a peer's invoke (then req is NULL) */
+    uint32_t cmd;      /* the command's id in req's plan */
+    mp_link req_link;  /* in req->calls, or in node->orphans */
     /* in-process */
     mp_provider *provider;
     void (*cancel)(void *ud); /* see mp_call_set_cancel */
@@ -249,6 +271,11 @@ struct mpreg_call {
 
 void mp_rpc_on_request(mp_node *n, mp_conn *c, const mp_envelope *env);
 void mp_rpc_on_result(mp_node *n, mp_conn *c, const mp_envelope *env);
+/* A peer asks this node to run one command (its own function, exactly the
+ * function_id and version named). */
+void mp_rpc_on_invoke(mp_node *n, mp_conn *c, const mp_envelope *env);
+/* The peer is going: the invokes it asked for are abandoned (no answer). */
+void mp_rpc_conn_served_drop(mp_node *n, mp_conn *c);
 /* The connection is going: its own requests are dropped silently. */
 void mp_rpc_conn_requests_drop(mp_node *n, mp_conn *c);
 /* The connection ran calls (a worker) and is going: each fails with
@@ -284,7 +311,28 @@ void mp_ps_on_writable(mp_node *n, mp_conn *c);
 void mp_ps_stall_over(mp_node *n, mp_timer *t);
 void mp_ps_conn_drop(mp_node *n, mp_conn *c);
 void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d);
-void mp_ps_interest(void *ud, mp_str pattern, bool added);
+void mp_ps_interest(void *ud, mp_str pattern, mp_str group, bool added);
+
+/* --- clustering (node_cluster.c) ------------------------------------------- */
+
+/* Creates the membership (when the config gives an address or seeds) and
+ * joins the seeds. */
+mpreg_err mp_cluster_start(mp_node *n, const mp_node_config *cfg);
+void mp_cluster_free(mp_node *n);
+/* A local entry changed in the catalog: tell the cluster. */
+void mp_cluster_entry_changed(mp_node *n, const mp_entry *e);
+void mp_cluster_on_gossip(mp_node *n, mp_conn *c, const mp_envelope *env);
+/* A WELCOME on a connection this node dialed. */
+void mp_cluster_on_welcome(mp_node *n, mp_conn *c, const mp_envelope *env);
+/* An inbound peer said HELLO naming itself: false when it is refused
+ * (*why says why). */
+bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, const char **why);
+void mp_cluster_conn_closed(mp_node *n, mp_conn *c, mpreg_err reason);
+/* A peer link carried something: it moves to the back of the LRU list. */
+void mp_cluster_touch(mp_node *n, mp_conn *c);
+void mp_cluster_tick(mp_node *n);
+uint64_t mp_cluster_next_wakeup(const mp_node *n);
+void mp_cluster_leave(mp_node *n);
 
 /* --- control (node_control.c) ---------------------------------------------- */
 
@@ -349,6 +397,18 @@ struct mp_node {
     uint64_t *shed_pending;
     uint32_t shed_len;
     uint32_t shed_cap;
+
+    /* Clustering (node_cluster.c). */
+    mp_swim *swim;        /* NULL: a standalone node (no address and no seeds) */
+    char *advertise_addr; /* NULL = cannot be dialed */
+    uint64_t generation;  /* the SWIM generation: the incarnation at start */
+    mp_map peers;         /* member id -> mp_conn *: the link messages to it take */
+    mp_link peer_lru;     /* peer links, least recently used first */
+    uint32_t peer_conns;  /* open peer connections */
+    uint32_t max_peer_conns;
+    uint64_t seen_refutations; /* mp_swim_stats.refutations last looked at */
+    bool in_swim;              /* inside an mp_swim call: broadcasts wait */
+    mp_buf pending;            /* deferred broadcasts: [u32 keylen][key][u32 len][data]... */
 };
 
 void mp_node_log(const mp_node *n, mp_log_level level, const char *fmt, ...)
@@ -362,6 +422,9 @@ static inline uint64_t mp_node_now(const mp_node *n) {
 static inline uint64_t mp_add_ms(uint64_t a, uint64_t b) {
     return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
+
+/* A heap copy of s (NULL for NULL, or out of memory). */
+char *mp_node_strdup(const char *s);
 
 /* Sorted union without duplicates of dst and add, into dst. */
 mpreg_err mp_strlist_union_into(mp_strlist *dst, const mp_strlist *add);

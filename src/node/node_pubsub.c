@@ -19,8 +19,21 @@
  * subscriber's output past half the mark (io->over_soft_water) stalls the
  * publisher: its reading pauses for MP_NODE_STALL_MS. A subscriber that
  * keeps up, only less quickly than the publisher writes, then slows the
- * publisher down instead of losing messages. */
+ * publisher down instead of losing messages.
+ *
+ * Queue groups span the cluster. Interest is advertised per (pattern,
+ * group) pair, and a client's PUBLISH goes, besides every node with
+ * ungrouped interest, to one node per matching group, which the routing
+ * engine picks by rendezvous hashing on the message id
+ * (mp_engine_plan_publish). Each node is told which parts it delivers in
+ * the "mp-deliver" header (docs/PROTOCOL.md §9.8); this node's own part
+ * goes straight to its service as a filter. A PUBLISH from a peer is
+ * delivered here only, as its header says (no header: the ungrouped
+ * subscriptions only, as a node that predates groups across nodes means). */
 #include "node/node_internal.h"
+
+#include "core/topic.h"
+#include "fabric/catalog.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -154,9 +167,34 @@ void mp_ps_stall_over(mp_node *n, mp_timer *t) {
 
 /* --- the service's hooks ---------------------------------------------------- */
 
+/* One DELIVER to c. The service writes the frame straight into c's output
+ * from the encoding the message's deliveries share (what mp_node_send would
+ * write, without encoding and checking the envelope once per subscriber);
+ * what it leaves to the envelope path (a message without id, which needs a
+ * fresh one per DELIVER, or one it finds invalid) goes through mp_node_send,
+ * which fills in the id and gives the error. */
+static mpreg_err mp_ps_send_deliver(mp_node *n, mp_conn *c, const mp_pubsub_delivery *d) {
+    mp_buf *out = n->io.output(n->io.ud, c->id);
+    if (!out) {
+        return MPREG_E_CLOSED;
+    }
+    mpreg_err err = mp_pubsub_deliver_frame(n->pubsub, d, mp_str_c(n->node_id),
+                                            mp_str_c(n->cluster), n->max_frame, out);
+    if (err == MPREG_OK) {
+        n->io.output_commit(n->io.ud, c->id, 1);
+        return MPREG_OK;
+    }
+    char sub_text[MP_PUBSUB_SUB_TEXT];
+    mp_envelope env;
+    err = mp_pubsub_deliver_envelope(d, sub_text, &env);
+    return err ? err : mp_node_send(n, c->id, &env);
+}
+
 void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
     mp_node *n = ud;
-    mp_conn *c = mp_conn_get(n, d->owner);
+    /* Subscriptions carry their connection (they leave the service before
+     * it is freed): no lookup by id per delivery. */
+    mp_conn *c = d->owner_ud ? d->owner_ud : mp_conn_get(n, d->owner);
     if (!c || c->state == MP_CONN_CLOSING) {
         return;
     }
@@ -165,10 +203,7 @@ void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
         mp_ps_count_drop(n, c);
         return;
     }
-    char sub_text[MP_PUBSUB_SUB_TEXT];
-    mp_envelope env;
-    mpreg_err err = mp_pubsub_deliver_envelope(d, sub_text, &env);
-    err = err ? err : mp_node_send(n, c->id, &env);
+    mpreg_err err = mp_ps_send_deliver(n, c, d);
     if (err) {
         mp_node_log(n, MP_LOG_DEBUG, "conn %llu: DELIVER not sent: %s", (unsigned long long)c->id,
                     mpreg_err_name(err));
@@ -182,19 +217,23 @@ void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
     }
 }
 
-/* A pattern gained its first local subscriber, or lost its last: the
- * catalog's topic entry for it comes or goes, so publishes elsewhere find
- * this node. */
-void mp_ps_interest(void *ud, mp_str pattern, bool added) {
+/* A (pattern, group) pair gained its first local subscriber, or lost its
+ * last: the catalog's topic entry for it comes or goes, so publishes
+ * elsewhere find this node. */
+void mp_ps_interest(void *ud, mp_str pattern, mp_str group, bool added) {
     mp_node *n = ud;
-    char text[MP_ENTRY_MAX_STR + 1];
-    if (pattern.len > MP_ENTRY_MAX_STR) {
+    char text[MP_ENTRY_MAX_STR + 1], name[MP_ENTRY_MAX_STR + 1];
+    if (pattern.len > MP_ENTRY_MAX_STR || group.len > MP_ENTRY_MAX_STR) {
         return;
     }
     memcpy(text, pattern.ptr, pattern.len);
     text[pattern.len] = '\0';
+    if (group.len) {
+        memcpy(name, group.ptr, group.len);
+    }
+    name[group.len] = '\0';
     mp_entry e;
-    if (mp_entry_topic(&e, n->node_id, n->cluster, text) == MPREG_OK) {
+    if (mp_entry_topic_group(&e, n->node_id, n->cluster, text, name) == MPREG_OK) {
         e.withdrawn = !added;
         mp_node_advertise(n, &e);
         mp_entry_free(&e);
@@ -202,6 +241,28 @@ void mp_ps_interest(void *ud, mp_str pattern, bool added) {
 }
 
 /* --- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------ */
+
+/* A client's headers: "mp-" keys are the nodes' own, and a PUBLISH carries
+ * at most MP_PUBSUB_MAX_MSG_HEADERS (room for a node's "mp-deliver" and for
+ * DELIVER's own three). False, with the client told, when they break that. */
+static bool mp_ps_client_headers_ok(mp_node *n, mp_conn *c, const mp_envelope *env,
+                                    const char *what, uint32_t max) {
+    if (env->header_count > max) {
+        mp_node_send_errorf(n, c->id, &env->id, MPREG_E_TOO_LARGE, "%s: more than %u headers", what,
+                            max);
+        return false;
+    }
+    for (uint32_t i = 0; i < env->header_count; i++) {
+        mp_str key = env->headers[i].key;
+        if (mp_pubsub_node_header(key)) {
+            mp_node_send_errorf(n, c->id, &env->id, MPREG_E_INVALID,
+                                "%s: header %.*s: keys starting with %s are reserved", what,
+                                (int)key.len, key.ptr, MP_PUBSUB_NODE_HEADER_PREFIX);
+            return false;
+        }
+    }
+    return true;
+}
 
 static void mp_ps_send_subscription(mp_node *n, mp_conn *c, const mp_id *id, uint64_t sub) {
     mp_buf p = MP_BUF_INIT;
@@ -216,6 +277,9 @@ static void mp_ps_send_subscription(mp_node *n, mp_conn *c, const mp_id *id, uin
 }
 
 void mp_ps_on_subscribe(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    if (!mp_ps_client_headers_ok(n, c, env, "SUBSCRIBE", MP_MAX_HEADERS)) {
+        return;
+    }
     if (c->sub_count >= MP_NODE_MAX_SUBS_PER_CONN) {
         mp_node_send_errorf(n, c->id, &env->id, MPREG_E_TOO_LARGE,
                             "too many subscriptions on this connection (at most %u)",
@@ -231,6 +295,7 @@ void mp_ps_on_subscribe(mp_node *n, mp_conn *c, const mp_envelope *env) {
         return;
     }
     mp_pubsub_sub_spec spec = mp_pubsub_spec_from_payload(&p, c->id);
+    spec.owner_ud = c;
     uint64_t sub = 0;
     err = mp_conn_subs_reserve(c);
     err = err ? err : mp_pubsub_subscribe(n->pubsub, &spec, &sub);
@@ -279,61 +344,240 @@ void mp_ps_conn_drop(mp_node *n, mp_conn *c) {
 
 /* --- PUBLISH ----------------------------------------------------------------- */
 
+/* The groups one node is given travel in its "mp-deliver" value, which must
+ * fit a header: after "0:" (the plain part), each group costs its name and
+ * at most four bytes more (up to three digits of length and a colon). */
+static const mp_group_budget MP_PS_GROUP_BUDGET = {
+    .bytes = MP_MAX_HEADER_VALUE - 2,
+    .per_group = 4,
+};
+
 /* The one way a publish leaves for another node: through its connection,
- * which exists once clustering does. A publish nobody can take is not an
- * error for the publisher (nobody is owed it); it is counted and logged. */
-static void mp_ps_forward(mp_node *n, const char *node, const mp_envelope *env) {
-    mp_conn *peer = mp_conn_for_node(n, node);
+ * which exists once clustering does, with the parts it delivers there (no
+ * header when that is just the ungrouped subscriptions: what a node without
+ * the header assumes). A publish nobody can take is not an error for the
+ * publisher (nobody is owed it); it is counted and logged. */
+static void mp_ps_forward(mp_node *n, const mp_publish_target *t, const mp_envelope *env) {
+    mp_conn *peer = mp_conn_for_node(n, t->node);
     if (!peer) {
         n->counters.unreachable++;
         mp_node_log(n, MP_LOG_DEBUG, "publish to %.*s: no connection to node %s",
-                    (int)env->topic.len, env->topic.ptr, node);
+                    (int)env->topic.len, env->topic.ptr, t->node);
         return;
     }
     mp_envelope fwd = *env;
+    char text[MP_MAX_HEADER_VALUE];
+    if (t->group_count) {
+        mp_pubsub_filter f = {
+            .plain = t->plain, .groups = t->groups, .group_count = t->group_count};
+        size_t len = 0;
+        mpreg_err err = mp_pubsub_filter_encode(&f, text, sizeof text, &len);
+        err = err ? err
+                  : mp_envelope_add_header(&fwd, mp_str_c(MP_PUBSUB_DELIVER_HEADER),
+                                           (mp_str){text, len});
+        if (err) {
+            /* Not with the engine's budget and the client's header limit. */
+            mp_node_log(n, MP_LOG_WARN, "publish to %.*s: not sent to node %s: %s",
+                        (int)env->topic.len, env->topic.ptr, t->node, mpreg_err_name(err));
+            return;
+        }
+    }
     mp_node_send(n, peer->id, &fwd);
 }
 
-void mp_ps_on_publish(mp_node *n, mp_conn *c, const mp_envelope *env) {
-    mp_pubsub_prefetch(n->pubsub, &env->id); /* overlaps the miss with routing */
-    mp_route_decision d = mp_engine_route_publish(n->engine, env->topic.ptr, env->topic.len);
-    if (d.action == MP_ROUTE_FAIL) {
-        mp_node_send_errorf(n, c->id, &env->id, d.error ? d.error : MPREG_E_ROUTE, "PUBLISH: %s",
-                            d.why);
+static mp_pubsub_message mp_ps_message(const mp_envelope *env) {
+    return (mp_pubsub_message){
+        .id = env->id,
+        .topic = env->topic,
+        .payload = env->payload,
+        .headers = env->headers,
+        .header_count = env->header_count,
+    };
+}
+
+/* The service refused env's message: the sender is told (why, when set,
+ * is what is wrong with a peer's "mp-deliver"). Returns false, for the
+ * callers below. */
+static bool mp_ps_refused(mp_node *n, mp_conn *c, const mp_envelope *env, mpreg_err err,
+                          const char *why) {
+    if (why) {
+        mp_node_send_errorf(n, c->id, &env->id, err, "PUBLISH: %s: %s", MP_PUBSUB_DELIVER_HEADER,
+                            why);
+        return false;
+    }
+    if (err == MPREG_E_TOPIC) {
+        mp_topic_validate(env->topic.ptr, env->topic.len, &why);
+    }
+    mp_node_send_errorf(n, c->id, &env->id, err, "PUBLISH: %s", why ? why : mpreg_strerror(err));
+    return false;
+}
+
+/* Publishes env to this node's subscribers (and its retention, when on),
+ * every part of it (a node alone: the hot path). False when the publish
+ * goes no further: the service refused it (the sender is told) or it is a
+ * duplicate (it went on when first seen). */
+static bool mp_ps_publish_here(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    mp_pubsub_message msg = mp_ps_message(env);
+    mp_pubsub_result res;
+    n->ps_publisher = c->id;
+    mpreg_err err = mp_pubsub_publish(n->pubsub, &msg, n->now_ms, &res);
+    n->ps_publisher = 0;
+    mp_ps_flush_shedding(n);
+    if (err) {
+        return mp_ps_refused(n, c, env, err, NULL);
+    }
+    n->counters.published++;
+    return !res.duplicate;
+}
+
+/* The same for some parts of msg (env's message, maybe without some
+ * headers): those filter f names, or, when text is set, those a peer's
+ * "mp-deliver" value names. */
+static bool mp_ps_publish_part(mp_node *n, mp_conn *c, const mp_envelope *env,
+                               const mp_pubsub_message *msg, const mp_pubsub_filter *f,
+                               mp_str text) {
+    mp_pubsub_result res;
+    const char *why = NULL;
+    n->ps_publisher = c->id;
+    mpreg_err err = text.ptr
+                        ? mp_pubsub_publish_encoded(n->pubsub, msg, n->now_ms, text, &res, &why)
+                        : mp_pubsub_publish_filtered(n->pubsub, msg, n->now_ms, f, &res);
+    n->ps_publisher = 0;
+    mp_ps_flush_shedding(n);
+    if (err) {
+        return mp_ps_refused(n, c, env, err, why);
+    }
+    n->counters.published++;
+    return !res.duplicate;
+}
+
+/* Leaves the nodes' own headers out of msg, so that they never reach a
+ * subscriber, and returns the "mp-deliver" value (MP_STR_NULL when absent;
+ * present but empty is "", which the decoder refuses). Without a copy when
+ * they come last, as nodes send them; else the others are copied to room. */
+static mp_str mp_ps_strip_node_headers(const mp_envelope *env, mp_header room[MP_MAX_HEADERS],
+                                       mp_pubsub_message *msg) {
+    mp_str text = MP_STR_NULL;
+    uint32_t first = env->header_count; /* the first node header */
+    bool others_after = false;          /* a client header after it */
+    for (uint32_t i = 0; i < env->header_count; i++) {
+        const mp_header *h = &env->headers[i];
+        if (!mp_pubsub_node_header(h->key)) {
+            others_after |= first < i;
+            continue;
+        }
+        first = first < i ? first : i;
+        if (mp_str_eq_c(h->key, MP_PUBSUB_DELIVER_HEADER)) {
+            text = h->value.ptr ? h->value : mp_str_c("");
+        }
+    }
+    msg->header_count = first;
+    if (others_after) {
+        uint32_t kept = 0;
+        for (uint32_t i = 0; i < env->header_count; i++) {
+            if (!mp_pubsub_node_header(env->headers[i].key)) {
+                room[kept++] = env->headers[i];
+            }
+        }
+        msg->headers = room;
+        msg->header_count = kept;
+    }
+    return text;
+}
+
+/* The paths of a PUBLISH from a peer and of one planned across nodes are
+ * kept out of line: their frames (a copy of the headers, an envelope and a
+ * header value per forward) would otherwise be set up for every publish,
+ * the publishes of a node alone included. */
+#define MP_PS_OUT_OF_LINE __attribute__((noinline))
+
+/* A PUBLISH from another node, which sent it here because this node has a
+ * part of it: the parts its "mp-deliver" names, or without one (a node
+ * that predates queue groups across nodes) the ungrouped subscriptions. */
+static MP_PS_OUT_OF_LINE void mp_ps_on_peer_publish(mp_node *n, mp_conn *c,
+                                                    const mp_envelope *env) {
+    static const mp_pubsub_filter plain_only = {.plain = true};
+    mp_pubsub_message msg = mp_ps_message(env);
+    mp_header room[MP_MAX_HEADERS];
+    mp_str text = mp_ps_strip_node_headers(env, room, &msg);
+    mp_ps_publish_part(n, c, env, &msg, text.ptr ? NULL : &plain_only, text);
+}
+
+/* Only here: no other node has interest in any topic. */
+static void mp_ps_publish_alone(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    /* The catalog's topic entries are all this node's own, mirrors of its
+     * service's patterns: the service's matcher alone decides, and the
+     * catalog's trie is not walked for the same answer. (The service checks
+     * the topic; one that matches a subscription is valid.) */
+    if (n->pubsub_retains || mp_pubsub_matches(n->pubsub, env->topic)) {
+        mp_ps_publish_here(n, c, env);
         return;
     }
+    const char *why = NULL;
+    if (mp_topic_validate(env->topic.ptr, env->topic.len, &why)) {
+        mp_node_send_errorf(n, c->id, &env->id, MPREG_E_TOPIC, "PUBLISH: %s",
+                            why ? why : "no topic");
+        return;
+    }
+    n->counters.published++; /* nobody's: dropped, as routing would */
+}
+
+/* A client's PUBLISH when other nodes have interest: where each part of it
+ * goes is the routing engine's plan. */
+static MP_PS_OUT_OF_LINE void mp_ps_publish_planned(mp_node *n, mp_conn *c,
+                                                    const mp_envelope *env) {
+    mp_publish_plan plan;
+    const char *why = NULL;
+    mpreg_err err = mp_engine_plan_publish(n->engine, env->topic.ptr, env->topic.len, &env->id,
+                                           MP_PS_GROUP_BUDGET, &plan, &why);
+    if (err) {
+        mp_node_send_errorf(n, c->id, &env->id, err, "PUBLISH: %s", why ? why : "no route");
+        return;
+    }
+    if (plan.unplaced) {
+        mp_node_log(n, MP_LOG_WARN,
+                    "publish to %.*s: %u queue groups left out (their names overflow a header)",
+                    (int)env->topic.len, env->topic.ptr, plan.unplaced);
+    }
     /* With retention on, every publish is kept here, interested or not:
-     * replay is for subscribers that were not there yet. */
-    bool local =
-        d.action == MP_ROUTE_LOCAL || d.action == MP_ROUTE_LOCAL_AND_NODES || n->pubsub_retains;
-    if (local) {
-        mp_pubsub_message msg = {
-            .id = env->id,
-            .topic = env->topic,
-            .payload = env->payload,
-            .headers = env->headers,
-            .header_count = env->header_count,
-        };
-        mp_pubsub_result res;
-        n->ps_publisher = c->id;
-        mpreg_err err = mp_pubsub_publish(n->pubsub, &msg, n->now_ms, &res);
-        n->ps_publisher = 0;
-        mp_ps_flush_shedding(n);
-        if (err) {
-            mp_node_send_errorf(n, c->id, &env->id, err, "PUBLISH: %s", mpreg_strerror(err));
-            return;
-        }
-        n->counters.published++;
-        if (res.duplicate) {
-            return; /* seen before: it was forwarded then */
-        }
+     * replay is for subscribers that were not there yet. The ungrouped
+     * subscriptions here get it whatever the plan says (the catalog's
+     * entries of this node mirror them); the groups only when placed here. */
+    mp_pubsub_filter here = {
+        .plain = true,
+        .groups = plan.local.groups,
+        .group_count = plan.local.group_count,
+    };
+    bool local = plan.local.plain || plan.local.group_count || n->pubsub_retains;
+    mp_pubsub_message msg = mp_ps_message(env);
+    if (local && !mp_ps_publish_part(n, c, env, &msg, &here, MP_STR_NULL)) {
+        return; /* refused, or seen before: it was forwarded then */
     }
     if (!local) {
         n->counters.published++;
     }
-    if (d.action == MP_ROUTE_NODES || d.action == MP_ROUTE_LOCAL_AND_NODES) {
-        for (uint32_t i = 0; i < d.node_count; i++) {
-            mp_ps_forward(n, d.nodes[i], env);
-        }
+    for (uint32_t i = 0; i < plan.target_count; i++) {
+        mp_ps_forward(n, &plan.targets[i], env);
     }
+}
+
+void mp_ps_on_publish(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    mp_pubsub_prefetch(n->pubsub, &env->id); /* overlaps the miss with what comes first */
+    if (c->role == MP_ROLE_PEER) {
+        /* The publishing node sends a message once to each node with a part
+         * of it itself, so it stops here: passing it on again would deliver
+         * it twice elsewhere, or loop. Locally it still goes through the
+         * dedupe, which drops a copy that came twice. */
+        mp_ps_on_peer_publish(n, c, env);
+        return;
+    }
+    if (env->header_count &&
+        !mp_ps_client_headers_ok(n, c, env, "PUBLISH", MP_PUBSUB_MAX_MSG_HEADERS)) {
+        return;
+    }
+    if (mp_catalog_remote_topic_nodes(n->catalog) == 0) {
+        mp_ps_publish_alone(n, c, env);
+        return;
+    }
+    mp_ps_publish_planned(n, c, env);
 }

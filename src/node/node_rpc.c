@@ -128,7 +128,19 @@ void mp_call_set_cancel(mpreg_call *call, void (*cancel)(void *ud), void *ud) {
     call->cancel_ud = ud;
 }
 
+static void mp_served_answer(mp_node *n, mp_served *s, bool ok, mpreg_value *result,
+                             mp_rpc_error *error);
+
 void mp_call_finish(mpreg_call *call, bool ok, mpreg_value result, mp_rpc_error *error) {
+    if (call->served) {
+        mp_served *s = call->served;
+        mp_node *n = call->node;
+        mp_call_detach(call);
+        mp_call_free(call);
+        s->call = NULL;
+        mp_served_answer(n, s, ok, &result, error);
+        return;
+    }
     mp_request *r = call->req;
     uint32_t cmd = call->cmd;
     mp_call_detach(call);
@@ -355,13 +367,16 @@ static void mp_rpc_run_remote(mp_request *r, uint32_t id, const char *node,
     mp_rpc_run_on(r, id, peer, ep ? ep->key.function_id : NULL, ep ? ep->key.version : NULL);
 }
 
-static void mp_rpc_dispatch(mp_request *r, uint32_t id) {
+/* Routes command id and runs it; avoid (NULL = none) is a node that could
+ * not be reached, for a retry elsewhere. */
+static void mp_rpc_dispatch_avoiding(mp_request *r, uint32_t id, const char *avoid) {
     const mp_rpc_command *cmd = mp_rpc_plan_command(r->plan, id);
     mp_function_query q = {
         .name = cmd->fun,
         .function_id = cmd->function_id,
         .version = cmd->version,
         .resources = &cmd->locs,
+        .avoid_node = avoid,
     };
     mp_route_decision d = mp_engine_route_function(r->node->engine, &q, cmd->target_cluster);
     switch (d.action) {
@@ -380,7 +395,17 @@ static void mp_rpc_dispatch(mp_request *r, uint32_t id) {
     default:
         break;
     }
+    if (avoid) {
+        mp_rpc_failf(r, id, MPREG_E_UNREACHABLE,
+                     "node %s could not be reached to run '%s', and no other node can run it",
+                     avoid, cmd->fun);
+        return;
+    }
     mp_rpc_failf(r, id, d.error ? d.error : MPREG_E_ROUTE, "function '%s': %s", cmd->fun, d.why);
+}
+
+static void mp_rpc_dispatch(mp_request *r, uint32_t id) {
+    mp_rpc_dispatch_avoiding(r, id, NULL);
 }
 
 static void mp_request_advance(mp_request *r) {
@@ -535,16 +560,238 @@ void mp_rpc_conn_requests_fail(mp_node *n, mp_conn *c, mpreg_err code, const cha
     }
 }
 
+/* A call on a link this node dialed that never got its WELCOME never
+ * started: it goes to another node that has the function, if any (a few
+ * times per request at most, so two dead nodes cannot bounce it until its
+ * deadline). */
+static bool mp_rpc_retry_elsewhere(mp_node *n, mp_conn *c, mpreg_call *call) {
+    mp_request *r = call->req;
+    if (c->role != MP_ROLE_PEER || !c->outbound || c->welcomed || !r || !c->peer_id ||
+        r->retries >= MP_NODE_MAX_RETRIES) {
+        return false;
+    }
+    uint32_t cmd = call->cmd;
+    r->retries++;
+    mp_call_detach(call);
+    mp_call_free(call);
+    mp_node_log(n, MP_LOG_INFO, "node %s could not be reached: command '%s' tries elsewhere",
+                c->peer_id, mp_rpc_plan_command(r->plan, cmd)->name);
+    r->advancing = true;
+    mp_rpc_dispatch_avoiding(r, cmd, c->peer_id);
+    r->advancing = false;
+    mp_request_advance(r); /* answers when the retry failed at once */
+    return true;
+}
+
 void mp_rpc_conn_invokes_fail(mp_node *n, mp_conn *c) {
     /* One at a time from the head: answering one request orphans its other
      * calls, which may be on this connection too and leave the list. */
     while (!mp_list_empty(&c->invokes)) {
         mpreg_call *call = MP_CONTAINER(c->invokes.next, mpreg_call, conn_link);
+        if (mp_rpc_retry_elsewhere(n, c, call)) {
+            continue;
+        }
         mp_rpc_error e = MP_RPC_ERROR_INIT;
-        mp_rpc_error_set(&e, MPREG_E_WORKER_GONE, NULL, "the worker running '%s' disconnected",
-                         call->fun);
+        if (c->role != MP_ROLE_PEER) {
+            mp_rpc_error_set(&e, MPREG_E_WORKER_GONE, NULL, "the worker running '%s' disconnected",
+                             call->fun);
+        } else if (c->welcomed || !c->outbound) {
+            mp_rpc_error_set(&e, MPREG_E_UNREACHABLE, NULL, "node %s went away while running '%s'",
+                             c->peer_id ? c->peer_id : "?", call->fun);
+        } else {
+            mp_rpc_error_set(&e, MPREG_E_UNREACHABLE, NULL,
+                             "node %s could not be reached to run '%s'",
+                             c->peer_id ? c->peer_id : "?", call->fun);
+        }
         mp_node_log(n, MP_LOG_DEBUG, "conn %llu: call of '%s' fails: worker gone",
                     (unsigned long long)c->id, call->fun);
         mp_call_finish(call, false, mpreg_nil(), &e);
+    }
+}
+
+/* --- serving a peer's invokes ------------------------------------------------- */
+
+static void mp_served_free(mp_node *n, mp_served *s) {
+    mp_timer_cancel(&n->timers, &s->deadline);
+    mp_list_remove(&s->conn_link);
+    free(s);
+}
+
+static void mp_served_send(mp_node *n, mp_conn *c, const mp_id *invoke_id,
+                           const mp_rpc_outcome *o) {
+    mp_buf p = MP_BUF_INIT;
+    mpreg_err err = mp_rpc_result_encode(o, &p);
+    if (!err) {
+        mp_envelope env;
+        mp_envelope_init(&env, MP_KIND_RPC_RESULT);
+        env.correlation_id = *invoke_id;
+        env.payload = (mp_bytes){p.data, p.len};
+        err = mp_node_send(n, c->id, &env);
+    }
+    if (err == MPREG_E_FRAME_TOO_LARGE || err == MPREG_E_TOO_DEEP) {
+        mp_rpc_outcome fail = {.ok = false};
+        mp_rpc_error_set(&fail.error, MPREG_E_TOO_LARGE, NULL,
+                         "the result cannot be sent back (%s)", mpreg_err_name(err));
+        mp_served_send(n, c, invoke_id, &fail);
+        mp_rpc_error_free(&fail.error);
+    } else if (err && err != MPREG_E_CLOSED) {
+        mp_node_log(n, MP_LOG_WARN, "conn %llu: RPC_RESULT not sent: %s", (unsigned long long)c->id,
+                    mpreg_err_name(err));
+    }
+    mp_buf_free(&p);
+}
+
+static void mp_served_fail(mp_node *n, mp_conn *c, const mp_id *invoke_id, mpreg_err code,
+                           const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void mp_served_fail(mp_node *n, mp_conn *c, const mp_id *invoke_id, mpreg_err code,
+                           const char *fmt, ...) {
+    char message[MP_RPC_MAX_MESSAGE];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    mp_rpc_outcome o = {.ok = false};
+    mp_rpc_error_set(&o.error, code, NULL, "%s", message);
+    mp_served_send(n, c, invoke_id, &o);
+    mp_rpc_error_free(&o.error);
+}
+
+static void mp_served_answer(mp_node *n, mp_served *s, bool ok, mpreg_value *result,
+                             mp_rpc_error *error) {
+    mp_rpc_outcome o = {.ok = ok};
+    if (ok) {
+        o.value = *result;
+    } else {
+        mpreg_value_free(result);
+        if (error) {
+            mp_rpc_error_move(&o.error, error);
+        }
+        if (o.error.code == MPREG_OK) {
+            o.error.code = MPREG_E_HANDLER;
+        }
+    }
+    mp_served_send(n, s->conn, &s->invoke_id, &o);
+    mp_rpc_outcome_free(&o);
+    mp_served_free(n, s);
+}
+
+/* The asker's deadline passed: it has answered its client already. */
+static void mp_served_expired(mp_node *n, mp_timer *t) {
+    mp_served *s = MP_CONTAINER(t, mp_served, deadline);
+    if (s->call) {
+        s->call->served = NULL;
+        mp_call_orphan(n, s->call);
+        s->call = NULL;
+    }
+    mp_served_free(n, s);
+}
+
+static void mp_served_start(mp_node *n, mp_served *s, mp_provider *p, mp_rpc_invoke *inv) {
+    mpreg_call *call = calloc(1, sizeof *call);
+    if (!call) {
+        mp_served_fail(n, s->conn, &s->invoke_id, MPREG_E_NOMEM, "out of memory");
+        mp_served_free(n, s);
+        return;
+    }
+    call->node = n;
+    call->served = s;
+    mp_list_init(&call->req_link);
+    mp_list_init(&call->conn_link);
+    s->call = call;
+    if (p->conn == 0) {
+        call->provider = p;
+        p->inflight++;
+        p->fn(p->ctx, &inv->args, &inv->kwargs, call); /* call may be gone when this returns */
+        return;
+    }
+    /* A worker of this node runs it: the invoke goes on, and its result
+     * comes back through mp_rpc_on_result to this call. */
+    mp_conn *worker = mp_conn_get(n, p->conn);
+    mp_buf payload = MP_BUF_INIT;
+    mpreg_err err = worker ? MPREG_OK : MPREG_E_WORKER_GONE;
+    call->invoke_id = mp_id_new(n->rng);
+    call->fun = inv->fun;
+    inv->fun = NULL;
+    inv->fun = call->fun; /* borrowed for the encoding */
+    err = err ? err : mp_rpc_invoke_encode(inv, &payload);
+    inv->fun = NULL;
+    err = err ? err : mp_map_put(&n->invokes, call->invoke_id.bytes, MP_ID_LEN, call, NULL);
+    if (!err) {
+        mp_envelope env;
+        mp_envelope_init(&env, MP_KIND_RPC_INVOKE);
+        env.id = call->invoke_id;
+        env.topic = mp_str_c(call->fun);
+        env.deadline_ms = mp_timer_armed(&s->deadline) ? s->deadline.due : 0;
+        env.payload = (mp_bytes){payload.data, payload.len};
+        err = mp_node_send(n, worker->id, &env);
+        if (err) {
+            mp_map_remove(&n->invokes, call->invoke_id.bytes, MP_ID_LEN);
+        }
+    }
+    mp_buf_free(&payload);
+    if (err) {
+        mp_served_fail(n, s->conn, &s->invoke_id, MPREG_E_WORKER_GONE,
+                       "the worker running '%s' on this node is gone", call->fun);
+        mp_call_free(call);
+        mp_served_free(n, s);
+        return;
+    }
+    call->runner = worker;
+    mp_list_push(&worker->invokes, &call->conn_link);
+    worker->inflight++;
+}
+
+void mp_rpc_on_invoke(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    mp_rpc_invoke inv;
+    mp_rpc_error err = MP_RPC_ERROR_INIT;
+    if (mp_rpc_invoke_decode(env->payload.ptr, env->payload.len, &inv, &err)) {
+        mp_rpc_outcome o = {.ok = false};
+        mp_rpc_error_move(&o.error, &err);
+        mp_served_send(n, c, &env->id, &o);
+        mp_rpc_outcome_free(&o);
+        return;
+    }
+    mp_local_fn *f = mp_functions_find(n, inv.fun, inv.function_id ? inv.function_id : "",
+                                       inv.version ? inv.version : "");
+    mp_provider *p = f ? mp_functions_choose(n, f, &inv.locs) : NULL;
+    if (!f) {
+        mp_served_fail(n, c, &env->id, MPREG_E_NOT_FOUND,
+                       "function '%s' is not on node %s (any more)", inv.fun, n->node_id);
+    } else if (!p) {
+        mp_served_fail(n, c, &env->id, MPREG_E_NO_RESOURCES,
+                       "function '%s': no provider on node %s has every requested resource",
+                       inv.fun, n->node_id);
+    } else if (env->deadline_ms && env->deadline_ms <= n->now_ms) {
+        mp_served_fail(n, c, &env->id, MPREG_E_DEADLINE,
+                       "the deadline of '%s' passed before it reached node %s", inv.fun,
+                       n->node_id);
+    } else {
+        mp_served *s = calloc(1, sizeof *s);
+        if (!s) {
+            mp_served_fail(n, c, &env->id, MPREG_E_NOMEM, "out of memory");
+        } else {
+            s->conn = c;
+            s->invoke_id = env->id;
+            mp_timer_init(&s->deadline, mp_served_expired);
+            mp_list_push(&c->served, &s->conn_link);
+            if (env->deadline_ms) {
+                mp_timer_arm(&n->timers, &s->deadline, env->deadline_ms);
+            }
+            mp_served_start(n, s, p, &inv);
+        }
+    }
+    mp_rpc_invoke_free(&inv);
+}
+
+void mp_rpc_conn_served_drop(mp_node *n, mp_conn *c) {
+    while (!mp_list_empty(&c->served)) {
+        mp_served *s = MP_CONTAINER(c->served.next, mp_served, conn_link);
+        if (s->call) {
+            s->call->served = NULL;
+            mp_call_orphan(n, s->call);
+            s->call = NULL;
+        }
+        mp_served_free(n, s);
     }
 }

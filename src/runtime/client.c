@@ -899,6 +899,10 @@ mpreg_err mpreg_catalog(mpreg_client *c, mpreg_value *out, mpreg_error *err) {
     return mp_cl_control(c, "catalog", out, err);
 }
 
+mpreg_err mpreg_members(mpreg_client *c, mpreg_value *out, mpreg_error *err) {
+    return mp_cl_control(c, "members", out, err);
+}
+
 /* ==== polling ============================================================================= */
 
 static void mp_cl_dispatch_one(mpreg_client *c, mp_cl_frame *f) {

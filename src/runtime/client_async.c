@@ -37,7 +37,7 @@ typedef enum mp_ac_state {
 
 typedef enum mp_ac_op_kind {
     MP_AC_OP_HELLO = 0,
-    MP_AC_OP_VALUE,     /* request, status, catalog: the reply value */
+    MP_AC_OP_VALUE,     /* request, status, catalog, members: the reply value */
     MP_AC_OP_CALL,      /* call: the one result out of the results map */
     MP_AC_OP_SUBSCRIBE, /* the subscription id out of the OK */
     MP_AC_OP_DONE,      /* unsubscribe, register: OK or not */
@@ -744,4 +744,8 @@ mpreg_err mpreg_async_status(mpreg_async_client *c, mpreg_reply_cb cb, void *ud)
 
 mpreg_err mpreg_async_catalog(mpreg_async_client *c, mpreg_reply_cb cb, void *ud) {
     return mp_ac_control(c, "catalog", cb, ud);
+}
+
+mpreg_err mpreg_async_members(mpreg_async_client *c, mpreg_reply_cb cb, void *ud) {
+    return mp_ac_control(c, "members", cb, ud);
 }

@@ -4,17 +4,22 @@
  * and this file connects the two and keeps time. The one piece of policy is
  * the stop sequence:
  *
- *   RUNNING --signal/mp_server_stop--> STOPPING --transport shut down--> DOWN
+ *   RUNNING --signal/mp_server_stop--> [LEAVING --linger--> ] STOPPING
+ *           --transport shut down--> DOWN
  *
- * In STOPPING the node has sent GOODBYE and asked for every connection to be
- * closed after a flush; the transport closes its listeners and finishes those
- * closes (bounded by its close timeout). Its shutdown callback closes the
- * timer and the signal handles, after which the loop has nothing left and
- * uv_run returns. */
+ * LEAVING is only for a node with cluster members: it has broadcast LEFT and
+ * the loop keeps running, node and all, for about one gossip round so that
+ * the news goes out (members then drop it at once instead of waiting for the
+ * suspicion timeout). In STOPPING the node has sent GOODBYE and asked for
+ * every connection to be closed after a flush; the transport closes its
+ * listeners and finishes those closes (bounded by its close timeout). Its
+ * shutdown callback closes the timers and the signal handles, after which
+ * the loop has nothing left and uv_run returns. */
 #define _POSIX_C_SOURCE 200809L
 
 #include "runtime/server.h"
 
+#include "core/map.h"
 #include "runtime/sysclock.h"
 #include "runtime/transport.h"
 
@@ -37,6 +42,7 @@
 
 typedef enum mp_server_state {
     MP_SERVER_RUNNING,
+    MP_SERVER_LEAVING,
     MP_SERVER_STOPPING,
     MP_SERVER_DOWN,
 } mp_server_state;
@@ -46,7 +52,8 @@ struct mp_server {
     uv_timer_t timer;
     uv_signal_t sigint;
     uv_signal_t sigterm;
-    int inited;  /* of timer, sigint, sigterm (in that order), initialised */
+    uv_timer_t leave_timer;
+    int inited;  /* of timer, sigint, sigterm, leave_timer (in that order), initialised */
     int handles; /* of those, not yet closed */
     mp_transport *transport;
     mp_node *node;
@@ -54,7 +61,14 @@ struct mp_server {
     mp_xoshiro rng;
     mp_log_level log_level;
     mp_server_state state;
-    uint64_t armed; /* wakeup the timer is set for; UINT64_MAX = none */
+    uint64_t armed;    /* wakeup the timer is set for; UINT64_MAX = none */
+    uint32_t leave_ms; /* how long LEAVING lasts */
+    /* Dials that failed and whose on_close is still to come: the node hears
+     * of them as MPREG_E_UNREACHABLE, whatever the transport's reason. */
+    mp_map failed_dials;
+    /* The wall clock as read once per loop iteration (see mp_server_now). */
+    uint64_t clock_mono; /* uv_now() when clock_wall was read */
+    uint64_t clock_wall;
 };
 
 /* ---- logging ---------------------------------------------------------------- */
@@ -157,8 +171,24 @@ void mp_server_log(mp_server *s, mp_log_level level, const char *fmt, ...) {
 
 /* ---- time ----------------------------------------------------------------- */
 
-static uint64_t mp_server_now(void) {
-    return mp_sysclock_wall_ms();
+/* The node's now: the wall clock, read once per loop iteration rather than
+ * once per frame. A read of many small frames (a publisher's burst) would
+ * otherwise spend a tenth of its time asking the kernel the time; uv_now()
+ * is libuv's cached loop time, which moves only between iterations, and
+ * the timer callback re-reads so that a wakeup never sees a stale now. */
+static uint64_t mp_server_now(mp_server *s) {
+    uint64_t mono = uv_now(&s->loop);
+    if (mono != s->clock_mono || s->clock_wall == 0) {
+        s->clock_mono = mono;
+        s->clock_wall = mp_sysclock_wall_ms();
+    }
+    return s->clock_wall;
+}
+
+static uint64_t mp_server_now_fresh(mp_server *s) {
+    s->clock_mono = uv_now(&s->loop);
+    s->clock_wall = mp_sysclock_wall_ms();
+    return s->clock_wall;
 }
 
 static void mp_server_on_timer(uv_timer_t *h);
@@ -167,7 +197,7 @@ static void mp_server_on_timer(uv_timer_t *h);
  * it must be cheap when nothing changed: the timer is only touched when the
  * wakeup moved. */
 static void mp_server_rearm(mp_server *s) {
-    if (s->state == MP_SERVER_DOWN) {
+    if (s->state == MP_SERVER_DOWN || s->node == NULL) {
         return;
     }
     uint64_t next = mp_node_next_wakeup(s->node);
@@ -179,7 +209,7 @@ static void mp_server_rearm(mp_server *s) {
         uv_timer_stop(&s->timer);
         return;
     }
-    uint64_t now = mp_server_now();
+    uint64_t now = mp_server_now(s);
     uint64_t delay = next > now ? next - now : 0;
     if (delay > MP_SERVER_MAX_SLEEP_MS) {
         delay = MP_SERVER_MAX_SLEEP_MS;
@@ -190,7 +220,7 @@ static void mp_server_rearm(mp_server *s) {
 static void mp_server_on_timer(uv_timer_t *h) {
     mp_server *s = h->data;
     s->armed = UINT64_MAX; /* the one-shot timer is no longer set */
-    mp_node_tick(s->node, mp_server_now());
+    mp_node_tick(s->node, mp_server_now_fresh(s));
     mp_server_rearm(s);
 }
 
@@ -200,31 +230,56 @@ static void mp_server_on_timer(uv_timer_t *h) {
 
 static void mp_server_on_accept(void *ud, uint64_t conn, const char *peer) {
     mp_server *s = ud;
-    mp_node_on_open(s->node, conn, peer, mp_server_now());
+    if (s->node == NULL) { /* only while a server that never started winds down */
+        (void)mp_transport_close(s->transport, conn, false, MPREG_E_CLOSED);
+        return;
+    }
+    mp_node_on_open(s->node, conn, peer, mp_server_now(s));
     mp_server_rearm(s);
+}
+
+/* The node already knows a dialed connection (it asked for it), so a
+ * successful connect needs no word; a failure is remembered so that its
+ * on_close says MPREG_E_UNREACHABLE. A dial closed locally first (the node
+ * gave up on it, or the server is stopping) keeps the reason it was given. */
+static void mp_server_on_connected(void *ud, uint64_t conn, mpreg_err status) {
+    mp_server *s = ud;
+    if (status == MPREG_OK || status == MPREG_E_CLOSED) {
+        return;
+    }
+    mp_server_log(s, MP_LOG_DEBUG, "conn %llu: %s", (unsigned long long)conn,
+                  mp_transport_last_error(s->transport));
+    /* Out of memory here only costs the reason its precision. */
+    (void)mp_map_put(&s->failed_dials, &conn, sizeof conn, s, NULL);
 }
 
 static void mp_server_on_frame(void *ud, uint64_t conn, const uint8_t *frame, size_t len) {
     mp_server *s = ud;
-    mp_node_on_frame(s->node, conn, frame, len, mp_server_now());
+    mp_node_on_frame(s->node, conn, frame, len, mp_server_now(s));
     mp_server_rearm(s);
 }
 
 static void mp_server_on_protocol_error(void *ud, uint64_t conn, mpreg_err err) {
     mp_server *s = ud;
-    mp_node_on_protocol_error(s->node, conn, err, mp_server_now());
+    mp_node_on_protocol_error(s->node, conn, err, mp_server_now(s));
     mp_server_rearm(s);
 }
 
 static void mp_server_on_writable(void *ud, uint64_t conn) {
     mp_server *s = ud;
-    mp_node_on_writable(s->node, conn, mp_server_now());
+    mp_node_on_writable(s->node, conn, mp_server_now(s));
     mp_server_rearm(s);
 }
 
 static void mp_server_on_close(void *ud, uint64_t conn, mpreg_err reason) {
     mp_server *s = ud;
-    mp_node_on_close(s->node, conn, reason, mp_server_now());
+    if (mp_map_remove(&s->failed_dials, &conn, sizeof conn) != NULL) {
+        reason = MPREG_E_UNREACHABLE;
+    }
+    if (s->node == NULL) {
+        return;
+    }
+    mp_node_on_close(s->node, conn, reason, mp_server_now(s));
     mp_server_rearm(s);
 }
 
@@ -276,6 +331,21 @@ static void mp_io_log(void *ud, mp_log_level level, const char *message) {
     mp_server_log(s, level, "%s", message);
 }
 
+/* 0 when the dial cannot even start: a bad address, a stopping transport,
+ * out of memory. The reason goes to the debug log; the node decides what a
+ * failed dial means. */
+static uint64_t mp_io_dial(void *ud, const char *addr) {
+    mp_server *s = ud;
+    uint64_t conn = 0;
+    mpreg_err err = mp_transport_dial_addr(s->transport, addr, &conn);
+    if (err != MPREG_OK) {
+        mp_server_log(s, MP_LOG_DEBUG, "dial %s: %s (%s)", addr != NULL ? addr : "(null)",
+                      mpreg_strerror(err), mp_transport_last_error(s->transport));
+        return 0;
+    }
+    return conn;
+}
+
 /* ---- stopping ------------------------------------------------------------- */
 
 static void mp_server_on_handle_closed(uv_handle_t *h) {
@@ -286,7 +356,7 @@ static void mp_server_on_handle_closed(uv_handle_t *h) {
 /* Closes the timer and the signal handles, those that were initialised. */
 static void mp_server_close_handles(mp_server *s) {
     uv_handle_t *hs[] = {(uv_handle_t *)&s->timer, (uv_handle_t *)&s->sigint,
-                         (uv_handle_t *)&s->sigterm};
+                         (uv_handle_t *)&s->sigterm, (uv_handle_t *)&s->leave_timer};
     for (int i = 0; i < s->inited; i++) {
         if (!uv_is_closing(hs[i])) {
             hs[i]->data = s;
@@ -302,23 +372,76 @@ static void mp_server_on_shutdown(mp_transport *t, void *ud) {
     s->state = MP_SERVER_DOWN;
     mp_transport_stats st;
     mp_transport_get_stats(s->transport, &st);
-    mp_server_log(s, MP_LOG_INFO, "stopped: connections=%llu frames_in=%llu frames_out=%llu",
-                  (unsigned long long)st.accepted, (unsigned long long)st.totals.frames_in,
-                  (unsigned long long)st.totals.frames_out);
+    mp_server_log(
+        s, MP_LOG_INFO, "stopped: connections=%llu dialed=%llu frames_in=%llu frames_out=%llu",
+        (unsigned long long)st.accepted, (unsigned long long)st.dialed,
+        (unsigned long long)st.totals.frames_in, (unsigned long long)st.totals.frames_out);
     mp_server_close_handles(s);
+}
+
+/* The stop proper: GOODBYE, flushing closes, transport shutdown. */
+static void mp_server_shut_down(mp_server *s) {
+    s->state = MP_SERVER_STOPPING;
+    uv_timer_stop(&s->leave_timer);
+    if (s->node != NULL) {
+        mp_node_stop(s->node, mp_server_now(s));
+        mp_server_rearm(s);
+    }
+    if (mp_transport_shutdown(s->transport, mp_server_on_shutdown) != MPREG_OK) {
+        /* Only a second shutdown fails, and the state rules that out; close
+         * our handles anyway so that the loop can end. */
+        mp_server_on_shutdown(s->transport, s);
+    }
+}
+
+static void mp_server_on_left(uv_timer_t *h) {
+    mp_server *s = h->data;
+    if (s->state == MP_SERVER_LEAVING) {
+        mp_server_shut_down(s);
+    }
+}
+
+typedef struct mp_member_tally {
+    const char *self;
+    size_t reachable;
+} mp_member_tally;
+
+static bool mp_server_tally_member(void *ud, const mp_member *m) {
+    mp_member_tally *t = ud;
+    bool other = strcmp(m->id, t->self) != 0;
+    t->reachable += other && (m->state == MP_MEMBER_ALIVE || m->state == MP_MEMBER_SUSPECT);
+    return true;
+}
+
+/* Members worth telling that we leave: alive ones, and suspect ones (they
+ * may well be alive). Dead and left ones are listed for a while, but
+ * lingering for them would only delay the stop. */
+static size_t mp_server_members(mp_server *s) {
+    mp_swim *swim = s->node != NULL ? mp_node_swim(s->node) : NULL;
+    if (swim == NULL || mp_swim_member_count(swim, false) == 0) {
+        return 0;
+    }
+    mp_member_tally t = {.self = mp_node_id(s->node)};
+    mp_swim_each(swim, mp_server_tally_member, &t);
+    return t.reachable;
 }
 
 void mp_server_stop(mp_server *s) {
     if (s->state != MP_SERVER_RUNNING) {
         return;
     }
-    s->state = MP_SERVER_STOPPING;
-    mp_node_stop(s->node, mp_server_now());
+    size_t members = mp_server_members(s);
+    if (members == 0 || s->leave_ms == 0) {
+        mp_server_shut_down(s);
+        return;
+    }
+    s->state = MP_SERVER_LEAVING;
+    mp_server_log(s, MP_LOG_INFO, "leaving the cluster (%zu members); stopping in %u ms", members,
+                  (unsigned)s->leave_ms);
+    mp_node_leave(s->node, mp_server_now(s));
     mp_server_rearm(s);
-    if (mp_transport_shutdown(s->transport, mp_server_on_shutdown) != MPREG_OK) {
-        /* Only a second shutdown fails, and the state above rules that out;
-         * close our handles anyway so that the loop can end. */
-        mp_server_on_shutdown(s->transport, s);
+    if (uv_timer_start(&s->leave_timer, mp_server_on_left, s->leave_ms, 0) != 0) {
+        mp_server_shut_down(s);
     }
 }
 
@@ -375,15 +498,26 @@ static int mp_server_init_handles(mp_server *s) {
             return rc;
         }
     }
+    rc = uv_timer_init(&s->loop, &s->leave_timer);
+    if (rc != 0) {
+        return rc;
+    }
+    s->leave_timer.data = s;
+    s->inited++;
+    s->handles++;
     return 0;
 }
 
-static mpreg_err mp_server_init_transport(mp_server *s, const mp_node_config *cfg) {
+static mpreg_err mp_server_init_transport(mp_server *s, const mp_server_config *cfg) {
     mp_transport_config tcfg;
     mp_transport_config_default(&tcfg);
     tcfg.max_frame = cfg->max_frame;
+    if (cfg->connect_timeout_ms != 0) {
+        tcfg.connect_timeout_ms = cfg->connect_timeout_ms;
+    }
     mp_transport_callbacks cb = {
         .on_accept = mp_server_on_accept,
+        .on_connected = mp_server_on_connected,
         .on_frame = mp_server_on_frame,
         .on_protocol_error = mp_server_on_protocol_error,
         .on_close = mp_server_on_close,
@@ -392,7 +526,23 @@ static mpreg_err mp_server_init_transport(mp_server *s, const mp_node_config *cf
     return mp_transport_new(&s->loop, &tcfg, &cb, s, &s->transport);
 }
 
-static mpreg_err mp_server_init_node(mp_server *s, const mp_node_config *cfg) {
+/* About one gossip round: LEFT is queued on the next gossip, and a second
+ * interval covers a retransmission. Bounded, so that a slow gossip setting
+ * cannot hold up a stop. */
+static uint32_t mp_server_leave_ms(const mp_swim_config *swim) {
+    static const mp_swim_config zero;
+    mp_swim_config c = *swim;
+    if (memcmp(&c, &zero, sizeof c) == 0) {
+        mp_swim_config_default(&c);
+    }
+    uint64_t ms = 2u * (uint64_t)c.gossip_interval_ms;
+    return ms > MP_SERVER_LEAVE_MAX_MS ? MP_SERVER_LEAVE_MAX_MS : (uint32_t)ms;
+}
+
+mpreg_err mp_server_start(mp_server *s, const mp_node_config *cfg) {
+    if (s->node != NULL || s->state != MP_SERVER_RUNNING) {
+        return MPREG_E_CLOSED;
+    }
     mp_node_io io = {
         .ud = s,
         .output = mp_io_output,
@@ -403,12 +553,22 @@ static mpreg_err mp_server_init_node(mp_server *s, const mp_node_config *cfg) {
         .close = mp_io_close,
         .count_drop = mp_io_count_drop,
         .log = mp_io_log,
+        .dial = mp_io_dial,
     };
-    s->node = mp_node_new(cfg, &io, &s->rng.rng, mp_server_now());
-    return s->node != NULL ? MPREG_OK : MPREG_E_INVALID;
+    /* One max_frame for both: the node tells clients the limit in WELCOME,
+     * the transport enforces it. */
+    mp_node_config c = *cfg;
+    c.max_frame = mp_transport_max_frame(s->transport);
+    s->node = mp_node_new(&c, &io, &s->rng.rng, mp_server_now(s));
+    if (s->node == NULL) {
+        mp_log_write(MP_LOG_ERROR, s->node_id, "the node refused its configuration");
+        return MPREG_E_INVALID;
+    }
+    s->leave_ms = mp_server_leave_ms(&cfg->swim);
+    return MPREG_OK;
 }
 
-mpreg_err mp_server_new(const mp_node_config *cfg, mp_server **out) {
+mpreg_err mp_server_new(const mp_server_config *cfg, mp_server **out) {
     *out = NULL;
     mp_server *s = calloc(1, sizeof *s);
     if (s == NULL) {
@@ -422,6 +582,7 @@ mpreg_err mp_server_new(const mp_node_config *cfg, mp_server **out) {
     }
     s->log_level = cfg->log_level;
     s->armed = UINT64_MAX;
+    mp_map_init(&s->failed_dials);
     s->node_id = strdup(cfg->node_id != NULL ? cfg->node_id : "");
     if (s->node_id == NULL) {
         free(s);
@@ -443,8 +604,6 @@ mpreg_err mp_server_new(const mp_node_config *cfg, mp_server **out) {
         err = MPREG_E_IO;
     } else if ((err = mp_server_init_transport(s, cfg)) != MPREG_OK) {
         mp_log_write(MP_LOG_ERROR, cfg->node_id, "transport: %s", mpreg_strerror(err));
-    } else if ((err = mp_server_init_node(s, cfg)) != MPREG_OK) {
-        mp_log_write(MP_LOG_ERROR, cfg->node_id, "the node refused its configuration");
     }
     if (err != MPREG_OK) {
         mp_server_free(s);
@@ -455,11 +614,12 @@ mpreg_err mp_server_new(const mp_node_config *cfg, mp_server **out) {
 }
 
 /* Closes whatever is still open and runs the loop until it is. A server
- * that never got as far as a transport or a node closes just its handles. */
+ * that never got as far as a transport closes just its handles. */
 static void mp_server_wind_down(mp_server *s) {
-    if (s->node != NULL && s->transport != NULL) {
-        mp_server_stop(s);
-    } else {
+    bool up = s->state == MP_SERVER_RUNNING || s->state == MP_SERVER_LEAVING;
+    if (s->transport != NULL && up) {
+        mp_server_shut_down(s);                  /* no leaving here: nobody would wait for it */
+    } else if (s->state != MP_SERVER_STOPPING) { /* STOPPING: the loop below finishes it */
         if (s->transport != NULL) {
             (void)mp_transport_shutdown(s->transport, NULL);
         }
@@ -477,6 +637,7 @@ void mp_server_free(mp_server *s) {
         mp_server_wind_down(s);
     }
     mp_node_free(s->node);
+    mp_map_free(&s->failed_dials, NULL);
     if (mp_transport_free(s->transport) != MPREG_OK) {
         mp_log_write(MP_LOG_ERROR, NULL, "transport still busy at exit (a bug)");
     }
@@ -488,7 +649,7 @@ void mp_server_free(mp_server *s) {
 }
 
 mpreg_registry *mp_server_registry(mp_server *s) {
-    return mp_node_registry(s->node);
+    return s->node != NULL ? mp_node_registry(s->node) : NULL;
 }
 
 mp_node *mp_server_node(mp_server *s) {
@@ -504,6 +665,10 @@ const char *mp_server_last_error(const mp_server *s) {
 }
 
 mpreg_err mp_server_run(mp_server *s) {
+    if (s->node == NULL) {
+        mp_log_write(MP_LOG_ERROR, s->node_id, "mp_server_run before mp_server_start (a bug)");
+        return MPREG_E_INVALID;
+    }
     mp_server_rearm(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     return s->state == MP_SERVER_DOWN ? MPREG_OK : MPREG_E_INTERNAL;

@@ -16,10 +16,24 @@
  * second while it has anything pending, which keeps a wall-clock step from
  * stalling it for long).
  *
- * SIGINT and SIGTERM stop the server gracefully: the node says GOODBYE and
- * closes its connections after flushing them, the transport shuts down, the
- * loop runs out of work and mp_server_run returns. A second signal while
- * that is under way ends the process at once, by that signal.
+ * The node's outgoing connections (io->dial, for clustering) are the
+ * transport's dials: their ids come from the same counter as accepted
+ * connections (never 0, never reused), frames the node queues before the
+ * connect completes go out once it does, and a dial that fails is reported
+ * as mp_node_on_close(MPREG_E_UNREACHABLE).
+ *
+ * Start-up comes in three steps, so that the node can be told the address it
+ * is reachable at: mp_server_new (loop, transport, signals), mp_server_listen
+ * (the port, possibly picked by the kernel), mp_server_start (the node, whose
+ * advertise_addr may now name that port).
+ *
+ * SIGINT and SIGTERM stop the server gracefully. A node that has cluster
+ * members first leaves: mp_node_leave, then the loop keeps running for about
+ * one gossip round (2 x gossip_interval_ms, at most MP_SERVER_LEAVE_MAX_MS)
+ * so that LEFT reaches the others. Then the node says GOODBYE and closes its
+ * connections after flushing them, the transport shuts down, the loop runs
+ * out of work and mp_server_run returns. A second signal while that is under
+ * way ends the process at once, by that signal.
  *
  * The process must ignore SIGPIPE before running a server (transport.h
  * says why); the server does not change dispositions it does not own.
@@ -51,19 +65,36 @@ void mp_log_write(mp_log_level level, const char *node, const char *fmt, ...)
 /* Parses "error", "warn", "info" or "debug". false for anything else. */
 bool mp_log_level_parse(const char *text, mp_log_level *out);
 
-/* Creates the loop, the transport (its max_frame is cfg->max_frame), the
- * random source (seeded from libsodium's randombytes) and the node with cfg,
- * whose strings the node copies. cfg->log_level also filters the server's
- * own log lines. Failures are logged; they are MPREG_E_NOMEM,
- * MPREG_E_INTERNAL (libsodium would not initialise), MPREG_E_INVALID (the
- * node refused cfg) or MPREG_E_IO (libuv could not set up the loop). */
-mpreg_err mp_server_new(const mp_node_config *cfg, mp_server **out);
+/* The longest a leaving node keeps running to spread LEFT. */
+#define MP_SERVER_LEAVE_MAX_MS 1000u
+
+typedef struct mp_server_config {
+    const char *node_id;         /* for log lines (the node's id); copied */
+    mp_log_level log_level;      /* also filters the server's own log lines */
+    uint32_t max_frame;          /* the transport's, and so the node's; 0 = MP_FRAME_DEFAULT_MAX */
+    uint32_t connect_timeout_ms; /* outgoing connections; 0 = the transport's default */
+} mp_server_config;
+
+/* Creates the loop, the transport, the signal handles and the random source
+ * (seeded from libsodium's randombytes). No node yet: mp_server_start makes
+ * it. Failures are logged; they are MPREG_E_NOMEM, MPREG_E_INTERNAL
+ * (libsodium would not initialise) or MPREG_E_IO (libuv could not set up
+ * the loop). */
+mpreg_err mp_server_new(const mp_server_config *cfg, mp_server **out);
+
+/* Creates the node with cfg, whose strings the node copies (cfg->max_frame
+ * is ignored: the node gets the transport's). Call it once, after
+ * mp_server_listen when cfg->advertise_addr names the bound port, and
+ * before mp_server_run. MPREG_E_INVALID (logged) when the node refused cfg,
+ * MPREG_E_CLOSED when called twice or after a stop. */
+mpreg_err mp_server_start(mp_server *s, const mp_node_config *cfg);
 
 /* Frees everything. A server that is still running is stopped first and its
  * loop run until every handle has closed. NULL is ignored. */
 void mp_server_free(mp_server *s);
 
-/* The node's function registry, for plugins (before mp_server_run). */
+/* The node's function registry, for plugins (after mp_server_start, before
+ * mp_server_run); NULL before mp_server_start, like mp_server_node. */
 mpreg_registry *mp_server_registry(mp_server *s);
 mp_node *mp_server_node(mp_server *s);
 
@@ -75,11 +106,13 @@ mpreg_err mp_server_listen(mp_server *s, const char *host, uint16_t port, uint16
 const char *mp_server_last_error(const mp_server *s);
 
 /* Runs the loop until the server has stopped (a signal or mp_server_stop)
- * and every connection has been closed. MPREG_OK after a graceful stop. */
+ * and every connection has been closed. MPREG_OK after a graceful stop;
+ * MPREG_E_INVALID without mp_server_start. */
 mpreg_err mp_server_run(mp_server *s);
 
-/* Starts the graceful stop described above; mp_server_run returns when it is
- * done. Calling it again does nothing. */
+/* Starts the graceful stop described above (leaving first when the node has
+ * cluster members); mp_server_run returns when it is done. Calling it again
+ * does nothing. */
 void mp_server_stop(mp_server *s);
 
 /* A log line for this node, written when level is within the configured

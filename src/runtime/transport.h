@@ -162,6 +162,23 @@ mpreg_err mp_transport_listen(mp_transport *t, const char *host, uint16_t port,
  * callbacks. */
 mpreg_err mp_transport_dial(mp_transport *t, const char *host, uint16_t port, uint64_t *conn_id);
 
+/* The longest host mp_transport_split_addr hands back, NUL included. */
+#define MP_TRANSPORT_HOST_MAX 256
+
+/* Splits "host:port" or "[ipv6]:port" into host (brackets dropped) and
+ * port. The port must be 1..65535 when allow_port_0 is false, else
+ * 0..65535. MPREG_E_INVALID for anything else: no port, an empty host, an
+ * IPv6 address without brackets (its colons are ambiguous), a host longer
+ * than MP_TRANSPORT_HOST_MAX - 1 bytes, stray characters. */
+mpreg_err mp_transport_split_addr(const char *addr, bool allow_port_0,
+                                  char host[MP_TRANSPORT_HOST_MAX], uint16_t *port);
+
+/* mp_transport_dial on an address "host:port" ("[::1]:6464" for IPv6;
+ * "localhost" is 127.0.0.1, as for listening): the form membership and
+ * configuration use. MPREG_E_INVALID, with the reason in
+ * mp_transport_last_error, when the address does not parse. */
+mpreg_err mp_transport_dial_addr(mp_transport *t, const char *addr, uint64_t *conn_id);
+
 /* Queues one frame (header + body[0..len)) on the connection. Refused, with
  * nothing queued: MPREG_E_CLOSED (unknown id, or closing),
  * MPREG_E_BACKPRESSURE (the frame would take the connection's pending output

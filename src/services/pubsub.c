@@ -8,24 +8,29 @@
  *   - mp_group: a queue group's round-robin cursor (the id of the member it
  *     chose last) and a per-publish scratch pick, stamped with the publish's
  *     epoch so nothing needs clearing between publishes.
- *   - mp_interest: how many subscriptions hold a pattern.
+ *   - mp_interest: how many subscriptions hold a (pattern, group) pair.
  *   - mp_rtopic / mp_rmsg: retained messages, on one list in publish order
  *     (for the byte budget and for replay) and on one list per topic (for
  *     the per-topic count). The oldest message overall is also the oldest of
  *     its topic, so both evictions take a topic list's head, and the topic
  *     list can be singly linked.
- *   - the dedupe window: a ring of (id, first seen) in arrival order, the
- *     oldest at the head, and a set of the same ids for lookups (mp_idset:
- *     the ids stored inline, since every publish looks one up, adds one
- *     and, once the window is full, removes one).
+ *   - the dedupe window (mp_dedupe): a ring of (id, first seen) in arrival
+ *     order and a compact lookup table over it; see "the dedupe window".
+ *   - the match cache: the sorted matches of recently published topics.
+ *   - the DELIVER template: the encoding the deliveries of the latest
+ *     message share (mp_pubsub_deliver_frame).
  *
  * Matching goes through the trie (matcher.h), which reports each matching
  * subscription once; the matches are then sorted by id, so delivery order
  * does not depend on the trie's shape. The match buffer is kept at least as
  * large as the number of subscriptions, so publishing allocates only what
- * it retains and remembers. */
+ * it retains and remembers. Most traffic goes to a few topics, so the
+ * sorted matches of the last topics published are cached (as nats-server
+ * caches its sublist results): a subscription that comes or goes clears
+ * the cache by bumping a generation number. */
 #include "services/pubsub.h"
 
+#include "core/frame.h"
 #include "core/map.h"
 #include "core/matcher.h"
 #include "core/topic.h"
@@ -58,6 +63,7 @@ typedef struct mp_group_pick {
     mp_sub *any_first;
     mp_sub *chosen; /* set once per epoch by mp_group_choose */
     bool decided;
+    bool excluded; /* the publish's filter leaves the group out */
 } mp_group_pick;
 
 struct mp_group {
@@ -75,6 +81,7 @@ typedef struct mp_interest {
 struct mp_sub {
     uint64_t id;
     mp_owner *owner;
+    void *owner_ud;
     mp_group *group;
     mp_sub *owner_prev;
     mp_sub *owner_next;
@@ -82,8 +89,9 @@ struct mp_sub {
     bool replay_pending;
     mp_pubsub_sub_stats stats;
     mp_str tag;
+    mp_bytes headers; /* "sub" and "tag" as DELIVER headers, MessagePack */
     size_t pattern_count;
-    mp_str patterns[]; /* then the tag and pattern bytes */
+    mp_str patterns[]; /* then the tag, pattern and header bytes */
 };
 
 struct mp_rtopic {
@@ -110,23 +118,31 @@ typedef struct mp_seen {
     uint64_t at_ms;
 } mp_seen;
 
-typedef struct mp_seen_ring {
-    mp_seen *items;
-    size_t cap;
-    size_t head; /* index of the oldest */
-    size_t count;
-} mp_seen_ring;
+/* A dedupe bucket: one 64-byte cache line of 16 words. Word 0 is `over`
+ * (MP_DEDUPE_OVER | number bits of the newest id sent on to the next
+ * bucket; 0 = none), words 1..15 the slots (tag << seq_bits | number bits;
+ * 0 = never used). */
+#define MP_DEDUPE_WORDS 16
 
-/* A set of non-zero message ids: open addressing with linear probing and
- * backward-shift deletion, like core/map.h, but with the 16 id bytes in the
- * slot (no key allocation, no pointer to follow) and a hash of two 64-bit
- * words rather than a byte loop. A zero slot is empty: the zero id is never
- * deduplicated, so it is never stored. */
-typedef struct mp_idset {
-    mp_id *slots;
-    size_t cap; /* a power of two, or 0 before the first insert */
-    size_t count;
-} mp_idset;
+typedef struct mp_dbucket {
+    uint32_t w[MP_DEDUPE_WORDS];
+} mp_dbucket;
+
+_Static_assert(sizeof(mp_dbucket) == 64, "a dedupe bucket is one cache line");
+
+/* See "the dedupe window" below. Sequence numbers count every id ever
+ * remembered, mod 2^32. */
+typedef struct mp_dedupe {
+    mp_seen *ring;     /* id number s at ring[s & ring_mask] */
+    uint32_t ring_cap; /* a power of two, or 0 before the first id */
+    uint32_t head;     /* number of the oldest id */
+    uint32_t count;    /* ids remembered */
+    mp_dbucket *buckets;
+    uint32_t bucket_count; /* a power of two, or 0 */
+    uint32_t sweep;        /* the next bucket to tidy */
+    uint32_t seq_bits;     /* low bits of a number kept in a slot */
+    uint32_t seq_mask;
+} mp_dedupe;
 
 /* The subscriptions one publish matched, sorted by id before delivery. */
 typedef struct mp_matches {
@@ -135,6 +151,44 @@ typedef struct mp_matches {
     size_t cap;
 } mp_matches;
 
+/* The match cache: direct-mapped on a hash of the topic. */
+#define MP_MCACHE_SLOTS 64
+#define MP_MCACHE_MAX_MATCHES 1024 /* larger results are not kept */
+
+typedef struct mp_mcache_entry {
+    uint64_t gen; /* the subscriptions' generation it was filled at; 0 = empty */
+    size_t topic_len;
+    char topic[MP_TOPIC_MAX_LEN];
+    size_t len;
+    size_t cap;
+    mp_sub **subs; /* in ascending id */
+} mp_mcache_entry;
+
+/* The DELIVER encoding every delivery of one message shares, but for the
+ * payload's bytes (copied from the message itself): the envelope with room
+ * for the subscription's headers at split, after the message's own headers
+ * (for a replay, "replay" = "1" follows them). */
+typedef struct mp_dtmpl {
+    uint64_t seq; /* the message it was built for; 0 = none */
+    bool replay;
+    mp_buf body;
+    size_t split;
+    /* A message without headers: the next one like it (same topic, replay
+     * flag and payload presence) differs only in its id, at id_at, and
+     * its payload's head, from tail on. */
+    bool plain;
+    bool has_payload;
+    size_t id_at;
+    size_t tail;
+    size_t topic_len;
+    char topic[MP_TOPIC_MAX_LEN];
+    /* The source names last checked, and the ones body holds. */
+    size_t node_len;
+    size_t cluster_len;
+    char node[MP_MAX_NAME_LEN];
+    char cluster[MP_MAX_NAME_LEN];
+} mp_dtmpl;
+
 struct mp_pubsub {
     mp_pubsub_config cfg;
     mp_pubsub_hooks hooks;
@@ -142,17 +196,27 @@ struct mp_pubsub {
     mp_map subs;     /* id -> mp_sub */
     mp_map owners;   /* owner id -> mp_owner */
     mp_map groups;   /* name -> mp_group */
-    mp_map interest; /* pattern -> mp_interest */
+    mp_map interest; /* group \0 pattern -> mp_interest */
     mp_map topics;   /* topic -> mp_rtopic */
     mp_rmsg *oldest;
     mp_rmsg *newest;
     size_t retained_messages;
     size_t retained_bytes;
-    mp_idset seen_ids;
-    mp_seen_ring seen;
+    mp_dedupe seen;
     mp_matches matches;
+    mp_mcache_entry *mcache; /* MP_MCACHE_SLOTS, allocated at the first publish */
+    mp_mcache_entry *mlast;  /* the entry looked at last */
+    uint64_t subs_gen;       /* bumped whenever a subscription comes or goes */
+    mp_dtmpl tmpl;
+    uint64_t msg_seq; /* messages delivered (live or replayed): mp_pubsub_delivery.seq */
     uint64_t next_sub;
     uint64_t epoch; /* publishes delivered so far: stamps group picks */
+    /* The filter of the publish under way (NULL = none): a field rather
+     * than a parameter, so that a plain publish, the hot path of a node
+     * alone, carries nothing more through its dedupe and retention steps. */
+    const mp_pubsub_filter *filter;
+    mp_str *filter_groups; /* mp_pubsub_publish_encoded's decoded names */
+    size_t filter_cap;
     size_t pending_replays;
     mp_pubsub_stats counters; /* the uint64 counters; sizes are computed */
 };
@@ -187,8 +251,19 @@ mp_pubsub *mp_pubsub_new(const mp_pubsub_config *cfg, const mp_pubsub_hooks *hoo
     mp_map_init(&ps->groups);
     mp_map_init(&ps->interest);
     mp_map_init(&ps->topics);
+    mp_buf_init(&ps->tmpl.body);
     ps->next_sub = 1;
+    ps->subs_gen = 1;
     return ps;
+}
+
+static void mp_mcache_free(mp_pubsub *ps) {
+    if (ps->mcache) {
+        for (size_t i = 0; i < MP_MCACHE_SLOTS; i++) {
+            free(ps->mcache[i].subs);
+        }
+        free(ps->mcache);
+    }
 }
 
 void mp_pubsub_free(mp_pubsub *ps) {
@@ -204,10 +279,13 @@ void mp_pubsub_free(mp_pubsub *ps) {
     mp_map_free(&ps->groups, free);
     mp_map_free(&ps->interest, free);
     mp_map_free(&ps->topics, free);
-    free(ps->seen_ids.slots);
     mp_matcher_free(ps->matcher);
-    free(ps->seen.items);
+    free(ps->seen.ring);
+    free(ps->seen.buckets);
     free(ps->matches.subs);
+    free(ps->filter_groups);
+    mp_mcache_free(ps);
+    mp_buf_free(&ps->tmpl.body);
     free(ps);
 }
 
@@ -265,19 +343,51 @@ static void mp_group_maybe_drop(mp_pubsub *ps, mp_group *g) {
     }
 }
 
-/* Makes sure every pattern of s has an interest record. New ones start at
- * zero subscriptions and are counted only when the subscription commits. */
+/* An interest record's key: the group's name (empty when ungrouped), a NUL,
+ * the pattern. Names hold no NUL, so the key splits back unambiguously. */
+#define MP_INTEREST_KEY_MAX (MP_PUBSUB_MAX_GROUP + 1 + MP_TOPIC_MAX_LEN)
+
+static size_t mp_interest_key(const mp_sub *s, mp_str pattern, char out[MP_INTEREST_KEY_MAX]) {
+    size_t g = s->group ? s->group->name_len : 0;
+    if (g) {
+        memcpy(out, s->group->name, g);
+    }
+    out[g] = '\0';
+    memcpy(out + g + 1, pattern.ptr, pattern.len);
+    return g + 1 + pattern.len;
+}
+
+/* Splits a key made by mp_interest_key into pattern and group. */
+static void mp_interest_key_split(const void *key, size_t klen, mp_str *pattern, mp_str *group) {
+    const char *k = key;
+    size_t g = strlen(k); /* the NUL is always there */
+    *group = (mp_str){k, g};
+    *pattern = (mp_str){k + g + 1, klen - g - 1};
+}
+
+static void mp_interest_notify(mp_pubsub *ps, const char *key, size_t klen, bool added) {
+    if (ps->hooks.on_interest) {
+        mp_str pattern, group;
+        mp_interest_key_split(key, klen, &pattern, &group);
+        ps->hooks.on_interest(ps->hooks.ud, pattern, group, added);
+    }
+}
+
+/* Makes sure every pattern of s has an interest record in its group. New
+ * ones start at zero subscriptions and are counted only when the
+ * subscription commits. */
 static mpreg_err mp_interest_reserve(mp_pubsub *ps, const mp_sub *s) {
+    char key[MP_INTEREST_KEY_MAX];
     for (size_t i = 0; i < s->pattern_count; i++) {
-        mp_str p = s->patterns[i];
-        if (mp_map_contains(&ps->interest, p.ptr, p.len)) {
+        size_t klen = mp_interest_key(s, s->patterns[i], key);
+        if (mp_map_contains(&ps->interest, key, klen)) {
             continue;
         }
         mp_interest *in = calloc(1, sizeof *in);
         if (!in) {
             return MPREG_E_NOMEM;
         }
-        if (mp_map_put(&ps->interest, p.ptr, p.len, in, NULL) != MPREG_OK) {
+        if (mp_map_put(&ps->interest, key, klen, in, NULL) != MPREG_OK) {
             free(in);
             return MPREG_E_NOMEM;
         }
@@ -287,34 +397,35 @@ static mpreg_err mp_interest_reserve(mp_pubsub *ps, const mp_sub *s) {
 
 /* Undoes mp_interest_reserve: drops the records nobody holds. */
 static void mp_interest_unreserve(mp_pubsub *ps, const mp_sub *s) {
+    char key[MP_INTEREST_KEY_MAX];
     for (size_t i = 0; i < s->pattern_count; i++) {
-        mp_str p = s->patterns[i];
-        mp_interest *in = mp_map_get(&ps->interest, p.ptr, p.len);
+        size_t klen = mp_interest_key(s, s->patterns[i], key);
+        mp_interest *in = mp_map_get(&ps->interest, key, klen);
         if (in && in->subs == 0) {
-            free(mp_map_remove(&ps->interest, p.ptr, p.len));
+            free(mp_map_remove(&ps->interest, key, klen));
         }
     }
 }
 
 static void mp_interest_hold(mp_pubsub *ps, const mp_sub *s) {
+    char key[MP_INTEREST_KEY_MAX];
     for (size_t i = 0; i < s->pattern_count; i++) {
-        mp_str p = s->patterns[i];
-        mp_interest *in = mp_map_get(&ps->interest, p.ptr, p.len);
-        if (++in->subs == 1 && ps->hooks.on_interest) {
-            ps->hooks.on_interest(ps->hooks.ud, p, true);
+        size_t klen = mp_interest_key(s, s->patterns[i], key);
+        mp_interest *in = mp_map_get(&ps->interest, key, klen);
+        if (++in->subs == 1) {
+            mp_interest_notify(ps, key, klen, true);
         }
     }
 }
 
 static void mp_interest_release(mp_pubsub *ps, const mp_sub *s) {
+    char key[MP_INTEREST_KEY_MAX];
     for (size_t i = 0; i < s->pattern_count; i++) {
-        mp_str p = s->patterns[i];
-        mp_interest *in = mp_map_get(&ps->interest, p.ptr, p.len);
+        size_t klen = mp_interest_key(s, s->patterns[i], key);
+        mp_interest *in = mp_map_get(&ps->interest, key, klen);
         if (--in->subs == 0) {
-            free(mp_map_remove(&ps->interest, p.ptr, p.len));
-            if (ps->hooks.on_interest) {
-                ps->hooks.on_interest(ps->hooks.ud, p, false);
-            }
+            free(mp_map_remove(&ps->interest, key, klen));
+            mp_interest_notify(ps, key, klen, false);
         }
     }
 }
@@ -366,10 +477,44 @@ static bool mp_seen_before(const mp_str *patterns, size_t i) {
     return false;
 }
 
+static size_t mp_u64_text(uint64_t v, char *out);
+
+/* A MessagePack str of at most 255 bytes, as msgpack-c packs it (fixstr,
+ * else str8); returns the end. */
+static uint8_t *mp_put_small_str(uint8_t *p, const char *s, size_t len) {
+    if (len < 32) {
+        *p++ = (uint8_t)(0xa0u | len);
+    } else {
+        *p++ = 0xd9;
+        *p++ = (uint8_t)len;
+    }
+    if (len) {
+        memcpy(p, s, len);
+    }
+    return p + len;
+}
+
+/* The most the "sub" and "tag" headers take: two keys of 3 bytes, an id of
+ * up to 20 digits and a tag, each behind a 1- or 2-byte str head. */
+#define MP_SUB_HEADERS_MAX (2 * (1 + 3) + (1 + 20) + (2 + MP_PUBSUB_MAX_TAG))
+
+/* "sub" = id in decimal, "tag" = tag: the entries every DELIVER to the
+ * subscription ends its headers with. Returns their length. */
+static size_t mp_sub_headers_encode(uint64_t id, mp_str tag, uint8_t *out) {
+    char text[MP_PUBSUB_SUB_TEXT];
+    size_t n = mp_u64_text(id, text);
+    uint8_t *p = mp_put_small_str(out, "sub", 3);
+    p = mp_put_small_str(p, text, n);
+    p = mp_put_small_str(p, "tag", 3);
+    p = mp_put_small_str(p, tag.ptr, tag.len);
+    return (size_t)(p - out);
+}
+
 /* One allocation: the record, the pattern views, then the tag and pattern
- * bytes they view. Identical patterns are kept once. */
+ * bytes they view and the encoded DELIVER headers. Identical patterns are
+ * kept once. */
 static mp_sub *mp_sub_alloc(const mp_pubsub_sub_spec *spec, uint64_t id) {
-    size_t unique = 0, bytes = spec->tag.len;
+    size_t unique = 0, bytes = spec->tag.len + MP_SUB_HEADERS_MAX;
     for (size_t i = 0; i < spec->pattern_count; i++) {
         if (!mp_seen_before(spec->patterns, i)) {
             unique++;
@@ -382,6 +527,7 @@ static mp_sub *mp_sub_alloc(const mp_pubsub_sub_spec *spec, uint64_t id) {
     }
     char *p = (char *)&s->patterns[unique];
     s->id = id;
+    s->owner_ud = spec->owner_ud;
     s->replay = spec->replay;
     if (spec->tag.len) {
         memcpy(p, spec->tag.ptr, spec->tag.len);
@@ -396,6 +542,7 @@ static mp_sub *mp_sub_alloc(const mp_pubsub_sub_spec *spec, uint64_t id) {
         s->patterns[s->pattern_count++] = (mp_str){p, spec->patterns[i].len};
         p += spec->patterns[i].len;
     }
+    s->headers = (mp_bytes){(const uint8_t *)p, mp_sub_headers_encode(id, s->tag, (uint8_t *)p)};
     return s;
 }
 
@@ -456,6 +603,7 @@ static void mp_sub_attach_undo(mp_pubsub *ps, mp_sub *s) {
 /* The part that cannot fail: links, counts and notifications. */
 static void mp_sub_commit(mp_pubsub *ps, mp_sub *s) {
     mp_owner *o = s->owner;
+    ps->subs_gen++; /* cached matches may miss it */
     s->owner_next = o->subs;
     if (o->subs) {
         o->subs->owner_prev = s;
@@ -497,6 +645,7 @@ mpreg_err mp_pubsub_subscribe(mp_pubsub *ps, const mp_pubsub_sub_spec *spec, uin
 
 /* Detaches and frees s; its owner record is the caller's business. */
 static void mp_sub_remove(mp_pubsub *ps, mp_sub *s) {
+    ps->subs_gen++; /* cached matches may point at it */
     mp_map_remove(&ps->subs, &s->id, sizeof s->id);
     mp_matcher_remove_sub(ps->matcher, s->id);
     mp_owner *o = s->owner;
@@ -509,14 +658,14 @@ static void mp_sub_remove(mp_pubsub *ps, mp_sub *s) {
         s->owner_next->owner_prev = s->owner_prev;
     }
     o->sub_count--;
+    if (s->replay_pending) {
+        ps->pending_replays--;
+    }
+    mp_interest_release(ps, s); /* before the group goes: its key names the group */
     if (s->group) {
         s->group->members--;
         mp_group_maybe_drop(ps, s->group);
     }
-    if (s->replay_pending) {
-        ps->pending_replays--;
-    }
-    mp_interest_release(ps, s);
     free(s);
 }
 
@@ -570,7 +719,7 @@ bool mp_pubsub_is_accepting(const mp_pubsub *ps, uint64_t owner) {
 /* Hands one message to s, or drops it when s's owner is not accepting.
  * Returns whether it was delivered. */
 static bool mp_emit(mp_pubsub *ps, mp_sub *s, const mp_pubsub_message *msg, uint64_t published_ms,
-                    bool replay) {
+                    bool replay, uint64_t seq) {
     if (!s->owner->accepting) {
         s->stats.dropped++;
         ps->counters.dropped++;
@@ -582,7 +731,17 @@ static bool mp_emit(mp_pubsub *ps, mp_sub *s, const mp_pubsub_message *msg, uint
         ps->counters.replayed++;
     }
     if (ps->hooks.deliver) {
-        mp_pubsub_delivery d = {s->owner->id, s->id, s->tag, msg, published_ms, replay};
+        mp_pubsub_delivery d = {
+            .owner = s->owner->id,
+            .owner_ud = s->owner_ud,
+            .sub = s->id,
+            .tag = s->tag,
+            .msg = msg,
+            .published_ms = published_ms,
+            .replay = replay,
+            .seq = seq,
+            .sub_headers = s->headers,
+        };
         ps->hooks.deliver(ps->hooks.ud, &d);
     }
     return true;
@@ -629,7 +788,7 @@ static size_t mp_replay_run(mp_pubsub *ps, mp_sub *s) {
             .topic = {m->topic->topic, m->topic->topic_len},
             .payload = {m->payload, m->payload_len},
         };
-        delivered += mp_emit(ps, s, &msg, m->published_ms, true);
+        delivered += mp_emit(ps, s, &msg, m->published_ms, true, ++ps->msg_seq);
     }
     return delivered;
 }
@@ -682,12 +841,28 @@ static void mp_on_match(void *ud, uint64_t id) {
     }
 }
 
+static bool mp_filter_wants(const mp_pubsub_filter *f, const mp_group *g) {
+    if (f->all_groups) {
+        return true;
+    }
+    for (size_t i = 0; i < f->group_count; i++) {
+        if (mp_str_eq(f->groups[i], (mp_str){g->name, g->name_len})) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Called with the matches in ascending id: records, for s's group, the
- * first candidates after the cursor and overall. */
-static void mp_group_consider(mp_group *g, mp_sub *s, uint64_t epoch) {
+ * first candidates after the cursor and overall, unless the filter f (NULL
+ * = none) leaves the group out. */
+static void mp_group_consider(mp_group *g, mp_sub *s, uint64_t epoch, const mp_pubsub_filter *f) {
     mp_group_pick *p = &g->pick;
     if (p->epoch != epoch) {
-        *p = (mp_group_pick){.epoch = epoch};
+        *p = (mp_group_pick){.epoch = epoch, .excluded = f && !mp_filter_wants(f, g)};
+    }
+    if (p->excluded) {
+        return;
     }
     bool after = s->id > g->last;
     if (!p->any_first) {
@@ -720,30 +895,136 @@ static mp_sub *mp_group_choose(mp_group *g) {
     return p->chosen;
 }
 
-static void mp_deliver_live(mp_pubsub *ps, const mp_pubsub_message *msg, uint64_t now_ms,
-                            mp_pubsub_result *r) {
-    mp_matches *m = &ps->matches;
-    m->len = 0;
-    mp_matcher_match(ps->matcher, msg->topic.ptr, msg->topic.len, mp_on_match, ps);
-    mp_matches_sort(m);
-    uint64_t epoch = ++ps->epoch;
-    for (size_t i = 0; i < m->len; i++) {
-        if (m->subs[i]->group) {
-            mp_group_consider(m->subs[i]->group, m->subs[i], epoch);
+/* --- the match cache ----------------------------------------------------------- */
+
+/* Equality of short byte strings (topics, names), eight bytes per step and
+ * inlined: a libc call per compare was a visible share of a delivery. */
+static inline bool mp_same_bytes(const void *a, const void *b, size_t n) {
+    const unsigned char *x = a, *y = b;
+    uint64_t u, v, diff = 0;
+    for (; n >= 8; x += 8, y += 8, n -= 8) {
+        memcpy(&u, x, 8);
+        memcpy(&v, y, 8);
+        diff |= u ^ v;
+    }
+    for (; n; x++, y++, n--) {
+        diff |= (uint64_t)(*x ^ *y);
+    }
+    return diff == 0;
+}
+
+/* Topics are short: eight bytes per step. */
+static uint64_t mp_topic_hash(const char *t, size_t len) {
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ len, w;
+    for (; len >= 8; t += 8, len -= 8) {
+        memcpy(&w, t, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 29;
+    }
+    w = 0;
+    if (len) {
+        memcpy(&w, t, len);
+    }
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 32);
+}
+
+/* Keeps the sorted matches in m for topic, when they are small enough;
+ * failing to (no memory) only costs the next publish a match. */
+static void mp_mcache_fill(mp_pubsub *ps, mp_mcache_entry *e, mp_str topic, const mp_matches *m) {
+    if (m->len > MP_MCACHE_MAX_MATCHES || topic.len > MP_TOPIC_MAX_LEN) {
+        return;
+    }
+    if (m->len > e->cap) {
+        size_t cap = e->cap ? e->cap : 4;
+        while (cap < m->len) {
+            cap *= 2;
+        }
+        mp_sub **subs = realloc(e->subs, cap * sizeof *subs);
+        if (!subs) {
+            e->gen = 0;
+            return;
+        }
+        e->subs = subs;
+        e->cap = cap;
+    }
+    if (m->len) {
+        memcpy(e->subs, m->subs, m->len * sizeof *m->subs);
+    }
+    e->len = m->len;
+    e->topic_len = topic.len;
+    memcpy(e->topic, topic.ptr, topic.len);
+    e->gen = ps->subs_gen;
+}
+
+/* The subscriptions matching topic, oldest first, from the cache or the
+ * trie. The list is valid until the next match or subscription change. */
+static mp_sub *const *mp_match(mp_pubsub *ps, mp_str topic, size_t *len) {
+    mp_mcache_entry *e = ps->mlast; /* asked twice in a row: the node, then publish */
+    if (e && e->gen == ps->subs_gen && e->topic_len == topic.len &&
+        mp_same_bytes(e->topic, topic.ptr, topic.len)) {
+        *len = e->len;
+        return e->subs;
+    }
+    e = NULL;
+    if (!ps->mcache) {
+        ps->mcache = calloc(MP_MCACHE_SLOTS, sizeof *ps->mcache);
+    }
+    if (ps->mcache) {
+        e = &ps->mcache[mp_topic_hash(topic.ptr, topic.len) & (MP_MCACHE_SLOTS - 1)];
+        ps->mlast = e;
+        if (e->gen == ps->subs_gen && e->topic_len == topic.len &&
+            mp_same_bytes(e->topic, topic.ptr, topic.len)) {
+            *len = e->len;
+            return e->subs;
         }
     }
-    for (size_t i = 0; i < m->len; i++) {
-        mp_sub *s = m->subs[i];
-        if (s->group && mp_group_choose(s->group) != s) {
+    mp_matches *m = &ps->matches;
+    m->len = 0;
+    mp_matcher_match(ps->matcher, topic.ptr, topic.len, mp_on_match, ps);
+    mp_matches_sort(m);
+    if (e) {
+        mp_mcache_fill(ps, e, topic, m);
+    }
+    *len = m->len;
+    return m->subs;
+}
+
+bool mp_pubsub_matches(mp_pubsub *ps, mp_str topic) {
+    size_t len = 0;
+    if (topic.len == 0 || !topic.ptr) {
+        return false;
+    }
+    mp_match(ps, topic, &len);
+    return len > 0;
+}
+
+/* Delivers msg to its matching subscriptions, or to the parts of them the
+ * publish's filter names. */
+static void mp_deliver_live(mp_pubsub *ps, const mp_pubsub_message *msg, uint64_t now_ms,
+                            mp_pubsub_result *r) {
+    const mp_pubsub_filter *f = ps->filter;
+    size_t len = 0;
+    mp_sub *const *subs = mp_match(ps, msg->topic, &len);
+    uint64_t epoch = ++ps->epoch;
+    uint64_t seq = ++ps->msg_seq;
+    for (size_t i = 0; i < len; i++) {
+        if (subs[i]->group) {
+            mp_group_consider(subs[i]->group, subs[i], epoch, f);
+        }
+    }
+    for (size_t i = 0; i < len; i++) {
+        mp_sub *s = subs[i];
+        if (s->group ? s->group->pick.excluded || mp_group_choose(s->group) != s : f && !f->plain) {
             continue;
         }
-        if (mp_emit(ps, s, msg, now_ms, false)) {
+        if (mp_emit(ps, s, msg, now_ms, false, seq)) {
             r->delivered++;
         } else {
             r->dropped++;
         }
     }
-    m->len = 0;
+    ps->matches.len = 0;
 }
 
 /* --- retention -------------------------------------------------------------- */
@@ -852,23 +1133,62 @@ static void mp_retain_commit(mp_pubsub *ps, mp_rmsg *m) {
 
 /* --- the dedupe window ------------------------------------------------------- */
 
-static uint64_t mp_idset_hash(const mp_id *id) {
+/* The ids of the window are kept in a ring, oldest first: the id numbered s
+ * (ids are numbered as they are remembered, mod 2^32) at ring[s & (cap-1)].
+ * A table finds them by hash. Every publish looks at it in a random place,
+ * so it is made small, and each publish touches it once:
+ *
+ *   - A bucket is one cache line: a header word and 15 slots of 32 bits. A
+ *     slot holds a tag (high bits of the id's hash) above the low seq_bits
+ *     bits of the id's number. An id has a home bucket (low bits of the
+ *     hash); a lookup reads that line and, rarely, the next.
+ *   - Nothing is ever deleted from it. Whether a slot is live is read off its
+ *     number bits against the ring's head and count (the window only ever
+ *     forgets its oldest ids), so forgetting costs nothing: no second random
+ *     line per publish for the id the window lets go. A slot that is not live
+ *     is free for the next id homed there.
+ *   - A tag match is confirmed against the full id in the ring; the tag only
+ *     spares that access. So the set is exact, whatever the tag's width.
+ *   - A bucket whose slots are all live sends a new id on to the next, and
+ *     keeps in `over` the number of the newest it sent on: a lookup goes on to
+ *     the next bucket only while that id is live (those sent on before it are
+ *     older, so they are gone when it is).
+ *
+ * seq_bits is log2(ring capacity) + 3: live numbers are at most an eighth of
+ * that space, so a slot left behind by the window reads stale until 7 ring
+ * capacities of ids later. Before then a sweep, one bucket every few new
+ * ids, has come by and renumbered it to just behind the head (and cleared a
+ * stale `over`), so a stale slot never reads live again. The table has a
+ * bucket per 8 remembered ids at least (MP_DEDUPE_LOAD), 1 MiB for the
+ * default 100 000, where it was 4 MiB of 16-byte slots and two random lines
+ * per publish before. */
+
+#define MP_DEDUPE_OVER 0x80000000u
+/* New ids per bucket swept. A table has fewer than ring capacity / 4
+ * buckets (MP_DEDUPE_LOAD is 8), so the sweep comes round every 2 ring
+ * capacities, well within the 7 a stale slot has. */
+#define MP_DEDUPE_SWEEP_EVERY 8u
+#define MP_DEDUPE_LOAD 8u             /* live ids per bucket, at most */
+#define MP_DEDUPE_MIN_RING 64u        /* first ring capacity */
+#define MP_DEDUPE_MAX_RING (1u << 28) /* seq_bits <= 31, below MP_DEDUPE_OVER */
+
+static inline uint64_t mp_fmix64(uint64_t h) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 33);
+}
+
+static inline uint64_t mp_dedupe_hash(const mp_id *id) {
     uint64_t a, b;
     memcpy(&a, id->bytes, 8);
     memcpy(&b, id->bytes + 8, 8);
-    uint64_t h = (a ^ (b * 0x9e3779b97f4a7c15ULL)) * 0xff51afd7ed558ccdULL;
-    return h ^ (h >> 32);
+    return mp_fmix64(b ^ (a * 0x9e3779b97f4a7c15ULL));
 }
 
-/* Inline word compares: these run in the probe loop of every publish. */
-static inline bool mp_idset_empty(const mp_id *id) {
-    uint64_t a, b;
-    memcpy(&a, id->bytes, 8);
-    memcpy(&b, id->bytes + 8, 8);
-    return (a | b) == 0;
-}
-
-static inline bool mp_idset_same(const mp_id *x, const mp_id *y) {
+/* Inline word compare: it runs in the lookup of every publish. */
+static inline bool mp_id_same(const mp_id *x, const mp_id *y) {
     uint64_t a, b, c, d;
     memcpy(&a, x->bytes, 8);
     memcpy(&b, x->bytes + 8, 8);
@@ -877,167 +1197,266 @@ static inline bool mp_idset_same(const mp_id *x, const mp_id *y) {
     return ((a ^ c) | (b ^ d)) == 0;
 }
 
-/* The slot holding id, or the empty slot where it would go. */
-static size_t mp_idset_find(const mp_idset *s, const mp_id *id, bool *found) {
-    size_t mask = s->cap - 1;
-    for (size_t i = mp_idset_hash(id) & mask;; i = (i + 1) & mask) {
-        if (mp_idset_empty(&s->slots[i])) {
-            *found = false;
-            return i;
+/* The slot for an id of hash h and number seq; never 0 (the tag is not). */
+static inline uint32_t mp_dedupe_slot(const mp_dedupe *d, uint64_t h, uint32_t seq) {
+    uint32_t tag = (uint32_t)(h >> 32) >> d->seq_bits;
+    tag += tag == 0;
+    return tag << d->seq_bits | (seq & d->seq_mask);
+}
+
+/* Whether a slot's (or an `over`'s) number bits name a remembered id. */
+static inline bool mp_dedupe_live(const mp_dedupe *d, uint32_t v) {
+    return ((v - d->head) & d->seq_mask) < d->count;
+}
+
+static inline mp_dbucket *mp_dedupe_home(const mp_dedupe *d, uint64_t h) {
+    return &d->buckets[(uint32_t)h & (d->bucket_count - 1)];
+}
+
+/* Two scans of a bucket, one bit per word, word 0 (`over`) never set: the
+ * slots whose tag is want's (want: a tag in place, number bits 0), and the
+ * free slots (never used, or not live). With SSE2 a bucket is four
+ * compares: scanning 15 slots one by one was most of a lookup's time once
+ * the buckets filled with stale slots. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+static inline uint32_t mp_dedupe_tag_hits(const mp_dedupe *d, const mp_dbucket *k, uint32_t want) {
+    const __m128i *p = (const __m128i *)(const void *)k->w;
+    __m128i mask = _mm_set1_epi32((int)~d->seq_mask), wv = _mm_set1_epi32((int)want);
+    uint32_t bits = 0;
+    for (int i = 0; i < MP_DEDUPE_WORDS / 4; i++) {
+        __m128i eq = _mm_cmpeq_epi32(_mm_and_si128(_mm_load_si128(p + i), mask), wv);
+        bits |= (uint32_t)_mm_movemask_ps(_mm_castsi128_ps(eq)) << (4 * i);
+    }
+    return bits & ~1u;
+}
+
+static inline uint32_t mp_dedupe_free(const mp_dedupe *d, const mp_dbucket *k) {
+    const __m128i *p = (const __m128i *)(const void *)k->w;
+    __m128i head = _mm_set1_epi32((int)d->head), mask = _mm_set1_epi32((int)d->seq_mask);
+    __m128i count = _mm_set1_epi32((int)d->count), zero = _mm_setzero_si128();
+    uint32_t bits = 0;
+    for (int i = 0; i < MP_DEDUPE_WORDS / 4; i++) {
+        __m128i v = _mm_load_si128(p + i);
+        /* Distances are below 2^31 and count at most 2^28: a signed
+         * compare does. */
+        __m128i live = _mm_cmplt_epi32(_mm_and_si128(_mm_sub_epi32(v, head), mask), count);
+        __m128i used = _mm_andnot_si128(_mm_cmpeq_epi32(v, zero), live);
+        bits |= (uint32_t)(~_mm_movemask_ps(_mm_castsi128_ps(used)) & 0xf) << (4 * i);
+    }
+    return bits & ~1u;
+}
+#else
+static inline uint32_t mp_dedupe_tag_hits(const mp_dedupe *d, const mp_dbucket *k, uint32_t want) {
+    uint32_t bits = 0;
+    for (int i = 1; i < MP_DEDUPE_WORDS; i++) {
+        bits |= (uint32_t)((k->w[i] & ~d->seq_mask) == want) << i;
+    }
+    return bits;
+}
+
+static inline uint32_t mp_dedupe_free(const mp_dedupe *d, const mp_dbucket *k) {
+    uint32_t bits = 0;
+    for (int i = 1; i < MP_DEDUPE_WORDS; i++) {
+        bits |= (uint32_t)(k->w[i] == 0 || !mp_dedupe_live(d, k->w[i])) << i;
+    }
+    return bits;
+}
+#endif
+
+static bool mp_dedupe_contains(const mp_dedupe *d, const mp_id *id, uint64_t h) {
+    if (d->count == 0) {
+        return false;
+    }
+    uint32_t want = mp_dedupe_slot(d, h, 0) & ~d->seq_mask;
+    uint32_t b = (uint32_t)h & (d->bucket_count - 1);
+    for (uint32_t n = 0; n < d->bucket_count; n++) {
+        const mp_dbucket *k = &d->buckets[b];
+        for (uint32_t hits = mp_dedupe_tag_hits(d, k, want); hits; hits &= hits - 1) {
+            uint32_t v = k->w[__builtin_ctz(hits)];
+            if (mp_dedupe_live(d, v) && mp_id_same(&d->ring[v & (d->ring_cap - 1)].id, id)) {
+                return true;
+            }
         }
-        if (mp_idset_same(&s->slots[i], id)) {
-            *found = true;
-            return i;
+        if (!k->w[0] || !mp_dedupe_live(d, k->w[0])) {
+            return false;
+        }
+        b = (b + 1) & (d->bucket_count - 1);
+    }
+    return false;
+}
+
+/* Puts the id numbered seq in the first free slot from its home on. There
+ * is one: at most MP_DEDUPE_LOAD of 15 slots per bucket are live, and the
+ * sweep leaves no stale slot reading live. */
+static void mp_dedupe_place(mp_dedupe *d, uint64_t h, uint32_t seq) {
+    uint32_t v = mp_dedupe_slot(d, h, seq);
+    uint32_t b = (uint32_t)h & (d->bucket_count - 1);
+    for (uint32_t n = 0; n < d->bucket_count; n++) {
+        mp_dbucket *k = &d->buckets[b];
+        uint32_t free = mp_dedupe_free(d, k);
+        if (free) {
+            k->w[__builtin_ctz(free)] = v;
+            return;
+        }
+        k->w[0] = MP_DEDUPE_OVER | (seq & d->seq_mask);
+        b = (b + 1) & (d->bucket_count - 1);
+    }
+}
+
+/* Renumbers the stale slots of one bucket to just behind the head, where
+ * they read stale for the longest, and drops a stale `over`. */
+static void mp_dedupe_sweep(mp_dedupe *d) {
+    mp_dbucket *k = &d->buckets[d->sweep];
+    uint32_t behind = (d->head - 1) & d->seq_mask;
+    for (int i = 1; i < MP_DEDUPE_WORDS; i++) {
+        if (k->w[i] && !mp_dedupe_live(d, k->w[i])) {
+            k->w[i] = (k->w[i] & ~d->seq_mask) | behind;
         }
     }
-}
-
-/* The set outgrows the caches (100 000 ids by default: 4 MiB of slots) and
- * each publish touches two unrelated slots, the new id's and the evicted
- * one's; asking for a slot's line ahead hides most of that miss. */
-static inline void mp_idset_prefetch(const mp_idset *s, const mp_id *id) {
-    if (s->cap) {
-        __builtin_prefetch(&s->slots[mp_idset_hash(id) & (s->cap - 1)]);
+    if (k->w[0] && !mp_dedupe_live(d, k->w[0])) {
+        k->w[0] = 0;
     }
+    d->sweep = (d->sweep + 1) & (d->bucket_count - 1);
 }
 
-void mp_pubsub_prefetch(const mp_pubsub *ps, const mp_id *id) {
-    mp_idset_prefetch(&ps->seen_ids, id);
-}
-
-static bool mp_idset_contains(const mp_idset *s, const mp_id *id) {
-    bool found = false;
-    if (s->count) {
-        mp_idset_find(s, id, &found);
-    }
-    return found;
-}
-
-/* Keeps the load at or under 1/2: probe runs stay short even though the
- * window keeps the set full all the time. */
-static mpreg_err mp_idset_grow(mp_idset *s) {
-    size_t cap = s->cap ? s->cap * 2 : 64;
-    mp_id *slots = calloc(cap, sizeof *slots);
-    if (!slots) {
+/* A new table of bucket_count buckets for the ring as it is. */
+static mpreg_err mp_dedupe_rebuild(mp_dedupe *d, uint32_t bucket_count) {
+    size_t bytes = (size_t)bucket_count * sizeof(mp_dbucket);
+    mp_dbucket *buckets = aligned_alloc(sizeof(mp_dbucket), bytes);
+    if (!buckets) {
         return MPREG_E_NOMEM;
     }
-    mp_idset old = *s;
-    s->slots = slots;
-    s->cap = cap;
-    for (size_t i = 0; i < old.cap; i++) {
-        if (!mp_idset_empty(&old.slots[i])) {
-            bool found;
-            s->slots[mp_idset_find(s, &old.slots[i], &found)] = old.slots[i];
-        }
+    memset(buckets, 0, bytes);
+    free(d->buckets);
+    d->buckets = buckets;
+    d->bucket_count = bucket_count;
+    d->sweep = 0;
+    d->seq_bits = (uint32_t)__builtin_ctz(d->ring_cap) + 3;
+    d->seq_mask = (1u << d->seq_bits) - 1;
+    for (uint32_t i = 0; i < d->count; i++) {
+        uint32_t seq = d->head + i;
+        mp_dedupe_place(d, mp_dedupe_hash(&d->ring[seq & (d->ring_cap - 1)].id), seq);
     }
-    free(old.slots);
     return MPREG_OK;
 }
 
-static mpreg_err mp_idset_add(mp_idset *s, const mp_id *id) {
-    if ((s->count + 1) * 2 > s->cap && mp_idset_grow(s)) {
+/* Doubles the ring, keeping each id at its number's index. With a count
+ * limit it stops at the smallest power of two that holds it. */
+static mpreg_err mp_dedupe_grow_ring(mp_dedupe *d) {
+    if (d->ring_cap >= MP_DEDUPE_MAX_RING) {
         return MPREG_E_NOMEM;
     }
-    bool found;
-    size_t i = mp_idset_find(s, id, &found);
-    if (!found) {
-        s->slots[i] = *id;
-        s->count++;
+    uint32_t cap = d->ring_cap ? d->ring_cap * 2 : MP_DEDUPE_MIN_RING;
+    mp_seen *ring = malloc((size_t)cap * sizeof *ring);
+    if (!ring) {
+        return MPREG_E_NOMEM;
+    }
+    for (uint32_t i = 0; i < d->count; i++) {
+        uint32_t seq = d->head + i;
+        ring[seq & (cap - 1)] = d->ring[seq & (d->ring_cap - 1)];
+    }
+    free(d->ring);
+    d->ring = ring;
+    d->ring_cap = cap;
+    return MPREG_OK;
+}
+
+/* Makes room for `after` ids: the ring holds them, the table has at most
+ * MP_DEDUPE_LOAD per bucket, and its numbers fit the ring. A table that
+ * could not be rebuilt after the ring grew keeps working with its old
+ * numbers (the ring still holds every id where they say) until this
+ * succeeds. */
+static mpreg_err mp_dedupe_reserve(mp_dedupe *d, uint32_t after) {
+    if (after > d->ring_cap && mp_dedupe_grow_ring(d)) {
+        return MPREG_E_NOMEM;
+    }
+    uint32_t buckets = d->bucket_count ? d->bucket_count : 1;
+    while ((uint64_t)buckets * MP_DEDUPE_LOAD < after) {
+        buckets *= 2;
+    }
+    uint32_t bits = (uint32_t)__builtin_ctz(d->ring_cap) + 3;
+    if (buckets != d->bucket_count || bits != d->seq_bits) {
+        return mp_dedupe_rebuild(d, buckets);
     }
     return MPREG_OK;
 }
 
-static void mp_idset_remove(mp_idset *s, const mp_id *id) {
-    bool found = false;
-    size_t i = s->count ? mp_idset_find(s, id, &found) : 0;
-    if (!found) {
-        return;
-    }
-    s->count--;
-    /* Backward shift: pull later members of the probe run into the hole so
-     * that lookups never stop early at a gap. */
-    size_t mask = s->cap - 1, hole = i;
-    for (size_t j = (i + 1) & mask; !mp_idset_empty(&s->slots[j]); j = (j + 1) & mask) {
-        size_t home = mp_idset_hash(&s->slots[j]) & mask;
-        bool between = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
-        if (!between) {
-            s->slots[hole] = s->slots[j];
-            hole = j;
-        }
-    }
-    memset(&s->slots[hole], 0, sizeof s->slots[hole]);
+/* Forgets the oldest id. */
+static inline void mp_dedupe_pop(mp_dedupe *d) {
+    d->head++;
+    d->count--;
 }
 
 static bool mp_dedupe_on(const mp_pubsub *ps) {
     return ps->cfg.dedupe_max_ids > 0 || ps->cfg.dedupe_window_ms > 0;
 }
 
-static void mp_seen_pop(mp_pubsub *ps) {
-    mp_seen_ring *r = &ps->seen;
-    mp_idset_remove(&ps->seen_ids, &r->items[r->head].id);
-    r->head = (r->head + 1) % r->cap;
-    r->count--;
-    if (r->count) {
-        mp_idset_prefetch(&ps->seen_ids, &r->items[r->head].id); /* the next to go */
+/* The dedupe table outgrows the caches; asking for the line a publish will
+ * read ahead of time hides some of the miss. */
+void mp_pubsub_prefetch(const mp_pubsub *ps, const mp_id *id) {
+    if (ps->seen.bucket_count) {
+        __builtin_prefetch(mp_dedupe_home(&ps->seen, mp_dedupe_hash(id)));
     }
 }
 
 void mp_pubsub_expire(mp_pubsub *ps, uint64_t now_ms) {
     uint64_t window = ps->cfg.dedupe_window_ms;
-    mp_seen_ring *r = &ps->seen;
+    mp_dedupe *d = &ps->seen;
     if (window == 0) {
         return;
     }
     /* A clock that went back leaves ids in place rather than forgetting
      * them early. */
-    while (r->count && now_ms >= r->items[r->head].at_ms &&
-           now_ms - r->items[r->head].at_ms >= window) {
-        mp_seen_pop(ps);
+    while (d->count) {
+        uint64_t at = d->ring[d->head & (d->ring_cap - 1)].at_ms;
+        if (now_ms < at || now_ms - at < window) {
+            break;
+        }
+        mp_dedupe_pop(d);
     }
 }
 
-/* Doubles the ring (up to the id limit), unwrapping it. */
-static mpreg_err mp_seen_grow(mp_seen_ring *r, size_t max) {
-    size_t cap = r->cap ? r->cap * 2 : 64;
-    if (max && cap > max) {
-        cap = max;
-    }
-    mp_seen *items = malloc(cap * sizeof *items);
-    if (!items) {
-        return MPREG_E_NOMEM;
-    }
-    for (size_t i = 0; i < r->count; i++) {
-        items[i] = r->items[(r->head + i) % r->cap];
-    }
-    free(r->items);
-    r->items = items;
-    r->cap = cap;
-    r->head = 0;
-    return MPREG_OK;
-}
-
-static mpreg_err mp_seen_add(mp_pubsub *ps, const mp_id *id, uint64_t now_ms) {
-    mp_seen_ring *r = &ps->seen;
+/* Remembers id (not remembered yet, hash h), forgetting the oldest when the
+ * window is full. MPREG_E_NOMEM changes nothing. */
+static mpreg_err mp_seen_add(mp_pubsub *ps, const mp_id *id, uint64_t h, uint64_t now_ms) {
+    mp_dedupe *d = &ps->seen;
     size_t max = ps->cfg.dedupe_max_ids;
-    bool full = max && r->count >= max;
-    if (!full && r->count == r->cap && mp_seen_grow(r, max)) {
+    bool full = max && d->count >= max;
+    if (!full && d->count == UINT32_MAX) {
         return MPREG_E_NOMEM;
     }
-    if (mp_idset_add(&ps->seen_ids, id)) {
+    if (mp_dedupe_reserve(d, full ? d->count : d->count + 1)) {
         return MPREG_E_NOMEM;
     }
     if (full) {
-        mp_seen_pop(ps);
+        mp_dedupe_pop(d);
     }
-    r->items[(r->head + r->count) % r->cap] = (mp_seen){*id, now_ms};
-    r->count++;
+    uint32_t seq = d->head + d->count;
+    d->ring[seq & (d->ring_cap - 1)] = (mp_seen){*id, now_ms};
+    d->count++;
+    mp_dedupe_place(d, h, seq);
+    if ((seq & (MP_DEDUPE_SWEEP_EVERY - 1)) == 0) {
+        mp_dedupe_sweep(d);
+    }
     return MPREG_OK;
 }
 
 /* --- publishing --------------------------------------------------------------- */
 
-static mpreg_err mp_message_check(const mp_pubsub_message *msg) {
-    if (mp_topic_validate(msg->topic.ptr, msg->topic.len, NULL)) {
+/* A topic that matched a subscription is valid (an invalid topic matches
+ * nothing), so one the node has just asked mp_pubsub_matches about, and
+ * found subscribers for, need not be scanned again. */
+static bool mp_topic_known_valid(const mp_pubsub *ps, mp_str topic) {
+    const mp_mcache_entry *e = ps->mlast;
+    return e && e->gen && e->len > 0 && e->topic_len == topic.len && topic.len &&
+           mp_same_bytes(e->topic, topic.ptr, topic.len);
+}
+
+static mpreg_err mp_message_check(const mp_pubsub *ps, const mp_pubsub_message *msg) {
+    if (!mp_topic_known_valid(ps, msg->topic) &&
+        mp_topic_validate(msg->topic.ptr, msg->topic.len, NULL)) {
         return MPREG_E_TOPIC;
     }
     if (msg->header_count > MP_PUBSUB_MAX_MSG_HEADERS) {
@@ -1056,16 +1475,20 @@ mpreg_err mp_pubsub_publish(mp_pubsub *ps, const mp_pubsub_message *msg, uint64_
         *res = r;
     }
     bool dedupe = mp_dedupe_on(ps) && !mp_id_is_zero(&msg->id);
+    uint64_t h = 0;
     if (dedupe) {
-        mp_idset_prefetch(&ps->seen_ids, &msg->id);
+        h = mp_dedupe_hash(&msg->id);
+        if (ps->seen.bucket_count) {
+            __builtin_prefetch(mp_dedupe_home(&ps->seen, h));
+        }
     }
-    mpreg_err err = mp_message_check(msg);
+    mpreg_err err = mp_message_check(ps, msg);
     if (err) {
         return err;
     }
     if (dedupe) {
         mp_pubsub_expire(ps, now_ms);
-        if (mp_idset_contains(&ps->seen_ids, &msg->id)) {
+        if (mp_dedupe_contains(&ps->seen, &msg->id, h)) {
             ps->counters.duplicates++;
             r.duplicate = true;
             goto out;
@@ -1077,7 +1500,7 @@ mpreg_err mp_pubsub_publish(mp_pubsub *ps, const mp_pubsub_message *msg, uint64_
         (err = mp_retain_prepare(ps, msg, now_ms, &kept))) {
         return err;
     }
-    if (dedupe && (err = mp_seen_add(ps, &msg->id, now_ms))) {
+    if (dedupe && (err = mp_seen_add(ps, &msg->id, h, now_ms))) {
         if (kept) {
             mp_retain_abort(ps, kept);
         }
@@ -1097,6 +1520,14 @@ out:
         *res = r;
     }
     return MPREG_OK;
+}
+
+mpreg_err mp_pubsub_publish_filtered(mp_pubsub *ps, const mp_pubsub_message *msg, uint64_t now_ms,
+                                     const mp_pubsub_filter *f, mp_pubsub_result *res) {
+    ps->filter = f;
+    mpreg_err err = mp_pubsub_publish(ps, msg, now_ms, res);
+    ps->filter = NULL;
+    return err;
 }
 
 /* --- statistics and interest ---------------------------------------------------- */
@@ -1122,17 +1553,139 @@ mpreg_err mp_pubsub_sub_stats_get(const mp_pubsub *ps, uint64_t sub, mp_pubsub_s
 }
 
 size_t mp_pubsub_each_pattern(const mp_pubsub *ps,
-                              void (*cb)(void *ud, mp_str pattern, size_t subscribers), void *ud) {
+                              void (*cb)(void *ud, mp_str pattern, mp_str group,
+                                         size_t subscribers),
+                              void *ud) {
     const void *key;
     size_t klen;
     void *val;
     size_t n = 0;
     for (size_t it = 0; mp_map_next(&ps->interest, &it, &key, &klen, &val); n++) {
         if (cb) {
-            cb(ud, (mp_str){key, klen}, ((const mp_interest *)val)->subs);
+            mp_str pattern, group;
+            mp_interest_key_split(key, klen, &pattern, &group);
+            cb(ud, pattern, group, ((const mp_interest *)val)->subs);
         }
     }
     return n;
+}
+
+/* --- the filter between nodes ---------------------------------------------------- */
+
+bool mp_pubsub_node_header(mp_str key) {
+    size_t n = sizeof MP_PUBSUB_NODE_HEADER_PREFIX - 1;
+    return key.len >= n && memcmp(key.ptr, MP_PUBSUB_NODE_HEADER_PREFIX, n) == 0;
+}
+
+/* Appends one item (length, ':', name) to out[*at..cap). */
+static mpreg_err mp_filter_item(mp_str name, char *out, size_t cap, size_t *at) {
+    char digits[4];
+    size_t n = mp_u64_text(name.len, digits);
+    if (cap - *at < n + 1 + name.len) {
+        return MPREG_E_TOO_LARGE;
+    }
+    memcpy(out + *at, digits, n);
+    out[*at + n] = ':';
+    if (name.len) {
+        memcpy(out + *at + n + 1, name.ptr, name.len);
+    }
+    *at += n + 1 + name.len;
+    return MPREG_OK;
+}
+
+mpreg_err mp_pubsub_filter_encode(const mp_pubsub_filter *f, char *out, size_t cap, size_t *len) {
+    if (f->all_groups || (!f->plain && f->group_count == 0)) {
+        return MPREG_E_INVALID;
+    }
+    size_t at = 0;
+    mpreg_err err = f->plain ? mp_filter_item(MP_STR_NULL, out, cap, &at) : MPREG_OK;
+    for (size_t i = 0; i < f->group_count && !err; i++) {
+        mp_str g = f->groups[i];
+        if (g.len == 0 || g.len > MP_PUBSUB_MAX_GROUP) {
+            return MPREG_E_INVALID;
+        }
+        err = mp_filter_item(g, out, cap, &at);
+    }
+    if (!err) {
+        *len = at;
+    }
+    return err;
+}
+
+/* One item's length: 1..3 digits, no leading zero, at most a group's; then
+ * ':'. Advances *at past the colon. */
+static bool mp_filter_len(mp_str text, size_t *at, size_t *len) {
+    size_t i = *at, v = 0, digits = 0;
+    while (i < text.len && text.ptr[i] >= '0' && text.ptr[i] <= '9' && digits < 4) {
+        v = v * 10 + (size_t)(text.ptr[i++] - '0');
+        digits++;
+    }
+    if (digits == 0 || (digits > 1 && text.ptr[*at] == '0') || v > MP_PUBSUB_MAX_GROUP ||
+        i >= text.len || text.ptr[i] != ':') {
+        return false;
+    }
+    *at = i + 1;
+    *len = v;
+    return true;
+}
+
+mpreg_err mp_pubsub_filter_decode(mp_str text, mp_str *groups, size_t cap, mp_pubsub_filter *f,
+                                  const char **why) {
+    const char *dummy;
+    why = why ? why : &dummy;
+    *f = (mp_pubsub_filter){.groups = groups};
+    *why = "empty";
+    if (text.len == 0 || !text.ptr) {
+        return MPREG_E_INVALID;
+    }
+    for (size_t at = 0, len; at < text.len;) {
+        *why = "bad length";
+        if (!mp_filter_len(text, &at, &len)) {
+            return MPREG_E_INVALID;
+        }
+        *why = "name cut short";
+        if (text.len - at < len) {
+            return MPREG_E_INVALID;
+        }
+        mp_str name = {text.ptr + at, len};
+        at += len;
+        if (len == 0) {
+            *why = "plain part twice";
+            if (f->plain) {
+                return MPREG_E_INVALID;
+            }
+            f->plain = true;
+            continue;
+        }
+        *why = "group: NUL byte or invalid UTF-8";
+        if (memchr(name.ptr, '\0', name.len) || !mpreg_utf8_valid(name.ptr, name.len)) {
+            return MPREG_E_INVALID;
+        }
+        *why = "too many groups";
+        if (f->group_count == cap) {
+            return MPREG_E_TOO_LARGE;
+        }
+        groups[f->group_count++] = name;
+    }
+    *why = NULL;
+    return MPREG_OK;
+}
+
+mpreg_err mp_pubsub_publish_encoded(mp_pubsub *ps, const mp_pubsub_message *msg, uint64_t now_ms,
+                                    mp_str text, mp_pubsub_result *res, const char **why) {
+    /* Each group takes at least three bytes ("1:g"). */
+    size_t need = text.len / 3 + 1;
+    if (need > ps->filter_cap) {
+        mp_str *g = realloc(ps->filter_groups, need * sizeof *g);
+        if (!g) {
+            return MPREG_E_NOMEM;
+        }
+        ps->filter_groups = g;
+        ps->filter_cap = need;
+    }
+    mp_pubsub_filter f;
+    mpreg_err err = mp_pubsub_filter_decode(text, ps->filter_groups, ps->filter_cap, &f, why);
+    return err ? err : mp_pubsub_publish_filtered(ps, msg, now_ms, &f, res);
 }
 
 /* --- wire payloads ------------------------------------------------------------- */
@@ -1475,6 +2028,200 @@ mpreg_err mp_pubsub_deliver_envelope(const mp_pubsub_delivery *d, char sub_text[
         err = mp_envelope_add_header(out, mp_str_c("replay"), mp_str_c("1"));
     }
     return err;
+}
+
+/* "replay" = "1", the entry a replayed message's DELIVER ends with. */
+static const uint8_t mp_replay_header[] = {0xa6, 'r', 'e', 'p', 'l', 'a', 'y', 0xa1, '1'};
+
+/* The rules mp_envelope_validate has for a source name. */
+static mpreg_err mp_source_name_check(mp_str s) {
+    if (s.len > MP_MAX_NAME_LEN) {
+        return MPREG_E_TOO_LARGE;
+    }
+    if (s.len && (!s.ptr || !mpreg_utf8_valid(s.ptr, s.len))) {
+        return MPREG_E_INVALID;
+    }
+    return MPREG_OK;
+}
+
+/* The source names are the node's own, the same for every message: they
+ * are checked when they differ from the last ones checked. */
+static mpreg_err mp_dtmpl_names(mp_dtmpl *t, mp_str node, mp_str cluster) {
+    if (t->node_len == node.len && t->cluster_len == cluster.len &&
+        mp_same_bytes(t->node, node.ptr, node.len) &&
+        mp_same_bytes(t->cluster, cluster.ptr, cluster.len)) {
+        return MPREG_OK;
+    }
+    t->seq = 0; /* the body holds the old names */
+    t->plain = false;
+    mpreg_err err = mp_source_name_check(node);
+    err = err ? err : mp_source_name_check(cluster);
+    if (err) {
+        t->node_len = t->cluster_len = 0;
+        return err;
+    }
+    if (node.len) {
+        memcpy(t->node, node.ptr, node.len);
+    }
+    if (cluster.len) {
+        memcpy(t->cluster, cluster.ptr, cluster.len);
+    }
+    t->node_len = node.len;
+    t->cluster_len = cluster.len;
+    return MPREG_OK;
+}
+
+/* Encodes the part of d's DELIVER every delivery of its message shares.
+ * What the envelope would be checked for and the service has not checked
+ * already (its message headers, its topic when the delivery was not made
+ * here) is checked here, once per message; so the trusted encoder gets
+ * only valid envelopes. */
+/* The payload's field head (key, bin head) at the end of the body. */
+static mpreg_err mp_dtmpl_payload_head(mp_dtmpl *t, size_t len) {
+    if (mp_buf_reserve(&t->body, 6)) {
+        return MPREG_E_NOMEM;
+    }
+    uint8_t *p = t->body.data + t->body.len;
+    p[0] = MP_F_PAYLOAD;
+    if (len <= UINT8_MAX) {
+        p[1] = 0xc4;
+        p[2] = (uint8_t)len;
+        t->body.len += 3;
+    } else if (len <= UINT16_MAX) {
+        p[1] = 0xc5;
+        p[2] = (uint8_t)(len >> 8);
+        p[3] = (uint8_t)len;
+        t->body.len += 4;
+    } else {
+        p[1] = 0xc6;
+        mp_put_u32be(p + 2, (uint32_t)len);
+        t->body.len += 6;
+    }
+    return MPREG_OK;
+}
+
+/* The cheap way to the next message's template, when it is shaped like the
+ * last one: a new id and payload head in place, the rest as it is. */
+static bool mp_dtmpl_patch(mp_dtmpl *t, const mp_pubsub_delivery *d) {
+    const mp_pubsub_message *msg = d->msg;
+    if (!t->plain || msg->header_count || t->replay != d->replay ||
+        t->has_payload != (msg->payload.len > 0) || t->topic_len != msg->topic.len ||
+        (msg->payload.len && !msg->payload.ptr) || msg->payload.len > UINT32_MAX ||
+        mp_id_is_zero(&msg->id) || !mp_same_bytes(t->topic, msg->topic.ptr, msg->topic.len)) {
+        return false;
+    }
+    memcpy(t->body.data + t->id_at, msg->id.bytes, MP_ID_LEN);
+    t->body.len = t->tail;
+    if (msg->payload.len && mp_dtmpl_payload_head(t, msg->payload.len)) {
+        t->plain = false;
+        return false;
+    }
+    t->seq = d->seq;
+    return true;
+}
+
+static mpreg_err mp_dtmpl_build(mp_dtmpl *t, const mp_pubsub_delivery *d) {
+    const mp_pubsub_message *msg = d->msg;
+    if (mp_dtmpl_patch(t, d)) {
+        return MPREG_OK;
+    }
+    t->seq = 0;
+    t->plain = false;
+    if (mp_id_is_zero(&msg->id)) {
+        return MPREG_E_INVALID;
+    }
+    if (msg->topic.len == 0 || msg->topic.len > MP_MAX_TOPIC_LEN || !msg->topic.ptr ||
+        !mpreg_utf8_valid(msg->topic.ptr, msg->topic.len) ||
+        (msg->payload.len && !msg->payload.ptr)) {
+        return MPREG_E_INVALID;
+    }
+    if (msg->header_count > MP_PUBSUB_MAX_MSG_HEADERS || (msg->header_count && !msg->headers)) {
+        return MPREG_E_TOO_LARGE;
+    }
+    mp_envelope env;
+    mp_envelope_init_fields(&env, MP_KIND_DELIVER);
+    env.id = msg->id;
+    env.topic = msg->topic;
+    env.payload = msg->payload;
+    env.source_node = (mp_str){t->node, t->node_len};
+    env.source_cluster = (mp_str){t->cluster, t->cluster_len};
+    for (size_t i = 0; i < msg->header_count; i++) {
+        if (!mp_header_reserved(msg->headers[i].key)) {
+            env.headers[env.header_count++] = msg->headers[i];
+        }
+    }
+    mpreg_err err = env.header_count ? mp_envelope_validate_headers(&env, NULL) : MPREG_OK;
+    if (err) {
+        return err;
+    }
+    t->body.len = 0;
+    err = mp_envelope_encode_split(&env, d->replay ? 3 : 2, &t->body, &t->split);
+    if (!err && d->replay) {
+        /* Its entry goes after the subscription's: keep it after the split. */
+        err = mp_buf_reserve(&t->body, sizeof mp_replay_header);
+        if (!err) {
+            uint8_t *at = t->body.data + t->split;
+            memmove(at + sizeof mp_replay_header, at, t->body.len - t->split);
+            memcpy(at, mp_replay_header, sizeof mp_replay_header);
+            t->body.len += sizeof mp_replay_header;
+        }
+    }
+    if (err) {
+        return err;
+    }
+    t->seq = d->seq;
+    t->replay = d->replay;
+    /* Remember where the id is (right after the map head and the version
+     * and kind fields, but the check costs nothing) for mp_dtmpl_patch. */
+    t->id_at = 8;
+    t->tail = t->split + (d->replay ? sizeof mp_replay_header : 0);
+    t->plain = env.header_count == 0 && msg->header_count == 0 &&
+               t->body.len > t->id_at + MP_ID_LEN &&
+               memcmp(t->body.data + t->id_at, msg->id.bytes, MP_ID_LEN) == 0;
+    if (t->plain) {
+        t->has_payload = msg->payload.len > 0;
+        t->topic_len = msg->topic.len;
+        memcpy(t->topic, msg->topic.ptr, msg->topic.len);
+    }
+    return MPREG_OK;
+}
+
+mpreg_err mp_pubsub_deliver_frame(mp_pubsub *ps, const mp_pubsub_delivery *d, mp_str source_node,
+                                  mp_str source_cluster, uint32_t max_frame, mp_buf *out) {
+    mp_dtmpl *t = &ps->tmpl;
+    if (d->sub_headers.len == 0 || d->seq == 0) {
+        return MPREG_E_INVALID;
+    }
+    mpreg_err err = mp_dtmpl_names(t, source_node, source_cluster);
+    if (!err && (t->seq != d->seq || t->replay != d->replay)) {
+        err = mp_dtmpl_build(t, d);
+    }
+    if (err) {
+        return err;
+    }
+    size_t limit = max_frame ? max_frame : MP_FRAME_DEFAULT_MAX;
+    size_t payload = d->msg->payload.len;
+    size_t body = t->body.len + d->sub_headers.len + payload;
+    if (payload > UINT32_MAX || body > limit || body > UINT32_MAX) {
+        return MPREG_E_FRAME_TOO_LARGE;
+    }
+    if (mp_buf_reserve(out, MP_FRAME_HEADER + body)) {
+        return MPREG_E_NOMEM;
+    }
+    uint8_t *p = out->data + out->len;
+    mp_put_u32be(p, (uint32_t)body);
+    p += MP_FRAME_HEADER;
+    memcpy(p, t->body.data, t->split);
+    p += t->split;
+    memcpy(p, d->sub_headers.ptr, d->sub_headers.len);
+    p += d->sub_headers.len;
+    memcpy(p, t->body.data + t->split, t->body.len - t->split);
+    p += t->body.len - t->split;
+    if (payload) {
+        memcpy(p, d->msg->payload.ptr, payload);
+    }
+    out->len += MP_FRAME_HEADER + body;
+    return MPREG_OK;
 }
 
 static const mp_header *mp_header_find(const mp_envelope *e, const char *key) {

@@ -4,8 +4,9 @@
  * for each published message, which of them receive it. It does no I/O: a
  * message comes in as an argument with the current time, and every delivery
  * goes out through the `deliver` hook, synchronously, before the call that
- * caused it returns. The node turns deliveries into DELIVER envelopes
- * (mp_pubsub_deliver_envelope) and interest changes into catalog entries.
+ * caused it returns. The node turns deliveries into DELIVER frames
+ * (mp_pubsub_deliver_frame, or mp_pubsub_deliver_envelope and the envelope
+ * encoder) and interest changes into catalog entries.
  *
  * Subscriptions. A subscription belongs to an owner (the node uses the
  * connection id: subscriptions die with their connection through
@@ -31,6 +32,15 @@
  * when none does, the rule picks among all matching members and that
  * delivery is dropped (and counted on the member). With every member
  * matching, messages go to the members in turn, in subscription order.
+ *
+ * Filtered publishing. In a cluster a queue group spans the nodes: the
+ * routing engine picks, per message, the one node whose members of a group
+ * get it (engine.h, mp_engine_plan_publish), and each node is told which
+ * parts of a message are its to deliver: its ungrouped subscriptions or
+ * not, and which groups (mp_pubsub_publish_filtered; between nodes, the
+ * "mp-deliver" header below). A group left out keeps its round-robin
+ * cursor where it was. mp_pubsub_publish delivers every part, as a single
+ * node does.
  *
  * Flow control (the slow-consumer policy). The node marks an owner as not
  * accepting (mp_pubsub_set_accepting) when its connection's send buffer is
@@ -63,12 +73,15 @@
  * exactly-once on meshes where a message may arrive twice. The zero id means
  * "no id" and is never deduplicated.
  *
- * Interest. The service counts, per distinct pattern, the subscriptions
- * holding it; on_interest fires when a pattern gains its first subscriber
- * or loses its last, and mp_pubsub_each_pattern lists the live ones, for
- * the catalog's topic entries.
+ * Interest. The service counts, per distinct (pattern, group) pair, the
+ * subscriptions holding it, group "" standing for the ungrouped ones;
+ * on_interest fires when a pair gains its first subscription or loses its
+ * last, and mp_pubsub_each_pattern lists the live ones, for the catalog's
+ * topic entries (one per pair: entry.h).
  *
- * Hooks run synchronously and must not call back into the service. */
+ * Hooks run synchronously and must not call back into the service, with
+ * one exception: the deliver hook may pass its delivery to
+ * mp_pubsub_deliver_frame. */
 #ifndef MP_PUBSUB_H
 #define MP_PUBSUB_H
 
@@ -126,13 +139,21 @@ typedef struct mp_pubsub_delivery {
     const mp_pubsub_message *msg;
     uint64_t published_ms; /* the time given to mp_pubsub_publish */
     bool replay;           /* from retention, not live */
+    /* The message's number in this service: every delivery of one publish,
+     * or of one replayed message, has the same, and no other does. */
+    uint64_t seq;
+    /* The subscription's "sub" and "tag" DELIVER headers, MessagePack
+     * encoded when it subscribed, for mp_pubsub_deliver_frame. */
+    mp_bytes sub_headers;
+    void *owner_ud; /* the subscription's spec.owner_ud */
 } mp_pubsub_delivery;
 
 typedef struct mp_pubsub_hooks {
     void *ud;
     void (*deliver)(void *ud, const mp_pubsub_delivery *d); /* may be NULL */
-    /* pattern gained its first subscription (added) or lost its last. */
-    void (*on_interest)(void *ud, mp_str pattern, bool added); /* may be NULL */
+    /* (pattern, group) gained its first subscription (added) or lost its
+     * last; group is empty for ungrouped subscriptions. May be NULL. */
+    void (*on_interest)(void *ud, mp_str pattern, mp_str group, bool added);
 } mp_pubsub_hooks;
 
 /* cfg NULL = defaults; hooks NULL = none. Returns NULL when out of memory. */
@@ -155,13 +176,17 @@ typedef struct mp_pubsub_sub_spec {
     const mp_str *patterns;
     size_t pattern_count; /* 1 .. MP_PUBSUB_MAX_PATTERNS */
     mp_pubsub_replay_opts replay;
+    /* Opaque, handed back in every delivery to the subscription, so that a
+     * caller need not look its owner up per delivery (the node passes the
+     * connection, which outlives its subscriptions). May be NULL. */
+    void *owner_ud;
 } mp_pubsub_sub_spec;
 
 /* Adds a subscription and returns its id in *sub. Errors, with nothing
  * changed: MPREG_E_TOPIC for a bad pattern, MPREG_E_INVALID for no pattern
  * or a NUL in tag or group, MPREG_E_TOO_LARGE for too many patterns or a
  * tag or group over its limit, MPREG_E_NOMEM. Fires on_interest for each
- * pattern it is the first to hold. A requested replay is left pending for
+ * pattern it is the first to hold in its group. A requested replay is left pending for
  * mp_pubsub_replay; nothing is delivered here. */
 mpreg_err mp_pubsub_subscribe(mp_pubsub *ps, const mp_pubsub_sub_spec *spec, uint64_t *sub);
 
@@ -172,7 +197,7 @@ size_t mp_pubsub_replay(mp_pubsub *ps, uint64_t sub);
 
 /* Ends a subscription of owner. MPREG_E_NOT_FOUND when owner holds no
  * subscription with that id (a connection may only end its own). Fires
- * on_interest for each pattern it was the last to hold. */
+ * on_interest for each pattern it was the last to hold in its group. */
 mpreg_err mp_pubsub_unsubscribe(mp_pubsub *ps, uint64_t owner, uint64_t sub);
 
 /* Ends every subscription of owner and forgets its accepting flag (a closed
@@ -204,11 +229,30 @@ typedef struct mp_pubsub_result {
 mpreg_err mp_pubsub_publish(mp_pubsub *ps, const mp_pubsub_message *msg, uint64_t now_ms,
                             mp_pubsub_result *res);
 
+/* Which parts of a message a publish delivers (see "Filtered publishing"). */
+typedef struct mp_pubsub_filter {
+    bool plain;           /* the ungrouped subscriptions get it */
+    bool all_groups;      /* every group gives it to a member; else only... */
+    const mp_str *groups; /* ...these groups (names; a name twice counts once) */
+    size_t group_count;
+} mp_pubsub_filter;
+
+/* mp_pubsub_publish delivering only the parts f names (f NULL = all of
+ * them). Everything else is the same: the checks, the dedupe (a message is
+ * one id, whatever part of it a node delivers), retention, replay. */
+mpreg_err mp_pubsub_publish_filtered(mp_pubsub *ps, const mp_pubsub_message *msg, uint64_t now_ms,
+                                     const mp_pubsub_filter *f, mp_pubsub_result *res);
+
 /* A hint, with no effect on the service's state: a publish of id is coming.
- * It starts fetching the slot of the dedupe set that publish will look at,
+ * It starts fetching the line of the dedupe set that publish will look at,
  * so that the cache miss (the set outgrows the caches) overlaps whatever
- * the caller does first, such as routing. */
+ * the caller does first. */
 void mp_pubsub_prefetch(const mp_pubsub *ps, const mp_id *id);
+
+/* True when a subscription of this service matches topic (a valid topic).
+ * Answered, like publishing, from a small cache of recent topics' matches,
+ * so asking before publishing costs little. */
+bool mp_pubsub_matches(mp_pubsub *ps, mp_str topic);
 
 /* Forgets message ids older than the dedupe window. Publishing does this as
  * well; a timer calling it keeps memory low on a quiet node. */
@@ -232,7 +276,7 @@ typedef struct mp_pubsub_stats {
     size_t retained_bytes; /* topic + payload bytes */
     size_t retained_topics;
     size_t subscriptions;
-    size_t patterns; /* distinct patterns with subscribers */
+    size_t patterns; /* distinct (pattern, group) pairs with subscribers */
     size_t groups;   /* queue groups with members */
     size_t dedupe_ids;
 } mp_pubsub_stats;
@@ -241,11 +285,13 @@ void mp_pubsub_stats_get(const mp_pubsub *ps, mp_pubsub_stats *out);
 /* MPREG_E_NOT_FOUND for an unknown subscription. */
 mpreg_err mp_pubsub_sub_stats_get(const mp_pubsub *ps, uint64_t sub, mp_pubsub_sub_stats *out);
 
-/* Calls cb once per distinct pattern with subscribers, with their number;
- * returns how many patterns there were. The order is deterministic. cb must
- * not change the service. */
+/* Calls cb once per distinct (pattern, group) pair with subscribers (group
+ * empty: the ungrouped ones), with their number; returns how many pairs
+ * there were. The order is deterministic. cb must not change the service. */
 size_t mp_pubsub_each_pattern(const mp_pubsub *ps,
-                              void (*cb)(void *ud, mp_str pattern, size_t subscribers), void *ud);
+                              void (*cb)(void *ud, mp_str pattern, mp_str group,
+                                         size_t subscribers),
+                              void *ud);
 
 /* --- wire payloads (docs/PROTOCOL.md "Pub/sub") ----------------------------- */
 
@@ -291,6 +337,60 @@ mpreg_err mp_pubsub_subscription_decode(const void *data, size_t len, uint64_t *
  * replay, "replay" = "1". *out borrows from d and sub_text. */
 mpreg_err mp_pubsub_deliver_envelope(const mp_pubsub_delivery *d, char sub_text[MP_PUBSUB_SUB_TEXT],
                                      mp_envelope *out);
+/* Appends to out the whole frame (length prefix, then the envelope) of the
+ * DELIVER for d with source_node and source_cluster: byte for byte what
+ * encoding mp_pubsub_deliver_envelope's envelope with those names would
+ * give, at the cost of a copy. The part every delivery of a message shares
+ * is encoded, and checked as mp_envelope_validate would, once per message
+ * (d->seq; the names once while they stay the same); the subscription's
+ * headers were encoded when it subscribed. For the deliver hook of ps,
+ * with the delivery it was given. Errors, with out as it was: MPREG_E_FRAME_TOO_LARGE when the
+ * envelope is over max_frame (0 = MP_FRAME_DEFAULT_MAX), MPREG_E_NOMEM, and
+ * for what needs the envelope path (mp_pubsub_deliver_envelope, then
+ * mp_envelope_encode): MPREG_E_INVALID for the zero message id (each DELIVER
+ * then needs an id of its own) or a delivery without sub_headers, and the
+ * error mp_envelope_validate gives for bad message headers or names. */
+mpreg_err mp_pubsub_deliver_frame(mp_pubsub *ps, const mp_pubsub_delivery *d, mp_str source_node,
+                                  mp_str source_cluster, uint32_t max_frame, mp_buf *out);
+
+/* --- between nodes (docs/PROTOCOL.md §9.8) ---------------------------------- */
+
+/* Header keys starting with this are the nodes' own: a client may not use
+ * them, and they never reach a subscriber. */
+#define MP_PUBSUB_NODE_HEADER_PREFIX "mp-"
+/* The header of a PUBLISH between nodes saying which parts the receiving
+ * node delivers. Absent (a node that predates queue groups across nodes):
+ * the ungrouped subscriptions only. */
+#define MP_PUBSUB_DELIVER_HEADER "mp-deliver"
+
+/* True for a key starting with MP_PUBSUB_NODE_HEADER_PREFIX. */
+bool mp_pubsub_node_header(mp_str key);
+
+/* The "mp-deliver" value: a list of items, each the byte length of a name
+ * in decimal (no leading zero), ':' and the name; the empty name ("0:")
+ * stands for the ungrouped subscriptions (no group is named ""). So
+ * "0:1:g7:workers" is plain, group "g" and group "workers", and "3:a:b"
+ * group "a:b". Encodes f into out[0..cap) and sets *len: MPREG_E_INVALID
+ * for all_groups (not expressible), a nothing-to-deliver filter, or a group
+ * name that is empty or over MP_PUBSUB_MAX_GROUP bytes; MPREG_E_TOO_LARGE
+ * when it does not fit in cap. At most MP_PUBSUB_FILTER_ITEM_MAX bytes per
+ * group. */
+#define MP_PUBSUB_FILTER_ITEM_MAX (3 + 1 + MP_PUBSUB_MAX_GROUP)
+mpreg_err mp_pubsub_filter_encode(const mp_pubsub_filter *f, char *out, size_t cap, size_t *len);
+/* Parses a value into *f, its group names viewing text and listed in
+ * groups[0..cap). MPREG_E_INVALID (with *why, if non-NULL, saying where)
+ * for an empty value, a bad length, a name cut short, "0:" twice, or a
+ * name with NUL or invalid UTF-8; MPREG_E_TOO_LARGE for more than cap
+ * groups. */
+mpreg_err mp_pubsub_filter_decode(mp_str text, mp_str *groups, size_t cap, mp_pubsub_filter *f,
+                                  const char **why);
+/* mp_pubsub_publish_filtered with the filter text describes (decoded into
+ * the service's own scratch: no limit on groups but the text's length).
+ * A bad text is its decoder error, with *why (if non-NULL) saying what is
+ * wrong, and nothing is published; *why is NULL after any other outcome. */
+mpreg_err mp_pubsub_publish_encoded(mp_pubsub *ps, const mp_pubsub_message *msg, uint64_t now_ms,
+                                    mp_str text, mp_pubsub_result *res, const char **why);
+
 /* The client side: the subscription id and tag of a DELIVER envelope.
  * MPREG_E_MISSING_FIELD without them, MPREG_E_INVALID when "sub" is not a
  * canonical decimal id (1 .. 2^63-1, no sign, no leading zero). */

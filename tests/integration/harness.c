@@ -5,6 +5,7 @@
 
 #include "core/frame.h"
 #include "core/rng.h"
+#include "mpreg/client.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -557,4 +558,290 @@ int mp_harness_client(uint16_t port) {
         fd = -1;
     }
     return fd;
+}
+
+/* ---- clusters ------------------------------------------------------------------- */
+
+/* Probing every 200 ms with the default suspicion multiplier declares a dead
+ * member dead within about a second and a half; gossip every 50 ms spreads
+ * news (a death, LEFT, catalog changes) within a few rounds. */
+const char *const mp_harness_fast_swim[] = {
+    "--swim", "probe_interval_ms=200", "--swim", "probe_timeout_ms=100",
+    "--swim", "gossip_interval_ms=50", "--swim", "push_pull_interval_ms=2000",
+    NULL,
+};
+
+struct mp_harness_cluster {
+    char *dir;
+    size_t k;
+    mp_harness_daemon daemons[MP_HARNESS_MAX_CLUSTER];
+    char names[MP_HARNESS_MAX_CLUSTER][16];
+    char urls[MP_HARNESS_MAX_CLUSTER][32];
+    const char *extra[MP_HARNESS_MAX_ARGS]; /* the caller's flags (borrowed) */
+};
+
+static bool mp_harness_running(const mp_harness_daemon *d) {
+    return d->pid != 0;
+}
+
+/* Starts member i: the fast settings, the caller's flags, then (when given)
+ * the port to listen on and the member to join through, which come last so
+ * that they win. */
+static int mp_harness_cluster_spawn(mp_harness_cluster *c, size_t i, uint16_t port,
+                                    const mp_harness_daemon *seed) {
+    const char *args[MP_HARNESS_MAX_ARGS];
+    size_t n = 0;
+    for (size_t j = 0; mp_harness_fast_swim[j] != NULL; j++) {
+        args[n++] = mp_harness_fast_swim[j];
+    }
+    for (size_t j = 0; c->extra[j] != NULL && n < MP_HARNESS_MAX_ARGS - 5; j++) {
+        args[n++] = c->extra[j];
+    }
+    char listen[32], peer[32];
+    if (port != 0) {
+        snprintf(listen, sizeof listen, "127.0.0.1:%u", (unsigned)port);
+        args[n++] = "--listen";
+        args[n++] = listen;
+    }
+    if (seed != NULL) {
+        snprintf(peer, sizeof peer, "127.0.0.1:%u", (unsigned)seed->port);
+        args[n++] = "--peer";
+        args[n++] = peer;
+    }
+    args[n] = NULL;
+    int rc = mp_harness_daemon_start(&c->daemons[i], c->dir, c->names[i], args);
+    if (rc == 0) {
+        snprintf(c->urls[i], sizeof c->urls[i], "127.0.0.1:%u", (unsigned)c->daemons[i].port);
+    }
+    return rc;
+}
+
+mp_harness_cluster *mp_harness_cluster_start(size_t k, const char *const *extra) {
+    if (k == 0 || k > MP_HARNESS_MAX_CLUSTER) {
+        return NULL;
+    }
+    mp_harness_cluster *c = calloc(1, sizeof *c);
+    if (c == NULL || (c->dir = mp_harness_tmpdir_new()) == NULL) {
+        free(c);
+        return NULL;
+    }
+    c->k = k;
+    for (size_t j = 0; extra != NULL && extra[j] != NULL && j < MP_HARNESS_MAX_ARGS - 1; j++) {
+        c->extra[j] = extra[j];
+    }
+    for (size_t i = 0; i < k; i++) {
+        snprintf(c->names[i], sizeof c->names[i], "n%zu", i + 1);
+        if (mp_harness_cluster_spawn(c, i, 0, i > 0 ? &c->daemons[0] : NULL) != 0) {
+            mp_harness_copy_stderr(&c->daemons[i], "did not start");
+            c->k = i + 1;
+            mp_harness_cluster_stop(c);
+            return NULL;
+        }
+    }
+    return c;
+}
+
+size_t mp_harness_cluster_size(const mp_harness_cluster *c) {
+    return c->k;
+}
+
+mp_harness_daemon *mp_harness_cluster_daemon(mp_harness_cluster *c, size_t i) {
+    return &c->daemons[i];
+}
+
+const char *mp_harness_cluster_name(const mp_harness_cluster *c, size_t i) {
+    return c->names[i];
+}
+
+const char *mp_harness_cluster_url(const mp_harness_cluster *c, size_t i) {
+    return c->urls[i];
+}
+
+void mp_harness_cluster_kill(mp_harness_cluster *c, size_t i) {
+    mp_harness_daemon_kill(&c->daemons[i]);
+}
+
+int mp_harness_cluster_term(mp_harness_cluster *c, size_t i) {
+    return mp_harness_daemon_stop(&c->daemons[i], MP_HARNESS_STOP_TIMEOUT_MS);
+}
+
+int mp_harness_cluster_restart(mp_harness_cluster *c, size_t i) {
+    mp_harness_daemon *d = &c->daemons[i];
+    if (mp_harness_running(d)) {
+        return -1;
+    }
+    const mp_harness_daemon *seed = NULL;
+    for (size_t j = 0; j < c->k && seed == NULL; j++) {
+        if (j != i && mp_harness_running(&c->daemons[j])) {
+            seed = &c->daemons[j];
+        }
+    }
+    /* Keep the last run's log for whoever debugs a failure. */
+    char old[PATH_MAX + 8];
+    snprintf(old, sizeof old, "%s.1", d->err_path);
+    rename(d->err_path, old);
+    /* The same port keeps the member's address; should someone have taken
+     * it meanwhile, any port will do (the member tells the others). */
+    uint16_t port = d->port;
+    if (mp_harness_cluster_spawn(c, i, port, seed) == 0) {
+        return 0;
+    }
+    if (mp_harness_file_contains(d->err_path, "address already in use") &&
+        mp_harness_cluster_spawn(c, i, 0, seed) == 0) {
+        return 0;
+    }
+    mp_harness_copy_stderr(d, "did not restart");
+    return -1;
+}
+
+int mp_harness_cluster_stop(mp_harness_cluster *c) {
+    if (c == NULL) {
+        return 0;
+    }
+    int rc = 0;
+    /* SIGTERM to all first, so that they leave side by side rather than one
+     * waiting for the next. */
+    for (size_t i = 0; i < c->k; i++) {
+        if (mp_harness_running(&c->daemons[i])) {
+            kill(c->daemons[i].pid, SIGTERM);
+        }
+    }
+    for (size_t i = 0; i < c->k; i++) {
+        mp_harness_daemon *d = &c->daemons[i];
+        bool was_running = mp_harness_running(d);
+        /* Not a second SIGTERM: that one means "exit at once". */
+        int status = mp_harness_daemon_wait(d, MP_HARNESS_STOP_TIMEOUT_MS);
+        if (status == -1) {
+            mp_harness_daemon_kill(d);
+        }
+        if (was_running && (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)) {
+            mp_harness_copy_stderr(d, "did not exit 0 on SIGTERM");
+            rc = -1;
+        } else if (mp_harness_unclean(d)) {
+            mp_harness_copy_stderr(d, "reported a sanitizer error");
+            rc = -1;
+        }
+    }
+    mp_harness_tmpdir_remove(c->dir);
+    free(c);
+    return rc;
+}
+
+/* ---- waiting for the fabric --------------------------------------------------------- */
+
+bool mp_harness_wait_until(bool (*pred)(void *ud), void *ud, int timeout_ms) {
+    uint64_t deadline = mp_harness_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        if (pred(ud)) {
+            return true;
+        }
+        if (mp_harness_now_ms() >= deadline) {
+            return pred(ud);
+        }
+        mp_harness_sleep_ms(MP_HARNESS_POLL_INTERVAL_MS);
+    }
+}
+
+/* A short-lived client for one question: a node that is down or slow must
+ * make a poll fail, not hang it. */
+static mpreg_client *mp_harness_ask(const char *url) {
+    mpreg_client_options o = {.timeout_ms = 2000, .name = "harness"};
+    return mpreg_connect(url, &o, NULL);
+}
+
+static bool mp_harness_control(const char *url, const char *op, mpreg_value *out) {
+    mpreg_client *c = mp_harness_ask(url);
+    if (c == NULL) {
+        return false;
+    }
+    mpreg_err err;
+    if (strcmp(op, "members") == 0) {
+        err = mpreg_members(c, out, NULL);
+    } else if (strcmp(op, "catalog") == 0) {
+        err = mpreg_catalog(c, out, NULL);
+    } else {
+        err = mpreg_status(c, out, NULL);
+    }
+    mpreg_close(c);
+    return err == MPREG_OK;
+}
+
+static const char *mp_harness_str(const mpreg_value *map, const char *key) {
+    const mpreg_value *v = map->type == MPREG_MAP ? mpreg_map_get(map, key) : NULL;
+    return v != NULL && v->type == MPREG_STR ? v->u.str.ptr : NULL;
+}
+
+static bool mp_harness_str_is(const mpreg_value *map, const char *key, const char *want) {
+    const char *s = mp_harness_str(map, key);
+    return s != NULL && strcmp(s, want) == 0;
+}
+
+bool mp_harness_member_state(const char *url, const char *id, char state[16],
+                             uint64_t *generation) {
+    mpreg_value m;
+    if (!mp_harness_control(url, "members", &m)) {
+        return false;
+    }
+    const mpreg_value *list = m.type == MPREG_MAP ? mpreg_map_get(&m, "members") : NULL;
+    bool found = false;
+    for (size_t i = 0; list != NULL && list->type == MPREG_ARRAY && i < list->u.arr.len; i++) {
+        const mpreg_value *e = &list->u.arr.items[i];
+        if (!mp_harness_str_is(e, "id", id)) {
+            continue;
+        }
+        const char *s = mp_harness_str(e, "state");
+        const mpreg_value *g = mpreg_map_get(e, "generation");
+        if (state != NULL) {
+            snprintf(state, 16, "%s", s != NULL ? s : "?");
+        }
+        if (generation != NULL) {
+            *generation = g != NULL && g->type == MPREG_INT && g->u.i > 0 ? (uint64_t)g->u.i : 0;
+        }
+        found = true;
+        break;
+    }
+    mpreg_value_free(&m);
+    return found;
+}
+
+static bool mp_harness_catalog_has(const char *url, const char *kind, const char *field,
+                                   const char *value, const char *node) {
+    mpreg_value cat;
+    if (!mp_harness_control(url, "catalog", &cat)) {
+        return false;
+    }
+    const mpreg_value *list = cat.type == MPREG_MAP ? mpreg_map_get(&cat, kind) : NULL;
+    bool found = false;
+    for (size_t i = 0; list != NULL && list->type == MPREG_ARRAY && i < list->u.arr.len; i++) {
+        const mpreg_value *e = &list->u.arr.items[i];
+        if (mp_harness_str_is(e, field, value) &&
+            (node == NULL || mp_harness_str_is(e, "node", node))) {
+            found = true;
+            break;
+        }
+    }
+    mpreg_value_free(&cat);
+    return found;
+}
+
+bool mp_harness_catalog_has_function(const char *url, const char *fun, const char *node) {
+    return mp_harness_catalog_has(url, "functions", "name", fun, node);
+}
+
+bool mp_harness_catalog_has_topic(const char *url, const char *pattern, const char *node) {
+    return mp_harness_catalog_has(url, "topics", "pattern", pattern, node);
+}
+
+char *mp_harness_control_json(const char *url, const char *op) {
+    mpreg_value v;
+    if (!mp_harness_control(url, op, &v)) {
+        char *msg = NULL;
+        if (asprintf(&msg, "(%s did not answer CONTROL %s)", url, op) < 0) {
+            return NULL;
+        }
+        return msg;
+    }
+    char *json = mpreg_value_to_json(&v, false);
+    mpreg_value_free(&v);
+    return json;
 }

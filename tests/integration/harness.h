@@ -13,7 +13,10 @@
  * Most tests need just one node: mp_harness_start / mp_harness_url /
  * mp_harness_stop. Tests about the daemon itself use the lower level
  * (mp_harness_daemon_*), and the raw-socket helpers, which speak the wire
- * protocol by hand (frames of envelopes) with every read bounded. */
+ * protocol by hand (frames of envelopes) with every read bounded. Cluster
+ * tests start several nodes that join each other (mp_harness_cluster_*),
+ * kill and restart them, and poll the nodes' views (bounded waits) through
+ * libmpreg's blocking client. */
 #ifndef MP_HARNESS_H
 #define MP_HARNESS_H
 
@@ -115,6 +118,70 @@ mp_harness_daemon *mp_harness_daemon_of(mp_harness_node *n);
  * ctest's FAIL_REGULAR_EXPRESSION finds any sanitizer report. NULL is
  * fine. */
 int mp_harness_stop(mp_harness_node *n);
+
+/* ---- clusters ---------------------------------------------------------------- */
+
+/* Several daemons on this machine that form one cluster: n1 starts plain,
+ * n2..nK join through n1 (--peer 127.0.0.1:<n1's port>). All run with fast
+ * membership settings (mp_harness_fast_swim: probes every 200 ms, so a dead
+ * member is declared within about a second and a half), so that tests
+ * about failures take seconds, not minutes. Every daemon lives in one
+ * temporary directory: DIR/nI is its data dir, DIR/nI.stderr its log (a
+ * restart keeps the previous one as DIR/nI.stderr.1). */
+#define MP_HARNESS_MAX_CLUSTER 8
+/* The flags every cluster daemon gets, NULL-terminated. */
+extern const char *const mp_harness_fast_swim[];
+/* The longest a cluster test waits for any one thing. */
+#define MP_HARNESS_WAIT_MS 15000
+
+typedef struct mp_harness_cluster mp_harness_cluster;
+
+/* Starts k (1..MP_HARNESS_MAX_CLUSTER) daemons, extra flags (NULL-
+ * terminated, may be NULL) appended to each. Returns once each has said it
+ * listens; they find each other in the background (wait with
+ * mp_harness_wait_until and mp_harness_member_state). NULL when one did not
+ * start: its stderr is copied to ours and the others are stopped. */
+mp_harness_cluster *mp_harness_cluster_start(size_t k, const char *const *extra);
+size_t mp_harness_cluster_size(const mp_harness_cluster *c);
+/* Member i (0-based: index 0 is n1). */
+mp_harness_daemon *mp_harness_cluster_daemon(mp_harness_cluster *c, size_t i);
+const char *mp_harness_cluster_name(const mp_harness_cluster *c, size_t i); /* "n<i+1>" */
+const char *mp_harness_cluster_url(const mp_harness_cluster *c, size_t i);  /* "127.0.0.1:PORT" */
+/* kill -9: SIGKILL by pid, then reaped. The others are not told. */
+void mp_harness_cluster_kill(mp_harness_cluster *c, size_t i);
+/* SIGTERM and a bounded wait: the wait status, -1 when it did not exit in
+ * MP_HARNESS_STOP_TIMEOUT_MS (then it has been killed). */
+int mp_harness_cluster_term(mp_harness_cluster *c, size_t i);
+/* Starts member i again (it must not be running) with the same name, data
+ * dir, flags and, when it is free, port; it joins through the first other
+ * member still running. 0 once it listens, -1 otherwise. */
+int mp_harness_cluster_restart(mp_harness_cluster *c, size_t i);
+/* SIGTERM to every member still running (bounded), then removes the
+ * directory and frees c. 0 when each of them exited 0 and no member's log
+ * holds a sanitizer report; otherwise -1 with the logs concerned copied to
+ * our stderr. NULL is fine. */
+int mp_harness_cluster_stop(mp_harness_cluster *c);
+
+/* ---- waiting for the fabric ---------------------------------------------------- */
+
+/* Calls pred(ud) every MP_HARNESS_POLL_INTERVAL_MS until it returns true
+ * (true) or timeout_ms have passed (false, after one last try). */
+#define MP_HARNESS_POLL_INTERVAL_MS 50
+bool mp_harness_wait_until(bool (*pred)(void *ud), void *ud, int timeout_ms);
+
+/* What the node at url says of member id: its state ("alive", "suspect",
+ * "dead", "left") and generation into the outputs (either may be NULL).
+ * false when the node does not list id or could not be asked. */
+bool mp_harness_member_state(const char *url, const char *id, char state[16], uint64_t *generation);
+/* True when the node at url lists function fun served by node (NULL: any
+ * node) in its catalog; false also when it could not be asked. */
+bool mp_harness_catalog_has_function(const char *url, const char *fun, const char *node);
+/* The same for a topic pattern subscribed to on node (NULL: any). */
+bool mp_harness_catalog_has_topic(const char *url, const char *pattern, const char *node);
+/* The node's CONTROL reply for op ("members", "catalog", "status") as one
+ * line of JSON (malloc'd; an error text when it could not be asked), for
+ * the messages of failing assertions. */
+char *mp_harness_control_json(const char *url, const char *op);
 
 /* ---- raw sockets ------------------------------------------------------------- */
 

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -295,6 +296,12 @@ Test(cli, bad_usage_exits_2_with_a_hint) {
         {"status", "extra", NULL},
         {"request", NULL},
         {"--url", NULL},
+        {"members", "extra", NULL},
+        {"members", "--kind", "nodes", NULL},
+        {"catalog", "--kind", NULL},
+        {"catalog", "--kind", "bogus", NULL},
+        {"catalog", "--kind", "functions,", NULL},
+        {"catalog", "--kind=functions,nodes,tables", NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         result r;
@@ -312,7 +319,7 @@ Test(cli, help_and_version) {
     cr_assert_eq(r.status, 0);
     cr_assert(strstr(r.out, "usage: mpreg") != NULL);
     cr_assert(strstr(r.out, "examples:") != NULL);
-    const char *subs[] = {"call", "request", "pub", "sub", "status", "catalog"};
+    const char *subs[] = {"call", "request", "pub", "sub", "status", "catalog", "members"};
     for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
         const char *args[] = {subs[i], "--help", NULL};
         run(args, NULL, &r);
@@ -347,6 +354,240 @@ Test(cli, status_and_catalog_are_json, .init = node_up, .fini = node_down) {
     cr_assert_eq(mpreg_value_from_json(r.out, r.out_len, &v, NULL, 0), MPREG_OK, "%s", r.out);
     cr_assert(strstr(r.out, "echo") != NULL, "%s", r.out);
     mpreg_value_free(&v);
+}
+
+Test(cli, bad_kind_and_members_flags_say_what_is_wrong) {
+    result r;
+    const char *bad_kind[] = {"catalog", "--kind", "tables", NULL};
+    run(bad_kind, NULL, &r);
+    cr_assert_eq(r.status, 2);
+    cr_assert(strstr(r.err, "--kind: unknown kind 'tables'") != NULL, "%s", r.err);
+    cr_assert(strstr(r.err, "functions, topics, nodes, queues, caches") != NULL, "%s", r.err);
+    cr_assert(strstr(r.err, "mpreg catalog --help") != NULL, "%s", r.err);
+    const char *members_kind[] = {"members", "--kind", "nodes", NULL};
+    run(members_kind, NULL, &r);
+    cr_assert_eq(r.status, 2);
+    cr_assert(strstr(r.err, "unknown option '--kind'") != NULL, "%s", r.err);
+    cr_assert(strstr(r.err, "mpreg members --help") != NULL, "%s", r.err);
+}
+
+Test(cli, members_and_catalog_help) {
+    result r;
+    const char *members[] = {"members", "--help", NULL};
+    run(members, NULL, &r);
+    cr_assert_eq(r.status, 0);
+    const char *says[] = {"usage: mpreg members",
+                          "ADDR",
+                          "STATE",
+                          "GENERATION",
+                          "INCARNATION",
+                          "alive",
+                          "suspect",
+                          "dead",
+                          "left",
+                          "--json",
+                          "examples:"};
+    for (size_t i = 0; i < sizeof says / sizeof says[0]; i++) {
+        cr_assert(strstr(r.out, says[i]) != NULL, "members --help lacks '%s': %s", says[i], r.out);
+    }
+    const char *catalog[] = {"catalog", "--help", NULL};
+    run(catalog, NULL, &r);
+    cr_assert_eq(r.status, 0);
+    const char *csays[] = {"usage: mpreg catalog",
+                           "--kind",
+                           "functions",
+                           "topics",
+                           "nodes",
+                           "queues",
+                           "caches",
+                           "NODES",
+                           "examples:"};
+    for (size_t i = 0; i < sizeof csays / sizeof csays[0]; i++) {
+        cr_assert(strstr(r.out, csays[i]) != NULL, "catalog --help lacks '%s': %s", csays[i],
+                  r.out);
+    }
+    const char *main_help[] = {"--help", NULL};
+    run(main_help, NULL, &r);
+    cr_assert(strstr(r.out, "members") != NULL, "%s", r.out);
+}
+
+/* The keys of a JSON object printed on stdout, sorted, joined with ','. */
+static void stdout_keys(const result *r, char *out, size_t size) {
+    mpreg_value v;
+    cr_assert_eq(mpreg_value_from_json(r->out, r->out_len, &v, NULL, 0), MPREG_OK, "%s", r->out);
+    cr_assert_eq(v.type, MPREG_MAP, "%s", r->out);
+    out[0] = '\0';
+    /* At most 5 keys: a selection sort by hand is plenty. */
+    bool used[8] = {false};
+    cr_assert_leq(v.u.map.len, 8);
+    for (size_t n = 0; n < v.u.map.len; n++) {
+        size_t best = SIZE_MAX;
+        for (size_t i = 0; i < v.u.map.len; i++) {
+            if (!used[i] && (best == SIZE_MAX || strcmp(v.u.map.items[i].key.u.str.ptr,
+                                                        v.u.map.items[best].key.u.str.ptr) < 0)) {
+                best = i;
+            }
+        }
+        used[best] = true;
+        size_t len = strlen(out);
+        snprintf(out + len, size - len, "%s%s", n ? "," : "", v.u.map.items[best].key.u.str.ptr);
+    }
+    mpreg_value_free(&v);
+}
+
+Test(cli, catalog_kind_filters_the_json, .init = node_up, .fini = node_down) {
+    result r;
+    char keys[128];
+    const char *all[] = {"catalog", NULL};
+    run_url(all, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    stdout_keys(&r, keys, sizeof keys);
+    cr_assert(strstr(keys, "functions") && strstr(keys, "topics") && strstr(keys, "nodes"), "%s",
+              keys);
+
+    const char *fns[] = {"catalog", "--kind", "functions", NULL};
+    run_url(fns, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    stdout_keys(&r, keys, sizeof keys);
+    cr_assert_str_eq(keys, "functions");
+    cr_assert(strstr(r.out, "\"echo\"") != NULL, "%s", r.out);
+
+    /* A list, repeated, and a kind the node has nothing of: an empty list. */
+    const char *two[] = {"catalog", "--kind", "nodes,queues", "--kind=topics", "--json", NULL};
+    run_url(two, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    stdout_keys(&r, keys, sizeof keys);
+    cr_assert_str_eq(keys, "nodes,queues,topics");
+    cr_assert(strstr(r.out, "\"queues\":[]") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "\"node\":\"node\"") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "echo") == NULL, "functions were not asked for: %s", r.out);
+}
+
+Test(cli, members_is_json_when_piped, .init = node_up, .fini = node_down) {
+    result r;
+    const char *members[] = {"members", NULL};
+    run_url(members, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_eq(strchr(r.out, '\n'), r.out + r.out_len - 1, "not one line: %s", r.out);
+    mpreg_value v;
+    cr_assert_eq(mpreg_value_from_json(r.out, r.out_len, &v, NULL, 0), MPREG_OK, "%s", r.out);
+    const mpreg_value *self = mpreg_map_get(&v, "self");
+    const mpreg_value *list = mpreg_map_get(&v, "members");
+    cr_assert(self && self->type == MPREG_STR && strcmp(self->u.str.ptr, "node") == 0, "%s", r.out);
+    cr_assert(list && list->type == MPREG_ARRAY && list->u.arr.len >= 1, "%s", r.out);
+    const mpreg_value *me = &list->u.arr.items[0];
+    cr_assert_str_eq(mpreg_map_get(me, "id")->u.str.ptr, "node");
+    cr_assert_str_eq(mpreg_map_get(me, "state")->u.str.ptr, "alive");
+    char addr[32];
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)mp_harness_port(node));
+    cr_assert_str_eq(mpreg_map_get(me, "addr")->u.str.ptr, addr);
+    mpreg_value_free(&v);
+}
+
+/* Runs mpreg --url <node> args with stdout on a pseudo-terminal, as a user
+ * at a shell would: the readable output. */
+static void run_on_tty(const char *const *args, result *r) {
+    int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    cr_assert_geq(master, 0, "posix_openpt: %s", strerror(errno));
+    cr_assert_eq(grantpt(master), 0);
+    cr_assert_eq(unlockpt(master), 0);
+    const char *slave_name = ptsname(master);
+    cr_assert_not_null(slave_name);
+    int perr[2];
+    cr_assert_eq(pipe2(perr, O_CLOEXEC), 0);
+    const char *argv[32] = {cli_path(), "--url", mp_harness_url(node)};
+    size_t n = 3;
+    for (size_t i = 0; args[i] && n < 31; i++) {
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int slave = open(slave_name, O_RDWR | O_NOCTTY);
+        if (slave < 0) {
+            _exit(127);
+        }
+        /* No echo, no CR added to newlines: the bytes as the CLI wrote them. */
+        struct termios tio;
+        if (tcgetattr(slave, &tio) == 0) {
+            cfmakeraw(&tio);
+            tcsetattr(slave, TCSANOW, &tio);
+        }
+        dup2(slave, 1);
+        dup2(perr[1], 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(perr[1]);
+    /* Reading the master ends with EIO once the child (the only holder of
+     * the slave) has exited. */
+    child c = {pid, -1, master, perr[0]};
+    collect(&c, r);
+}
+
+static mpreg_err never_called(void *ctx, const mpreg_value *args, const mpreg_value *kwargs,
+                              mpreg_value *out, mpreg_error *err) {
+    (void)ctx;
+    (void)args;
+    (void)kwargs;
+    (void)out;
+    (void)err;
+    return MPREG_E_HANDLER;
+}
+
+Test(cli, members_and_catalog_print_tables_on_a_terminal, .init = node_up, .fini = node_down) {
+    result r;
+    const char *members[] = {"members", NULL};
+    run_on_tty(members, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "ID") && strstr(r.out, "ADDR") && strstr(r.out, "STATE") &&
+                  strstr(r.out, "GENERATION") && strstr(r.out, "INCARNATION"),
+              "no table header: %s", r.out);
+    char row[64];
+    snprintf(row, sizeof row, "127.0.0.1:%u  alive", (unsigned)mp_harness_port(node));
+    cr_assert(strstr(r.out, row) != NULL, "no row for the node: %s", r.out);
+    cr_assert(strstr(r.out, "node *") != NULL, "the node is not marked as itself: %s", r.out);
+    cr_assert(strstr(r.out, "1 member: 1 alive") != NULL, "%s", r.out);
+    cr_assert(strchr(r.out, '{') == NULL, "JSON on a terminal: %s", r.out);
+
+    /* A worker's function next to the built-ins: one row per function,
+     * its nodes listed. */
+    mpreg_client *w = mpreg_connect(mp_harness_url(node), NULL, NULL);
+    cr_assert_not_null(w);
+    const char *res[] = {"gpu", "ssd"};
+    mpreg_worker_function def = {.name = "render",
+                                 .function_id = "render-v2",
+                                 .version = "2.1.0",
+                                 .resources = res,
+                                 .resource_count = 2,
+                                 .handler = never_called};
+    cr_assert_eq(mpreg_register(w, &def, NULL), MPREG_OK);
+
+    const char *catalog[] = {"catalog", NULL};
+    run_on_tty(catalog, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strncmp(r.out, "functions (6)\n", 14) == 0, "%s", r.out);
+    cr_assert(strstr(r.out, "NAME") && strstr(r.out, "VERSION") && strstr(r.out, "FUNCTION_ID") &&
+                  strstr(r.out, "RESOURCES") && strstr(r.out, "NODES"),
+              "%s", r.out);
+    cr_assert(strstr(r.out, "render  2.1.0    render-v2    gpu, ssd   node") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "\ntopics (0)\n  (none)\n") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "\nnodes (1)\n") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "CLUSTER") && strstr(r.out, "ENDPOINTS"), "%s", r.out);
+    cr_assert(strstr(r.out, "default") != NULL, "%s", r.out);
+
+    const char *only[] = {"catalog", "--kind", "nodes", NULL};
+    run_on_tty(only, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strncmp(r.out, "nodes (1)\n", 10) == 0, "%s", r.out);
+    cr_assert(strstr(r.out, "functions") == NULL, "%s", r.out);
+    /* --json wins over the terminal. */
+    const char *json[] = {"catalog", "--kind", "nodes", "--json", NULL};
+    run_on_tty(json, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strncmp(r.out, "{\"nodes\":[", 10) == 0, "%s", r.out);
+    mpreg_close(w);
 }
 
 /* ---- pub/sub ------------------------------------------------------------------------ */

@@ -744,6 +744,36 @@ Test(client_pubsub, slow_subscriber_is_shed, .init = node_up, .fini = node_down)
     mpreg_close(slow);
 }
 
+/* ---- control ------------------------------------------------------------------------------------
+ */
+
+/* A lone node's member list: itself, alive, at the address it listens on. */
+static void assert_members_self(const mpreg_value *m) {
+    cr_assert_eq(m->type, MPREG_MAP);
+    const mpreg_value *self = mpreg_map_get(m, "self");
+    const mpreg_value *list = mpreg_map_get(m, "members");
+    cr_assert(self != NULL && self->type == MPREG_STR && strcmp(self->u.str.ptr, "node") == 0);
+    cr_assert(list != NULL && list->type == MPREG_ARRAY && list->u.arr.len == 1);
+    const mpreg_value *me = &list->u.arr.items[0];
+    const mpreg_value *state = mpreg_map_get(me, "state");
+    const mpreg_value *addr = mpreg_map_get(me, "addr");
+    cr_assert(state != NULL && state->type == MPREG_STR && strcmp(state->u.str.ptr, "alive") == 0);
+    cr_assert(addr != NULL && addr->type == MPREG_STR && strcmp(addr->u.str.ptr, url()) == 0,
+              "addr %s, want %s", addr && addr->type == MPREG_STR ? addr->u.str.ptr : "?", url());
+    const mpreg_value *gen = mpreg_map_get(me, "generation");
+    cr_assert(gen != NULL && gen->type == MPREG_INT && gen->u.i >= 1);
+}
+
+Test(client_control, members_of_a_lone_node, .init = node_up, .fini = node_down) {
+    mpreg_client *c = connect_ok("members");
+    mpreg_value m;
+    mpreg_error err = {0};
+    cr_assert_eq(mpreg_members(c, &m, &err), MPREG_OK, "%s", err.message);
+    assert_members_self(&m);
+    mpreg_value_free(&m);
+    mpreg_close(c);
+}
+
 /* ---- the asynchronous client -------------------------------------------------------------------
  */
 
@@ -763,6 +793,7 @@ typedef struct async_test {
     bool registered;
     mpreg_value worker_result;
     mpreg_value status;
+    mpreg_value members;
     bool closed_all;
 } async_test;
 
@@ -777,13 +808,21 @@ static void a_finish(async_test *t) {
     t->closed_all = true;
 }
 
+static void a_on_members(mpreg_async_client *c, const mpreg_value *v, const mpreg_error *err,
+                         void *ud) {
+    (void)c;
+    async_test *t = ud;
+    cr_assert_null(err, "members: %s", err ? err->message : "");
+    mpreg_value_clone(v, &t->members);
+    a_finish(t);
+}
+
 static void a_on_status(mpreg_async_client *c, const mpreg_value *v, const mpreg_error *err,
                         void *ud) {
-    (void)c;
     async_test *t = ud;
     cr_assert_null(err, "status: %s", err ? err->message : "");
     mpreg_value_clone(v, &t->status);
-    a_finish(t);
+    cr_assert_eq(mpreg_async_members(c, a_on_members, t), MPREG_OK);
 }
 
 static void a_on_worker_call(mpreg_async_client *c, const mpreg_value *v, const mpreg_error *err,
@@ -886,6 +925,8 @@ Test(client_async, everything_on_one_loop, .init = node_up, .fini = node_down) {
     cr_assert(t.registered);
     assert_json_eq(&t.worker_result, "{\"via\": \"loop\"}");
     cr_assert_not_null(mpreg_map_get(&t.status, "node"));
+    assert_members_self(&t.members);
+    mpreg_value_free(&t.members);
     mpreg_value_free(&t.call_result);
     mpreg_value_free(&t.request_result);
     mpreg_value_free(&t.worker_result);

@@ -251,6 +251,8 @@ Test(daemon, sigterm_says_goodbye_and_exits_0_promptly) {
     cr_assert_lt(took, 2000, "stopping took %llu ms", (unsigned long long)took);
     assert_no_sanitizer(d);
     cr_assert(mp_harness_file_contains(d->err_path, "stopped:"));
+    /* Alone in its cluster: nobody to tell, so no lingering to leave. */
+    cr_assert(!mp_harness_file_contains(d->err_path, "leaving the cluster"));
 }
 
 Test(daemon, a_silent_client_does_not_hold_up_the_stop) {
@@ -529,7 +531,18 @@ typedef struct bad_case {
 Test(daemon, bad_flags_and_config_exit_2) {
     static const bad_case cases[] = {
         {{"--bogus"}, NULL, "unknown option '--bogus'"},
-        {{"--peer", "127.0.0.1:1"}, NULL, "unknown option '--peer'"},
+        {{"--peer", "nonsense"}, NULL, "--peer 'nonsense': expected HOST:PORT"},
+        {{"--peer", "127.0.0.1:0"}, NULL, "--peer '127.0.0.1:0'"},
+        {{"--peer", "::1:6464"}, NULL, "--peer '::1:6464'"},
+        {{"--advertise", "0.0.0.0:6464"}, NULL, "other members cannot dial 0.0.0.0"},
+        {{"--advertise", "somehost"}, NULL, "--advertise 'somehost'"},
+        {{"--swim", "bogus=1"}, NULL, "unknown field 'bogus'"},
+        {{"--swim", "probe_interval_ms"}, NULL, "expected FIELD=VALUE"},
+        {{"--swim", "probe_interval_ms=soon"}, NULL, "probe_interval_ms must be a number"},
+        {{"--swim", "gossip_nodes=0"}, NULL, "gossip_nodes"},
+        {{"--swim", "probe_timeout_ms=5000"}, NULL, "probe_timeout_ms"},
+        {{"--max-peer-conns", "0"}, NULL, "--max-peer-conns '0'"},
+        {{"--max-peer-conns", "many"}, NULL, "--max-peer-conns 'many'"},
         {{"--federation-mode", "strict"}, NULL, "unknown option '--federation-mode'"},
         {{"--name"}, NULL, "option '--name' needs an argument"},
         {{"stray"}, NULL, "unexpected argument 'stray'"},
@@ -543,7 +556,12 @@ Test(daemon, bad_flags_and_config_exit_2) {
         {{"--name", "a/b"}, NULL, "--name 'a/b'"},
         {{"--cluster", ""}, NULL, "--cluster ''"},
         {{NULL}, "{\"listen\": 6464}", "\"listen\" must be a string"},
-        {{NULL}, "{\"peers\": []}", "unknown key \"peers\""},
+        {{NULL}, "{\"peers\": \"127.0.0.1:1\"}", "\"peers\" must be an array"},
+        {{NULL}, "{\"peers\": [\"x\"]}", "--peer 'x'"},
+        {{NULL}, "{\"swim\": 5}", "\"swim\" must be an object"},
+        {{NULL}, "{\"swim\": {\"nope\": 1}}", "unknown field \"nope\""},
+        {{NULL}, "{\"swim\": {\"probe_interval_ms\": -1}}", "must be a number"},
+        {{NULL}, "{\"federation\": 1}", "unknown key \"federation\""},
         {{NULL}, "{\"resources\": \"gpu\"}", "\"resources\" must be an array"},
         {{NULL}, "{\"name\": \"a\",", "line 1"},
         {{NULL}, "[]", "expected a JSON object"},
@@ -628,15 +646,104 @@ Test(daemon, config_file_with_flags_on_top) {
     cr_assert(mp_harness_file_contains(d->err_path, " debug node=from-file "), "no debug lines");
 }
 
+/* The CONTROL "members" reply. */
+static void members(int fd, mpreg_value *out) {
+    mp_id id;
+    cr_assert_eq(mp_harness_send_kind(fd, MP_KIND_CONTROL, "members", NULL, &id), 0);
+    mp_buf buf = MP_BUF_INIT;
+    mp_envelope e;
+    expect_kind(fd, &buf, &e, MP_KIND_CONTROL_REPLY);
+    cr_assert(mp_id_equal(&e.correlation_id, &id));
+    cr_assert_eq(mp_harness_payload_value(&e, out), MPREG_OK);
+    cr_assert_eq(out->type, MPREG_MAP);
+    mp_buf_free(&buf);
+}
+
+/* The address the node advertises: its own entry in the member list. */
+static char *self_addr(const mp_harness_daemon *d) {
+    mpreg_value m;
+    int fd = client(d);
+    members(fd, &m);
+    untrack(fd);
+    const mpreg_value *self = mpreg_map_get(&m, "self");
+    const mpreg_value *list = mpreg_map_get(&m, "members");
+    cr_assert(self != NULL && self->type == MPREG_STR, "no self in the members reply");
+    cr_assert(list != NULL && list->type == MPREG_ARRAY, "no member list");
+    char *addr = NULL;
+    for (size_t i = 0; i < list->u.arr.len; i++) {
+        const mpreg_value *id = mpreg_map_get(&list->u.arr.items[i], "id");
+        const mpreg_value *a = mpreg_map_get(&list->u.arr.items[i], "addr");
+        if (id != NULL && id->type == MPREG_STR && strcmp(id->u.str.ptr, self->u.str.ptr) == 0 &&
+            a != NULL && a->type == MPREG_STR) {
+            addr = strdup(a->u.str.ptr);
+        }
+    }
+    cr_assert_not_null(addr, "the node does not list itself");
+    mpreg_value_free(&m);
+    return addr;
+}
+
+Test(daemon, advertise_defaults_to_the_bound_address) {
+    /* Every interface and port 0: members must dial loopback and the real port. */
+    const char *any[] = {"--listen", "0.0.0.0:0", NULL};
+    mp_harness_daemon *d = start("any", any);
+    char want[64];
+    snprintf(want, sizeof want, "127.0.0.1:%u", (unsigned)d->port);
+    char *addr = self_addr(d);
+    cr_assert_str_eq(addr, want);
+    free(addr);
+    char said[80];
+    snprintf(said, sizeof said, "advertising %s", want);
+    cr_assert(mp_harness_file_contains(d->err_path, said), "no '%s' in the log", said);
+    stop(d);
+
+    const char *given[] = {"--advertise", "127.0.0.1:7", NULL};
+    d = start("given", given);
+    addr = self_addr(d);
+    cr_assert_str_eq(addr, "127.0.0.1:7");
+    free(addr);
+    stop(d);
+}
+
+Test(daemon, cluster_settings_from_the_config_file_and_flags) {
+    char config[PATH_MAX + 16];
+    snprintf(config, sizeof config, "%s/cluster.json", dir);
+    cr_assert_eq(mp_harness_write_file(config,
+                                       "{\"advertise\": \"localhost:9\", \"max-peer-conns\": 8,"
+                                       " \"peers\": [\"127.0.0.1:1\"],"
+                                       " \"swim\": {\"probe_interval_ms\": 700,"
+                                       " \"gossip-interval-ms\": 70}}"),
+                 0);
+    /* A --swim flag overrides its field only; the file's other fields stay. */
+    const char *extra[] = {"--config",    config,  "--swim", "gossip_interval_ms=60",
+                           "--log-level", "debug", NULL};
+    mp_harness_daemon *d = start("cfg", extra);
+    char *addr = self_addr(d);
+    cr_assert_str_eq(addr, "localhost:9");
+    free(addr);
+    cr_assert(mp_harness_file_contains(d->err_path, "probe_interval_ms=700 probe_timeout_ms=500"),
+              "the file's swim settings were not used");
+    cr_assert(mp_harness_file_contains(d->err_path, "gossip_interval_ms=60 "),
+              "the --swim flag did not win over the file");
+    cr_assert(mp_harness_file_contains(d->err_path, "1 peer to join through"));
+    /* A seed that does not answer does not stop the node from serving. */
+    ping_pong(client(d));
+    stop(d);
+}
+
 Test(daemon, help_and_version) {
     char *out = NULL;
     const char *help[] = {"--help", NULL};
     int rc = mp_harness_run(dir, help, MP_HARNESS_START_TIMEOUT_MS, &out, NULL);
     cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "status %d", rc);
     static const char *const flags[] = {
-        "--config",    "--listen",   "--port-file", "--name",         "--cluster",
-        "--data-dir",  "--resource", "--plugin",    "--token",        "--max-frame",
-        "--log-level", "--help",     "--version",   "127.0.0.1:6464", "Example",
+        "--config",         "--listen",          "--port-file",
+        "--name",           "--cluster",         "--data-dir",
+        "--resource",       "--plugin",          "--token",
+        "--max-frame",      "--log-level",       "--help",
+        "--version",        "127.0.0.1:6464",    "Example",
+        "--peer",           "--advertise",       "--swim",
+        "--max-peer-conns", "probe_interval_ms", "A cluster of three nodes on one machine",
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         cr_assert(out != NULL && strstr(out, flags[i]) != NULL, "help lacks %s", flags[i]);

@@ -3,6 +3,8 @@
  * in test_catalog_convergence.c. */
 #include "fabric/catalog.h"
 
+#include "core/topic.h"
+
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -703,5 +705,238 @@ Test(catalog, snapshot_into_fresh_catalog_gives_same_digest) {
     mp_delta_free(&back);
     mp_delta_free(&snap);
     mp_catalog_free(fresh);
+    mp_catalog_free(c);
+}
+
+/* --- other nodes' topic interest --------------------------------------------- */
+
+Test(catalog, remote_topic_nodes_counts_other_nodes_with_interest) {
+    mp_catalog *c = new_catalog(1000);
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 0u);
+    put(c, topic("self", "a.#", ver(1, 1)), 0);
+    put(c, topic("self", "b", ver(1, 2)), 0);
+    put(c, fn("x", "f", "1.0.0", ver(1, 1)), 0);
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 0u, "the local node's and functions: none");
+    put(c, topic("a", "x.*", ver(1, 1)), 0);
+    put(c, topic("a", "y", ver(1, 2)), 0);
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 1u, "a node once, however many patterns");
+    put(c, topic("b", "x.y", ver(1, 1)), 0);
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 2u);
+    put(c, withdrawn(topic("a", "x.*", ver(1, 3))), 0);
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 2u, "a still has y");
+    put(c, withdrawn(topic("a", "y", ver(1, 4))), 0);
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 1u);
+    die(c, "b", 1);
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 0u, "a death takes its interest");
+    mp_entry e = topic("c", "z", ver(1, 1));
+    e.ttl_ms = 100;
+    put(c, e, 0);
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 1u);
+    cr_assert_eq(mp_catalog_expire(c, 100), 1u);
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 0u, "an expiry too");
+    put(c, withdrawn(topic("self", "b", ver(1, 3))), 0);
+    put(c, withdrawn(topic("self", "a.#", ver(1, 4))), 0);
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 0u);
+    mp_catalog_free(c);
+}
+
+typedef struct remote_seen {
+    char nodes[8][8];
+    size_t n;
+} remote_seen;
+
+static bool remote_visit(void *ud, const mp_entry *e) {
+    remote_seen *s = ud;
+    const char *node = e->u.topic.key.node;
+    if (strcmp(node, "self") == 0) {
+        return true;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        if (strcmp(s->nodes[i], node) == 0) {
+            return true;
+        }
+    }
+    snprintf(s->nodes[s->n++], sizeof s->nodes[0], "%s", node);
+    return true;
+}
+
+/* The counter against a count of the live topic entries, through random
+ * adds, withdrawals, deaths and expiries. */
+Test(catalog, remote_topic_nodes_matches_the_entries) {
+    mp_catalog *c = new_catalog(50);
+    static const char *const nodes[] = {"self", "a", "b", "c"};
+    static const char *const patterns[] = {"x", "x.*", "#", "y.z"};
+    uint64_t counter[4] = {0}, inc[4] = {1, 1, 1, 1};
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    for (uint64_t now = 0; now < 4000; now++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t r = (uint32_t)(seed >> 33);
+        size_t k = r % 4, p = (r >> 2) % 4;
+        if ((r >> 4) % 16 == 0 && k != 0) {
+            die(c, nodes[k], inc[k]);
+            inc[k]++;
+            counter[k] = 0;
+        } else {
+            mp_entry e = topic(nodes[k], patterns[p], ver(inc[k], ++counter[k]));
+            e.withdrawn = (r >> 8) % 3 == 0;
+            e.ttl_ms = (r >> 10) % 4 == 0 ? 20 : 0;
+            put(c, e, now);
+        }
+        mp_catalog_expire(c, now);
+        remote_seen s = {0};
+        mp_catalog_each(c, MP_ENTRY_TOPIC, remote_visit, &s);
+        cr_assert_eq(mp_catalog_remote_topic_nodes(c), s.n, "step %llu", (unsigned long long)now);
+    }
+    mp_catalog_free(c);
+}
+
+/* --- queue groups' interest ---------------------------------------------------- */
+
+static mp_entry topic_in(const char *node, const char *pattern, const char *group,
+                         mp_entry_version v) {
+    mp_entry e;
+    cr_assert_eq(mp_entry_topic_group(&e, node, "c1", pattern, group), MPREG_OK);
+    e.version = v;
+    return e;
+}
+
+/* The (node, group) pairs a topic matches, as a sorted "node/group,..." string. */
+static void group_match_cb(void *ud, const char *node, const char *group) {
+    match_set *m = ud;
+    cr_assert_lt(m->count, 16u);
+    cr_assert_neq(group[0], '\0', "ungrouped interest is not a group");
+    snprintf(m->names[m->count++], sizeof m->names[0], "%s/%s", node, group);
+}
+
+static const char *group_matches(mp_catalog *c, const char *t) {
+    static char out[512];
+    match_set m = {0};
+    size_t n = mp_catalog_match_topic_groups(c, t, strlen(t), group_match_cb, &m);
+    cr_assert_eq(n, m.count);
+    qsort(m.names, m.count, sizeof m.names[0], cmp_names);
+    out[0] = 0;
+    for (size_t i = 0; i < m.count; i++) {
+        if (i) {
+            strcat(out, ",");
+        }
+        strcat(out, m.names[i]);
+    }
+    return out;
+}
+
+Test(catalog, group_interest_is_matched_apart_from_ungrouped) {
+    mp_catalog *c = new_catalog(1000);
+    cr_assert_str_eq(group_matches(c, "a.b"), "", "no group at all");
+    put(c, topic("a", "a.*", ver(1, 1)), 0);
+    put(c, topic_in("a", "a.#", "g", ver(1, 2)), 0);
+    put(c, topic_in("a", "a.b", "g", ver(1, 3)), 0); /* a second pattern of (a, g) */
+    put(c, topic_in("a", "#", "h", ver(1, 4)), 0);
+    put(c, topic_in("b", "a.b", "g", ver(1, 1)), 0);
+    put(c, topic_in("self", "*.b", "g", ver(1, 1)), 0);
+    cr_assert_str_eq(matches(c, "a.b"), "a", "groups are not ungrouped interest");
+    cr_assert_str_eq(group_matches(c, "a.b"), "a/g,a/h,b/g,self/g", "each pair once");
+    cr_assert_str_eq(group_matches(c, "a.c"), "a/g,a/h");
+    cr_assert_str_eq(group_matches(c, "x"), "a/h");
+    cr_assert_str_eq(group_matches(c, "bad..topic"), "");
+    cr_assert_eq(mp_catalog_match_topic_groups(c, "a.b", 3, NULL, NULL), 4u);
+    cr_assert_eq(mp_catalog_count(c, MP_ENTRY_TOPIC), 6u);
+    /* A node with groups only is a node with interest. */
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 2u);
+    put(c, withdrawn(topic("a", "a.*", ver(1, 5))), 0);
+    cr_assert_str_eq(matches(c, "a.b"), "");
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 2u, "a still has groups");
+    put(c, withdrawn(topic_in("a", "a.b", "g", ver(1, 6))), 0);
+    cr_assert_str_eq(group_matches(c, "a.b"), "a/g,a/h,b/g,self/g", "a.# still holds (a, g)");
+    put(c, withdrawn(topic_in("a", "a.#", "g", ver(1, 7))), 0);
+    cr_assert_str_eq(group_matches(c, "a.b"), "a/h,b/g,self/g");
+    die(c, "a", 1);
+    cr_assert_str_eq(group_matches(c, "a.b"), "b/g,self/g");
+    cr_assert_eq(mp_catalog_remote_topic_nodes(c), 1u);
+    /* The same pattern in the same group of one node is one entry. */
+    cr_assert_eq(put(c, topic_in("b", "a.b", "g", ver(1, 2)), 0), MP_APPLY_UPDATED);
+    cr_assert_str_eq(group_matches(c, "a.b"), "b/g,self/g");
+    mp_catalog_free(c);
+}
+
+/* The naive answers, from every live topic entry and the direct matcher. */
+typedef struct naive_walk {
+    const char *topic;
+    match_set plain;
+    match_set groups;
+} naive_walk;
+
+static void naive_add(match_set *m, const char *name) {
+    for (size_t i = 0; i < m->count; i++) {
+        if (strcmp(m->names[i], name) == 0) {
+            return;
+        }
+    }
+    cr_assert_lt(m->count, 16u);
+    snprintf(m->names[m->count++], sizeof m->names[0], "%s", name);
+}
+
+static bool naive_visit(void *ud, const mp_entry *e) {
+    naive_walk *w = ud;
+    const mp_topic_key *k = &e->u.topic.key;
+    if (!mp_pattern_matches(k->pattern, strlen(k->pattern), w->topic, strlen(w->topic))) {
+        return true;
+    }
+    if (k->group[0]) {
+        char name[32];
+        snprintf(name, sizeof name, "%s/%s", k->node, k->group);
+        naive_add(&w->groups, name);
+    } else {
+        naive_add(&w->plain, k->node);
+    }
+    return true;
+}
+
+static void assert_same_set(match_set *got, match_set *want, const char *what, uint64_t step) {
+    qsort(got->names, got->count, sizeof got->names[0], cmp_names);
+    qsort(want->names, want->count, sizeof want->names[0], cmp_names);
+    cr_assert_eq(got->count, want->count, "%s step %llu: %zu, naive %zu", what,
+                 (unsigned long long)step, got->count, want->count);
+    for (size_t i = 0; i < got->count; i++) {
+        cr_assert_str_eq(got->names[i], want->names[i], "%s step %llu", what,
+                         (unsigned long long)step);
+    }
+}
+
+/* Both matches against a scan of the live entries, through random adds,
+ * withdrawals, deaths and expiries of plain and grouped interest. */
+Test(catalog, topic_matches_agree_with_a_naive_scan) {
+    mp_catalog *c = new_catalog(50);
+    static const char *const nodes[] = {"self", "a", "b", "c"};
+    static const char *const patterns[] = {"x", "x.*", "#", "y.z", "*.z", "x.#"};
+    static const char *const groups[] = {"", "g", "h"};
+    static const char *const topics[] = {"x", "x.y", "y.z", "x.z", "q"};
+    uint64_t counter[4] = {0}, inc[4] = {1, 1, 1, 1};
+    uint64_t seed = 0x2545f4914f6cdd1dull;
+    for (uint64_t now = 0; now < 3000; now++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t r = (uint32_t)(seed >> 33);
+        size_t k = r % 4, p = (r >> 2) % 6, g = (r >> 5) % 3;
+        if ((r >> 7) % 24 == 0 && k != 0) {
+            die(c, nodes[k], inc[k]);
+            inc[k]++;
+            counter[k] = 0;
+        } else {
+            mp_entry e = topic_in(nodes[k], patterns[p], groups[g], ver(inc[k], ++counter[k]));
+            e.withdrawn = (r >> 9) % 3 == 0;
+            e.ttl_ms = (r >> 11) % 4 == 0 ? 20 : 0;
+            put(c, e, now);
+        }
+        mp_catalog_expire(c, now);
+        for (size_t t = 0; t < sizeof topics / sizeof topics[0]; t++) {
+            naive_walk w = {.topic = topics[t]};
+            mp_catalog_each(c, MP_ENTRY_TOPIC, naive_visit, &w);
+            match_set plain = {0}, grouped = {0};
+            mp_catalog_match_topic(c, topics[t], strlen(topics[t]), match_cb, &plain);
+            mp_catalog_match_topic_groups(c, topics[t], strlen(topics[t]), group_match_cb,
+                                          &grouped);
+            assert_same_set(&plain, &w.plain, "plain", now);
+            assert_same_set(&grouped, &w.groups, "groups", now);
+        }
+    }
     mp_catalog_free(c);
 }

@@ -25,6 +25,12 @@ static void mk_topic(mp_entry *e) {
     e->version = (mp_entry_version){1, 3};
 }
 
+static void mk_topic_group(mp_entry *e) {
+    cr_assert_eq(mp_entry_topic_group(e, "n1", "c1", "orders.*.créé.#", "wörkers:1"), MPREG_OK);
+    e->version = (mp_entry_version){1, 5};
+    e->ttl_ms = 30000;
+}
+
 static void mk_queue(mp_entry *e) {
     cr_assert_eq(mp_entry_queue(e, "n1", "c1", "jobs", MP_QUEUE_QUORUM), MPREG_OK);
     e->u.queue.healthy = false;
@@ -53,7 +59,7 @@ static void mk_node(mp_entry *e) {
 }
 
 typedef void (*mk_fn)(mp_entry *e);
-static const mk_fn makers[] = {mk_function, mk_topic, mk_queue, mk_cache, mk_node};
+static const mk_fn makers[] = {mk_function, mk_topic, mk_topic_group, mk_queue, mk_cache, mk_node};
 #define NMAKERS (sizeof makers / sizeof makers[0])
 
 static void assert_delta_equal(const mp_delta *a, const mp_delta *b) {
@@ -310,6 +316,151 @@ Test(delta, decode_accepts_a_minimal_hand_built_entry) {
     cr_assert_not(d.entries[0].withdrawn);
     mp_delta_free(&d);
     mp_buf_free(&k.buf);
+}
+
+/* The topic key's group is field 8 of the entry: absent (every encoding
+ * from before groups) is "", and the encoder leaves it out then. */
+static mp_entry decode_one(pk *k) {
+    mp_delta d;
+    const char *why = NULL;
+    mpreg_err err = mp_delta_decode(k->buf.data, k->buf.len, &d, &why);
+    cr_assert_eq(err, MPREG_OK, "%d %s", err, why ? why : "");
+    cr_assert_eq(d.entry_count, 1);
+    mp_entry e;
+    cr_assert_eq(mp_entry_clone(&d.entries[0], &e), MPREG_OK);
+    mp_delta_free(&d);
+    mp_buf_free(&k->buf);
+    return e;
+}
+
+static size_t encoded_len(const mp_entry *e) {
+    mp_delta d;
+    mp_delta_init(&d);
+    cr_assert_eq(mp_delta_add_entry(&d, e), MPREG_OK);
+    mp_buf b = MP_BUF_INIT;
+    cr_assert_eq(mp_delta_encode(&d, &b), MPREG_OK);
+    size_t n = b.len;
+    mp_buf_free(&b);
+    mp_delta_free(&d);
+    return n;
+}
+
+Test(delta, topic_group_field) {
+    pk k;
+    /* Without field 8: ungrouped, and encoded back without it. */
+    pk_init(&k);
+    one_entry(&k, 5);
+    hdr(&k, MP_ENTRY_TOPIC);
+    topic_key(&k);
+    topic_value(&k);
+    size_t old_len = k.buf.len;
+    mp_entry e = decode_one(&k);
+    cr_assert_str_eq(e.u.topic.key.group, "");
+    cr_assert_eq(encoded_len(&e), old_len);
+    mp_entry_free(&e);
+    /* With it: grouped, and the same bytes back. */
+    pk_init(&k);
+    one_entry(&k, 6);
+    hdr(&k, MP_ENTRY_TOPIC);
+    topic_key(&k);
+    topic_value(&k);
+    pu(&k, 8);
+    ps(&k, "g");
+    size_t grouped_len = k.buf.len;
+    e = decode_one(&k);
+    cr_assert_str_eq(e.u.topic.key.group, "g");
+    cr_assert_str_eq(e.u.topic.key.pattern, "a.b");
+    cr_assert_eq(encoded_len(&e), grouped_len);
+    mp_entry_free(&e);
+    /* Field 8 first, and "" spelled out: accepted, not canonical. */
+    pk_init(&k);
+    one_entry(&k, 6);
+    pu(&k, 8);
+    ps(&k, "");
+    hdr(&k, MP_ENTRY_TOPIC);
+    topic_key(&k);
+    topic_value(&k);
+    e = decode_one(&k);
+    cr_assert_str_eq(e.u.topic.key.group, "");
+    cr_assert_eq(encoded_len(&e), old_len);
+    mp_entry_free(&e);
+    /* A grouped withdrawal keeps its group: it is part of the key. */
+    pk_init(&k);
+    one_entry(&k, 6);
+    hdr(&k, MP_ENTRY_TOPIC);
+    topic_key(&k);
+    pu(&k, 5);
+    pb(&k, true);
+    pu(&k, 8);
+    ps(&k, "g");
+    e = decode_one(&k);
+    cr_assert(e.withdrawn);
+    cr_assert_str_eq(e.u.topic.key.group, "g");
+    mp_entry_free(&e);
+}
+
+Test(delta, topic_group_field_errors) {
+    pk k;
+    static const char *q_key[] = {"n1", "jobs"};
+    /* Only a topic has a group. */
+    pk_init(&k);
+    one_entry(&k, 6);
+    hdr(&k, MP_ENTRY_QUEUE);
+    pu(&k, 6);
+    pa(&k, 2);
+    ps(&k, q_key[0]);
+    ps(&k, q_key[1]);
+    pu(&k, 5);
+    pb(&k, true);
+    pu(&k, 8);
+    ps(&k, "g");
+    EXPECT(&k, MPREG_E_INVALID, "entry.group");
+    /* The key array stays two strings: the group is not a third. */
+    pk_init(&k);
+    one_entry(&k, 5);
+    hdr(&k, MP_ENTRY_TOPIC);
+    pu(&k, 6);
+    pa(&k, 3);
+    ps(&k, "n1");
+    ps(&k, "a.b");
+    ps(&k, "g");
+    topic_value(&k);
+    EXPECT(&k, MPREG_E_INVALID, "entry.key");
+    /* Type, length, NUL, UTF-8. */
+    char long_group[MP_ENTRY_MAX_STR + 1];
+    memset(long_group, 'g', sizeof long_group);
+    static const struct {
+        int how;
+        mpreg_err err;
+        const char *why;
+    } bad[] = {
+        {0, MPREG_E_TYPE, "entry.group"},
+        {1, MPREG_E_TOO_LARGE, "entry.group"},
+        {2, MPREG_E_INVALID, "entry.group"},
+        {3, MPREG_E_INVALID, "key.group"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        pk_init(&k);
+        one_entry(&k, 6);
+        hdr(&k, MP_ENTRY_TOPIC);
+        topic_key(&k);
+        topic_value(&k);
+        pu(&k, 8);
+        switch (bad[i].how) {
+        case 0:
+            pu(&k, 7);
+            break;
+        case 1:
+            psn(&k, long_group, sizeof long_group);
+            break;
+        case 2:
+            psn(&k, "g\0h", 3);
+            break;
+        default:
+            psn(&k, "g\xff", 2);
+        }
+        EXPECT(&k, bad[i].err, bad[i].why);
+    }
 }
 
 Test(delta, decode_rejects_malformed_messagepack) {
@@ -1048,7 +1199,9 @@ static void rand_entry(mp_xoshiro *x, mp_entry *e) {
         break;
     case MP_ENTRY_TOPIC:
         rand_pattern(x, pat);
-        cr_assert_eq(mp_entry_topic(e, node, cluster, pat), MPREG_OK, "pattern %s", pat);
+        rand_word(x, a1, 30);
+        cr_assert_eq(mp_entry_topic_group(e, node, cluster, pat, below(x, 2) ? a1 : ""), MPREG_OK,
+                     "pattern %s", pat);
         break;
     case MP_ENTRY_QUEUE:
         rand_word(x, a1, 30);
@@ -1199,6 +1352,21 @@ Test(delta, protocol_doc_example) {
     cr_assert_eq(mp_delta_decode(doc, sizeof doc, &out, NULL), MPREG_OK);
     assert_delta_equal(&d, &out);
     mp_delta_free(&out);
+    mp_delta_free(&d);
+    mp_buf_free(&b);
+
+    /* The grouped example of §14.7: the same with group "g", field 8 last. */
+    static const uint8_t grouped[] = {0x81, 0x01, 0x91, 0x86, 0x01, 0x03, 0x02, 0x01, 0x03, 0x03,
+                                      0x06, 0x92, 0xa2, 0x6e, 0x31, 0xa3, 0x61, 0x2e, 0x62, 0x07,
+                                      0x81, 0x01, 0xa2, 0x63, 0x31, 0x08, 0xa1, 0x67};
+    mp_delta_init(&d);
+    cr_assert_eq(mp_entry_topic_group(&e, "n1", "c1", "a.b", "g"), MPREG_OK);
+    e.version = (mp_entry_version){1, 3};
+    cr_assert_eq(mp_delta_take_entry(&d, &e), MPREG_OK);
+    mp_buf_init(&b);
+    cr_assert_eq(mp_delta_encode(&d, &b), MPREG_OK);
+    cr_assert_eq(b.len, sizeof grouped);
+    cr_assert_eq(memcmp(b.data, grouped, sizeof grouped), 0);
     mp_delta_free(&d);
     mp_buf_free(&b);
 }

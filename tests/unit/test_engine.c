@@ -1,6 +1,7 @@
 /* test_engine.c - routing decisions: functions, publish, queues, cache
  * placement (rendezvous, read order, remote ranking), envelopes, planner. */
 #include "core/envelope.h"
+#include "core/map.h"
 #include "core/rng.h"
 #include "core/str.h"
 #include "fabric/catalog.h"
@@ -298,6 +299,202 @@ Test(engine, publish_invalid_topic) {
     assert_fail(mp_engine_route_publish(f.eng, "a..b", 4), MP_RR_INVALID, MPREG_E_TOPIC);
     assert_fail(mp_engine_route_publish(f.eng, "a.*", 3), MP_RR_INVALID, MPREG_E_TOPIC);
     assert_fail(mp_engine_route_publish(f.eng, NULL, 0), MP_RR_INVALID, MPREG_E_TOPIC);
+    fx_free(&f);
+}
+
+/* ---- publish with queue groups -------------------------------------------------------- */
+
+static void add_group_topic(fixture *f, const char *node, const char *pattern, const char *group) {
+    mp_entry e;
+    cr_assert_eq(mp_entry_topic_group(&e, node, "c1", pattern, group), MPREG_OK);
+    apply(f->cat, &e);
+}
+
+static mp_id msg_id(uint64_t n) {
+    mp_id id;
+    memset(&id, 0x5a, sizeof id);
+    memcpy(id.bytes, &n, sizeof n);
+    return id;
+}
+
+static const mp_group_budget NO_BUDGET = {0, 0};
+
+static mp_publish_plan plan_of(fixture *f, const char *topic, const mp_id *id) {
+    mp_publish_plan p;
+    const char *why = "unset";
+    mpreg_err err = mp_engine_plan_publish(f->eng, topic, strlen(topic), id, NO_BUDGET, &p, &why);
+    cr_assert_eq(err, MPREG_OK, "%s", why ? why : "");
+    cr_assert_null(why);
+    return p;
+}
+
+/* The node the plan gives group g to (this node included); NULL when none. */
+static const char *group_node(const mp_publish_plan *p, const char *g) {
+    const char *at = NULL;
+    for (uint32_t i = 0; i <= p->target_count; i++) {
+        const mp_publish_target *t = i < p->target_count ? &p->targets[i] : &p->local;
+        for (uint32_t k = 0; k < t->group_count; k++) {
+            if (mp_str_eq_c(t->groups[k], g)) {
+                cr_assert_null(at, "group %s placed twice (%s and %s)", g, at, t->node);
+                at = t->node;
+            }
+        }
+    }
+    return at;
+}
+
+/* The rendezvous rule of engine.h, spelled out. */
+static const char *best_node(const mp_id *id, const char *g, const char *const *nodes) {
+    const char *best = NULL;
+    uint64_t top = 0;
+    for (size_t i = 0; nodes[i]; i++) {
+        uint8_t in[16 + 64];
+        size_t n = 0;
+        memcpy(in, id->bytes, 16);
+        n = 16;
+        memcpy(in + n, g, strlen(g) + 1); /* the name and its 0x00 */
+        n += strlen(g) + 1;
+        memcpy(in + n, nodes[i], strlen(nodes[i]));
+        n += strlen(nodes[i]);
+        uint64_t w = mp_hash_bytes(in, n);
+        if (!best || w > top || (w == top && strcmp(nodes[i], best) < 0)) {
+            best = nodes[i];
+            top = w;
+        }
+    }
+    return best;
+}
+
+Test(engine, plan_publish_places_each_group_on_one_node_by_rendezvous) {
+    fixture f = fx_new(NULL);
+    add_group_topic(&f, "n1", "jobs.#", "g");
+    add_group_topic(&f, "n2", "jobs.*", "g");
+    add_group_topic(&f, "n3", "#", "g");
+    add_group_topic(&f, "n3", "jobs.a", "g"); /* n3 twice in g: still one candidate */
+    add_group_topic(&f, "n2", "jobs.a", "h");
+    add_topic(&f, "n4", "jobs.a");
+    static const char *const g_nodes[] = {"n1", "n2", "n3", NULL};
+    size_t per_node[4] = {0};
+    for (uint64_t k = 0; k < 600; k++) {
+        mp_id id = msg_id(k);
+        mp_publish_plan p = plan_of(&f, "jobs.a", &id);
+        const char *g = group_node(&p, "g");
+        cr_assert_not_null(g);
+        cr_assert_str_eq(g, best_node(&id, "g", g_nodes), "message %llu", (unsigned long long)k);
+        per_node[g[1] - '1']++;
+        cr_assert_str_eq(group_node(&p, "h"), "n2", "one node has h: always it");
+        cr_assert_eq(p.unplaced, 0);
+        /* The same message is placed the same way every time. */
+        mp_publish_plan again = plan_of(&f, "jobs.a", &id);
+        cr_assert_str_eq(group_node(&again, "g"), best_node(&id, "g", g_nodes));
+    }
+    for (int i = 0; i < 3; i++) {
+        cr_assert_gt(per_node[i], 150, "n%d got %zu of 600", i + 1, per_node[i]);
+    }
+    fx_free(&f);
+}
+
+Test(engine, plan_publish_merges_parts_per_node) {
+    fixture f = fx_new(NULL);
+    add_topic(&f, "n1", "a.*");
+    add_topic(&f, "n4", "a.b");
+    add_topic(&f, "n2", "a.#");
+    add_group_topic(&f, "n2", "a.b", "only-n2");
+    add_group_topic(&f, "n3", "a.b", "only-n3");
+    add_group_topic(&f, "n3", "a.b", "also-n3");
+    add_group_topic(&f, "n1", "a.b", "only-n1");
+    add_group_topic(&f, "n5", "zzz", "elsewhere");
+    mp_id id = msg_id(1);
+    mp_publish_plan p = plan_of(&f, "a.b", &id);
+    cr_assert_str_eq(p.local.node, "n1");
+    cr_assert(p.local.plain);
+    cr_assert_eq(p.local.group_count, 1);
+    cr_assert(mp_str_eq_c(p.local.groups[0], "only-n1"));
+    cr_assert_eq(p.target_count, 3, "n2, n3, n4: never this node");
+    cr_assert_str_eq(p.targets[0].node, "n2");
+    cr_assert(p.targets[0].plain);
+    cr_assert_eq(p.targets[0].group_count, 1);
+    cr_assert(mp_str_eq_c(p.targets[0].groups[0], "only-n2"));
+    cr_assert_str_eq(p.targets[1].node, "n3");
+    cr_assert_not(p.targets[1].plain, "n3 has groups only");
+    cr_assert_eq(p.targets[1].group_count, 2);
+    cr_assert(mp_str_eq_c(p.targets[1].groups[0], "also-n3"), "bytewise order");
+    cr_assert(mp_str_eq_c(p.targets[1].groups[1], "only-n3"));
+    cr_assert_str_eq(p.targets[2].node, "n4");
+    cr_assert(p.targets[2].plain);
+    cr_assert_eq(p.targets[2].group_count, 0);
+    /* A topic nobody wants: an empty plan, not an error. */
+    p = plan_of(&f, "q", &id);
+    cr_assert_not(p.local.plain);
+    cr_assert_eq(p.local.group_count, 0);
+    cr_assert_eq(p.target_count, 0);
+    /* Only groups here: no target, the local part has them. */
+    fixture g = fx_new(NULL);
+    add_group_topic(&g, "n1", "x", "g");
+    p = plan_of(&g, "x", &id);
+    cr_assert_not(p.local.plain);
+    cr_assert_eq(p.local.group_count, 1);
+    cr_assert_eq(p.target_count, 0);
+    fx_free(&g);
+    fx_free(&f);
+}
+
+Test(engine, plan_publish_errors) {
+    fixture f = fx_new(NULL);
+    mp_publish_plan p;
+    const char *why = NULL;
+    mp_id id = msg_id(1);
+    cr_assert_eq(mp_engine_plan_publish(f.eng, "a..b", 4, &id, NO_BUDGET, &p, &why), MPREG_E_TOPIC);
+    cr_assert_not_null(why);
+    cr_assert_eq(mp_engine_plan_publish(f.eng, "a.b", 3, NULL, NO_BUDGET, &p, &why),
+                 MPREG_E_INVALID);
+    cr_assert_eq(p.target_count, 0);
+    fx_free(&f);
+}
+
+/* Groups whose names would overflow a node's budget go to the next node of
+ * their ranking with room; with no room anywhere they are left out. */
+Test(engine, plan_publish_budget_moves_groups_to_the_next_node) {
+    fixture f = fx_new(NULL);
+    char names[12][64];
+    for (int i = 0; i < 12; i++) {
+        snprintf(names[i], sizeof names[i], "group-%02d-%040d", i, 0); /* 49 bytes */
+        add_group_topic(&f, "n2", "t", names[i]);
+        add_group_topic(&f, "n3", "t", names[i]);
+    }
+    /* Room for 4 groups (49 + 1 bytes each) per node. */
+    mp_group_budget budget = {.bytes = 200, .per_group = 1};
+    for (uint64_t k = 0; k < 50; k++) {
+        mp_id id = msg_id(k);
+        mp_publish_plan p;
+        cr_assert_eq(mp_engine_plan_publish(f.eng, "t", 1, &id, budget, &p, NULL), MPREG_OK);
+        cr_assert_eq(p.target_count, 2);
+        cr_assert_eq(p.targets[0].group_count, 4);
+        cr_assert_eq(p.targets[1].group_count, 4);
+        cr_assert_eq(p.unplaced, 4, "twelve groups, room for eight");
+        /* Groups are placed in bytewise order: no node can be full before
+         * the fifth, so the first four are on their best node. */
+        static const char *const both[] = {"n2", "n3", NULL};
+        for (int i = 0; i < 4; i++) {
+            cr_assert_str_eq(group_node(&p, names[i]), best_node(&id, names[i], both));
+        }
+        for (int i = 4; i < 8; i++) {
+            cr_assert_not_null(group_node(&p, names[i]), "group %d placed", i);
+        }
+        for (int i = 8; i < 12; i++) {
+            cr_assert_null(group_node(&p, names[i]), "group %d had no room", i);
+        }
+    }
+    /* With room enough, every group on its best node. */
+    budget.bytes = 12 * 50;
+    mp_id id = msg_id(7);
+    mp_publish_plan p;
+    cr_assert_eq(mp_engine_plan_publish(f.eng, "t", 1, &id, budget, &p, NULL), MPREG_OK);
+    cr_assert_eq(p.unplaced, 0);
+    static const char *const both[] = {"n2", "n3", NULL};
+    for (int i = 0; i < 12; i++) {
+        cr_assert_str_eq(group_node(&p, names[i]), best_node(&id, names[i], both));
+    }
     fx_free(&f);
 }
 

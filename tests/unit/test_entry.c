@@ -23,6 +23,12 @@ static void mk_topic(mp_entry *e) {
     e->version = (mp_entry_version){1, 3};
 }
 
+/* A queue group's interest: the same pattern as mk_topic, another key. */
+static void mk_topic_group(mp_entry *e) {
+    cr_assert_eq(mp_entry_topic_group(e, "n1", "c1", "orders.*.created", "workers"), MPREG_OK);
+    e->version = (mp_entry_version){1, 4};
+}
+
 static void mk_queue(mp_entry *e) {
     cr_assert_eq(
         mp_entry_queue(e, "n1", "c1", "jobs", MP_QUEUE_FIRE_AND_FORGET | MP_QUEUE_AT_LEAST_ONCE),
@@ -51,7 +57,7 @@ static void mk_node(mp_entry *e) {
 }
 
 typedef void (*mk_fn)(mp_entry *e);
-static const mk_fn makers[] = {mk_function, mk_topic, mk_queue, mk_cache, mk_node};
+static const mk_fn makers[] = {mk_function, mk_topic, mk_topic_group, mk_queue, mk_cache, mk_node};
 #define NMAKERS (sizeof makers / sizeof makers[0])
 
 static char *dup(const char *s) {
@@ -125,6 +131,46 @@ Test(entry, key_bytes_do_not_collide_on_string_boundaries) {
     cr_assert_not(key_bytes_equal(&a, &b));
     mp_entry_free(&a);
     mp_entry_free(&b);
+
+    /* The group is a key string like the others. */
+    cr_assert_eq(mp_entry_topic_group(&a, "n", "c1", "a", "bc"), MPREG_OK);
+    cr_assert_eq(mp_entry_topic_group(&b, "n", "c1", "ab", "c"), MPREG_OK);
+    cr_assert_not(key_bytes_equal(&a, &b));
+    mp_entry_free(&a);
+    mp_entry_free(&b);
+}
+
+/* Ungrouped interest is group "": mp_entry_topic and mp_entry_topic_group
+ * with NULL or "" make the same entry; a group makes another. */
+Test(entry, topic_group_is_part_of_the_key) {
+    mp_entry plain, null_group, empty_group, grouped, other;
+    cr_assert_eq(mp_entry_topic(&plain, "n1", "c1", "a.*"), MPREG_OK);
+    cr_assert_eq(mp_entry_topic_group(&null_group, "n1", "c1", "a.*", NULL), MPREG_OK);
+    cr_assert_eq(mp_entry_topic_group(&empty_group, "n1", "c1", "a.*", ""), MPREG_OK);
+    cr_assert_eq(mp_entry_topic_group(&grouped, "n1", "c1", "a.*", "g"), MPREG_OK);
+    cr_assert_eq(mp_entry_topic_group(&other, "n1", "c1", "a.*", "h"), MPREG_OK);
+    cr_assert_str_eq(plain.u.topic.key.group, "");
+    cr_assert_str_eq(grouped.u.topic.key.group, "g");
+    cr_assert(mp_entry_equal(&plain, &null_group));
+    cr_assert(mp_entry_equal(&plain, &empty_group));
+    cr_assert(key_bytes_equal(&plain, &empty_group));
+    cr_assert_not(mp_entry_key_equal(&plain, &grouped));
+    cr_assert_not(key_bytes_equal(&plain, &grouped));
+    cr_assert_not(mp_entry_key_equal(&grouped, &other));
+    cr_assert_str_eq(mp_entry_origin(&grouped), "n1");
+    char **slots[MP_ENTRY_MAX_KEY_FIELDS];
+    cr_assert_eq(mp_entry_key_slots(&grouped, slots), 3);
+    cr_assert_str_eq(*slots[2], "g");
+    mp_entry clone;
+    cr_assert_eq(mp_entry_clone(&grouped, &clone), MPREG_OK);
+    cr_assert(mp_entry_equal(&clone, &grouped));
+    cr_assert_neq(clone.u.topic.key.group, grouped.u.topic.key.group, "a deep copy");
+    mp_entry *all[] = {&plain, &null_group, &empty_group, &grouped, &other, &clone};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        cr_assert_eq(mp_entry_validate(all[i], NULL), MPREG_OK);
+        mp_entry_free(all[i]);
+    }
+    cr_assert_eq(mp_entry_topic_group(&grouped, NULL, "c1", "a.*", "g"), MPREG_E_INVALID);
 }
 
 Test(entry, key_bytes_separate_kinds_with_the_same_strings) {
@@ -160,8 +206,8 @@ Test(entry, key_bytes_append_and_reject_unknown_kinds) {
     mp_buf b = MP_BUF_INIT;
     cr_assert_eq(mp_buf_append(&b, "xy", 2), MPREG_OK);
     cr_assert_eq(mp_entry_key_bytes(&e, &b), MPREG_OK);
-    /* "xy", kind, len "n1", "n1", len pattern, pattern */
-    cr_assert_eq(b.len, 2 + 1 + 4 + 2 + 4 + strlen("orders.*.created"));
+    /* "xy", kind, len "n1", "n1", len pattern, pattern, len group "" */
+    cr_assert_eq(b.len, 2 + 1 + 4 + 2 + 4 + strlen("orders.*.created") + 4);
     cr_assert_eq(memcmp(b.data, "xy", 2), 0);
     cr_assert_eq(b.data[2], MP_ENTRY_TOPIC);
     mp_entry_free(&e);
@@ -185,11 +231,15 @@ Test(entry, key_bytes_equal_iff_keys_equal_exhaustive) {
     for (size_t i = 0; i < np; i++) {
         for (size_t j = 0; j < np; j++) {
             for (size_t k = 0; k < np; k++) {
-                /* Alternate kinds so cross-kind pairs are compared too. */
-                if (k % 2 == 0) {
+                /* Alternate kinds (and grouped topics) so that cross-kind
+                 * pairs are compared too. */
+                if (k % 3 == 0) {
                     cr_assert_eq(
                         mp_entry_function(&es[n], parts[i], "c", parts[j], parts[k], "1.0.0"),
                         MPREG_OK);
+                } else if (k % 3 == 2) {
+                    cr_assert_eq(mp_entry_topic_group(&es[n], parts[i], "c", parts[j], parts[k]),
+                                 MPREG_OK);
                 } else {
                     char pat[16];
                     snprintf(pat, sizeof pat, "%s%s", parts[j], parts[k]);
@@ -233,6 +283,10 @@ Test(entry, validate_accepts_limits) {
     for (int i = 0; i < MP_ENTRY_MAX_RESOURCES; i++) {
         cr_assert_eq(mp_strlist_push(&e.u.function.resources, max), MPREG_OK);
     }
+    cr_assert_eq(mp_entry_validate(&e, NULL), MPREG_OK);
+    mp_entry_free(&e);
+
+    cr_assert_eq(mp_entry_topic_group(&e, max, "c1", "a", max), MPREG_OK);
     cr_assert_eq(mp_entry_validate(&e, NULL), MPREG_OK);
     mp_entry_free(&e);
 
@@ -335,6 +389,15 @@ static void sp_topic_node(mp_entry *e) {
 static void sp_topic_cluster(mp_entry *e) {
     set(&e->u.topic.cluster, NULL);
 }
+static void sp_topic_group_long(mp_entry *e) {
+    set(&e->u.topic.key.group, too_long());
+}
+static void sp_topic_group_utf8(mp_entry *e) {
+    set(&e->u.topic.key.group, "g\xff");
+}
+static void sp_topic_group_null(mp_entry *e) {
+    set(&e->u.topic.key.group, NULL);
+}
 static void sp_queue_name(mp_entry *e) {
     set(&e->u.queue.key.queue, "");
 }
@@ -426,6 +489,9 @@ static const bad_case bad_cases[] = {
     {mk_topic, sp_topic_pattern_empty_word, MPREG_E_TOPIC, "key.pattern"},
     {mk_topic, sp_topic_node, MPREG_E_INVALID, "key.node"},
     {mk_topic, sp_topic_cluster, MPREG_E_INVALID, "cluster"},
+    {mk_topic_group, sp_topic_group_long, MPREG_E_TOO_LARGE, "key.group"},
+    {mk_topic_group, sp_topic_group_utf8, MPREG_E_INVALID, "key.group"},
+    {mk_topic, sp_topic_group_null, MPREG_E_INVALID, "key.group"},
     {mk_queue, sp_queue_name, MPREG_E_INVALID, "key.queue"},
     {mk_queue, sp_queue_cluster, MPREG_E_TOO_LARGE, "cluster"},
     {mk_queue, sp_queue_modes_zero, MPREG_E_INVALID, "modes"},

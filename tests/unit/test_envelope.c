@@ -1447,3 +1447,270 @@ Test(property, random_mutations, .timeout = 120) {
     free(d);
     free(d2);
 }
+
+/* --- the encoder against msgpack-c ------------------------------------------------
+ * The encoder writes MessagePack by hand. What it must produce is what
+ * msgpack-c's packer produces for the same items (the smallest form of each
+ * head), which this reference encoder does the slow, obvious way. */
+
+static void ref_str(msgpack_packer *pk, mp_str s) {
+    msgpack_pack_str(pk, s.len);
+    msgpack_pack_str_body(pk, s.ptr, s.len);
+}
+
+static void ref_opt_str(msgpack_packer *pk, mp_field f, mp_str s) {
+    if (s.len) {
+        msgpack_pack_uint8(pk, (uint8_t)f);
+        ref_str(pk, s);
+    }
+}
+
+static void ref_id(msgpack_packer *pk, mp_field f, const mp_id *id) {
+    msgpack_pack_uint8(pk, (uint8_t)f);
+    msgpack_pack_bin(pk, MP_ID_LEN);
+    msgpack_pack_bin_body(pk, id->bytes, MP_ID_LEN);
+}
+
+static void ref_path(msgpack_packer *pk, mp_field f, const mp_str *path, uint32_t len) {
+    if (len) {
+        msgpack_pack_uint8(pk, (uint8_t)f);
+        msgpack_pack_array(pk, len);
+        for (uint32_t i = 0; i < len; i++) {
+            ref_str(pk, path[i]);
+        }
+    }
+}
+
+static void ref_encode(const mp_envelope *e, msgpack_sbuffer *sb) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    bool corr = !mp_id_is_zero(&e->correlation_id);
+    size_t n = 4 + corr + (e->topic.len > 0) + (e->source_node.len > 0) +
+               (e->source_cluster.len > 0) + (e->target_cluster.len > 0) +
+               (e->target_node.len > 0) + (e->routing_path_len > 0) + (e->federation_path_len > 0) +
+               (e->deadline_ms > 0) + (e->header_count > 0) + (e->payload.len > 0);
+    msgpack_pack_map(&pk, n);
+    msgpack_pack_uint8(&pk, MP_F_VERSION);
+    msgpack_pack_uint64(&pk, e->version);
+    msgpack_pack_uint8(&pk, MP_F_KIND);
+    msgpack_pack_uint64(&pk, (uint64_t)e->kind);
+    ref_id(&pk, MP_F_ID, &e->id);
+    if (corr) {
+        ref_id(&pk, MP_F_CORRELATION, &e->correlation_id);
+    }
+    ref_opt_str(&pk, MP_F_TOPIC, e->topic);
+    ref_opt_str(&pk, MP_F_SOURCE_NODE, e->source_node);
+    ref_opt_str(&pk, MP_F_SOURCE_CLUSTER, e->source_cluster);
+    ref_opt_str(&pk, MP_F_TARGET_CLUSTER, e->target_cluster);
+    ref_opt_str(&pk, MP_F_TARGET_NODE, e->target_node);
+    msgpack_pack_uint8(&pk, MP_F_HOP_BUDGET);
+    msgpack_pack_uint64(&pk, e->hop_budget);
+    ref_path(&pk, MP_F_ROUTING_PATH, e->routing_path, e->routing_path_len);
+    ref_path(&pk, MP_F_FEDERATION_PATH, e->federation_path, e->federation_path_len);
+    if (e->deadline_ms) {
+        msgpack_pack_uint8(&pk, MP_F_DEADLINE);
+        msgpack_pack_uint64(&pk, e->deadline_ms);
+    }
+    if (e->header_count) {
+        msgpack_pack_uint8(&pk, MP_F_HEADERS);
+        msgpack_pack_map(&pk, e->header_count);
+        for (uint32_t i = 0; i < e->header_count; i++) {
+            ref_str(&pk, e->headers[i].key);
+            ref_str(&pk, e->headers[i].value);
+        }
+    }
+    if (e->payload.len) {
+        msgpack_pack_uint8(&pk, MP_F_PAYLOAD);
+        msgpack_pack_bin(&pk, e->payload.len);
+        msgpack_pack_bin_body(&pk, e->payload.ptr, e->payload.len);
+    }
+}
+
+static void expect_same_as_msgpack_c(const mp_envelope *e, const char *what, int n) {
+    mp_buf buf = MP_BUF_INIT;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    cr_assert_eq(mp_envelope_encode(e, &buf), MPREG_OK, "%s #%d", what, n);
+    ref_encode(e, &sb);
+    cr_assert_eq(buf.len, sb.size, "%s #%d: %zu bytes, msgpack-c %zu", what, n, buf.len, sb.size);
+    cr_assert(memcmp(buf.data, sb.data, sb.size) == 0, "%s #%d: bytes differ", what, n);
+    msgpack_sbuffer_destroy(&sb);
+    mp_buf_free(&buf);
+}
+
+Test(property, encoder_matches_msgpack_c, .timeout = 120) {
+    mp_xoshiro x;
+    mp_xoshiro_seed(&x, 0x5eed0003);
+    arena *a = malloc(sizeof *a);
+    mp_envelope *e = malloc(sizeof *e);
+    for (int n = 0; n < 3000; n++) {
+        rand_envelope(&x.rng, a, e);
+        expect_same_as_msgpack_c(e, "random", n);
+    }
+    /* Every head width: fixstr/str8/str16 and bin8/bin16/bin32 at their
+     * edges, fixmap/map16 and fixarray/array16, each uint form. */
+    static char text[MP_MAX_HEADER_VALUE];
+    static uint8_t bytes[70000];
+    memset(text, 'x', sizeof text);
+    static const size_t str_lens[] = {0, 1, 31, 32, 255, 256, MP_MAX_HEADER_VALUE};
+    static const size_t bin_lens[] = {1, 255, 256, 65535, 65536, sizeof bytes};
+    static const uint64_t uints[] = {1,     127,   128,        255,        256,
+                                     65535, 65536, UINT32_MAX, 1ull << 32, UINT64_MAX};
+    for (size_t i = 0; i < sizeof str_lens / sizeof *str_lens; i++) {
+        make_valid(e, MP_KIND_RPC_REQUEST);
+        e->headers[0] = (mp_header){mp_str_c("k"), (mp_str){text, str_lens[i]}};
+        e->header_count = 1;
+        expect_same_as_msgpack_c(e, "header value length", (int)i);
+    }
+    for (size_t i = 0; i < sizeof bin_lens / sizeof *bin_lens; i++) {
+        make_valid(e, MP_KIND_RPC_REQUEST);
+        e->payload = (mp_bytes){bytes, bin_lens[i]};
+        expect_same_as_msgpack_c(e, "payload length", (int)i);
+    }
+    for (size_t i = 0; i < sizeof uints / sizeof *uints; i++) {
+        make_valid(e, MP_KIND_RPC_REQUEST);
+        e->deadline_ms = uints[i];
+        expect_same_as_msgpack_c(e, "deadline", (int)i);
+    }
+    static const uint32_t counts[] = {1, 15, 16, MP_MAX_PATH};
+    static char keys[MP_MAX_HEADERS][12];
+    for (size_t i = 0; i < sizeof counts / sizeof *counts; i++) {
+        make_valid(e, MP_KIND_RPC_REQUEST);
+        for (uint32_t j = 0; j < counts[i]; j++) {
+            snprintf(keys[j], sizeof keys[j], "k%u", j);
+            e->headers[j] = (mp_header){mp_str_c(keys[j]), mp_str_c("v")};
+            e->routing_path[j] = e->federation_path[j] = mp_str_c("node");
+        }
+        e->header_count = e->routing_path_len = e->federation_path_len = counts[i];
+        expect_same_as_msgpack_c(e, "counts", (int)i);
+    }
+    free(a);
+    free(e);
+}
+
+/* --- the trusted split encoding ------------------------------------------------------ */
+
+/* Appends one header entry the way the caller of mp_envelope_encode_split does. */
+static void pack_header(mp_buf *out, mp_header h) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, mp_buf_msgpack_write);
+    ref_str(&pk, h.key);
+    ref_str(&pk, h.value);
+}
+
+/* e with its last `extra` headers left out, encoded split, then put back
+ * together with them: it must be e's own encoding. */
+static void expect_split_reassembles(const mp_envelope *e, uint32_t extra, int n) {
+    mp_envelope *cut = malloc(sizeof *cut);
+    *cut = *e;
+    cut->header_count = e->header_count - extra;
+    mp_buf whole = MP_BUF_INIT, part = MP_BUF_INIT, copy = MP_BUF_INIT;
+    cr_assert_eq(mp_envelope_encode(e, &whole), MPREG_OK);
+    cr_assert_eq(mp_buf_append(&part, "prefix", 6), MPREG_OK); /* it appends */
+    size_t split = 0;
+    cr_assert_eq(mp_envelope_encode_split(cut, extra, &part, &split), MPREG_OK, "#%d", n);
+    cr_assert(split >= 6 && split <= part.len, "#%d: split %zu of %zu", n, split, part.len);
+    cr_assert_eq(mp_buf_append(&copy, part.data + 6, split - 6), MPREG_OK);
+    for (uint32_t i = 0; i < extra; i++) {
+        pack_header(&copy, e->headers[e->header_count - extra + i]);
+    }
+    cr_assert_eq(mp_buf_append(&copy, part.data + split, part.len - split), MPREG_OK);
+    if (e->payload.len) {
+        cr_assert_eq(mp_buf_append(&copy, e->payload.ptr, e->payload.len), MPREG_OK);
+    }
+    cr_assert_eq(copy.len, whole.len, "#%d: %zu bytes, want %zu", n, copy.len, whole.len);
+    cr_assert(memcmp(copy.data, whole.data, whole.len) == 0, "#%d: bytes differ", n);
+    mp_buf_free(&whole);
+    mp_buf_free(&part);
+    mp_buf_free(&copy);
+    free(cut);
+}
+
+Test(property, split_encoding_reassembles, .timeout = 120) {
+    mp_xoshiro x;
+    mp_xoshiro_seed(&x, 0x5eed0004);
+    arena *a = malloc(sizeof *a);
+    mp_envelope *e = malloc(sizeof *e);
+    for (int n = 0; n < 3000; n++) {
+        rand_envelope(&x.rng, a, e);
+        uint32_t most = e->header_count < 4 ? e->header_count : 4;
+        expect_split_reassembles(e, (uint32_t)mp_rng_below(&x.rng, most + 1), n);
+    }
+    /* The headers map appears for the extra entries alone, and grows from
+     * fixmap to map16 across them. */
+    static char keys[16][12];
+    make_valid(e, MP_KIND_DELIVER);
+    for (int i = 0; i < 16; i++) {
+        snprintf(keys[i], sizeof keys[i], "h%d", i);
+        e->headers[i] = (mp_header){mp_str_c(keys[i]), mp_str_c("v")};
+    }
+    for (uint32_t count = 1; count <= 16; count++) {
+        e->header_count = count;
+        expect_split_reassembles(e, count < 3 ? count : 3, (int)count);
+    }
+    free(a);
+    free(e);
+}
+
+Test(envelope, split_refuses_impossible_counts) {
+    mp_envelope e;
+    make_valid(&e, MP_KIND_DELIVER);
+    mp_buf out = MP_BUF_INIT;
+    cr_assert_eq(mp_buf_append(&out, "x", 1), MPREG_OK);
+    size_t split = 0;
+    e.header_count = MP_MAX_HEADERS + 1;
+    cr_expect_eq(mp_envelope_encode_split(&e, 2, &out, &split), MPREG_E_TOO_LARGE);
+    e.header_count = 0;
+    e.routing_path_len = MP_MAX_PATH + 1;
+    cr_expect_eq(mp_envelope_encode_split(&e, 2, &out, &split), MPREG_E_TOO_LARGE);
+    cr_expect_eq(out.len, 1, "out left as it was");
+    mp_buf_free(&out);
+}
+
+Test(envelope, init_fields_is_init_for_every_use) {
+    mp_envelope *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+    memset(b, 0xab, sizeof *b); /* garbage in the arrays it leaves alone */
+    mp_envelope_init(a, MP_KIND_DELIVER);
+    mp_envelope_init_fields(b, MP_KIND_DELIVER);
+    cr_expect(mp_envelope_equal(a, b));
+    a->id = b->id = id_of(7);
+    a->topic = b->topic = mp_str_c("a.b");
+    mp_buf x = MP_BUF_INIT, y = MP_BUF_INIT;
+    cr_assert_eq(mp_envelope_encode(a, &x), MPREG_OK);
+    cr_assert_eq(mp_envelope_encode(b, &y), MPREG_OK);
+    cr_expect(x.len == y.len && memcmp(x.data, y.data, x.len) == 0);
+    mp_buf_free(&x);
+    mp_buf_free(&y);
+    free(a);
+    free(b);
+}
+
+Test(validate, headers_alone_as_in_validate) {
+    static char big[MP_MAX_HEADER_VALUE + 1];
+    memset(big, 'v', sizeof big);
+    struct {
+        mp_header h[2];
+        uint32_t n;
+        mpreg_err want;
+    } cases[] = {
+        {{{mp_str_c("a"), mp_str_c("1")}, {mp_str_c("b"), mp_str_c("")}}, 2, MPREG_OK},
+        {{{mp_str_c("a"), mp_str_c("1")}, {mp_str_c("a"), mp_str_c("2")}}, 2, MPREG_E_DUPLICATE},
+        {{{mp_str_c(""), mp_str_c("1")}}, 1, MPREG_E_INVALID},
+        {{{mp_str_c("a"), (mp_str){"\xff", 1}}}, 1, MPREG_E_INVALID},
+        {{{mp_str_c("a"), (mp_str){big, sizeof big}}}, 1, MPREG_E_TOO_LARGE},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        mp_envelope e;
+        make_valid(&e, MP_KIND_DELIVER);
+        e.header_count = cases[i].n;
+        memcpy(e.headers, cases[i].h, cases[i].n * sizeof(mp_header));
+        const char *why = NULL, *why_all = NULL;
+        cr_expect_eq(mp_envelope_validate_headers(&e, &why), cases[i].want, "case %zu", i);
+        cr_expect_eq(mp_envelope_validate(&e, &why_all), cases[i].want, "case %zu", i);
+        cr_expect(why == why_all, "case %zu: the same reason", i);
+    }
+    mp_envelope e;
+    make_valid(&e, MP_KIND_DELIVER);
+    e.header_count = MP_MAX_HEADERS + 1;
+    cr_expect_eq(mp_envelope_validate_headers(&e, NULL), MPREG_E_TOO_LARGE);
+}

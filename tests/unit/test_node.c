@@ -319,7 +319,8 @@ static uint64_t open_conn(void) {
 static uint64_t connect_as(const char *role) {
     uint64_t c = open_conn();
     char hello[128];
-    snprintf(hello, sizeof hello, "{\"role\": \"%s\", \"name\": \"test\"}", role);
+    /* A peer names itself (its member id); a client need not. */
+    snprintf(hello, sizeof hello, "{\"role\": \"%s\", \"name\": \"test\", \"node\": \"p9\"}", role);
     mp_id id = send_json(c, MP_KIND_HELLO, NULL, hello);
     frame fr = expect(c, MP_KIND_WELCOME, &id);
     frame_free(&fr);
@@ -491,13 +492,55 @@ Test(node, handshake_peer_role_recorded) {
     cr_assert_eq(get_int(get(&st, "connections"), "peers"), 1);
     cr_assert_eq(get_int(get(&st, "connections"), "clients"), 1);
     mpreg_value_free(&st);
-    /* Peers may ping; other kinds are not carried on peer links yet. */
+    /* Peers may ping; a client's kinds are refused on a peer link. */
     mp_id id = send_bytes(p, MP_KIND_PING, NULL, NULL, 0);
     frame fr = expect(p, MP_KIND_PONG, &id);
     frame_free(&fr);
     id = send_json(p, MP_KIND_RPC_REQUEST, NULL, "{\"commands\": []}");
     expect_error(p, &id, MPREG_E_KIND);
     cr_assert_not(F.c[p].closed);
+    /* A standalone node is in no cluster: GOSSIP gets an error. */
+    id = send_bytes(p, MP_KIND_GOSSIP, NULL, NULL, 0);
+    expect_error(p, &id, MPREG_E_KIND);
+}
+
+Test(node, peer_hello_must_name_another_node_of_this_cluster) {
+    static const char *const bad[] = {
+        "{\"role\": \"peer\"}",                                        /* no node */
+        "{\"role\": \"peer\", \"node\": \"\"}",                        /* empty */
+        "{\"role\": \"peer\", \"node\": \"n1\"}",                      /* this node itself */
+        "{\"role\": \"peer\", \"node\": 7}",                           /* not a string */
+        "{\"role\": \"peer\", \"node\": \"p2\", \"cluster\": \"zz\"}", /* another cluster */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint64_t c = open_conn();
+        mp_id id = send_json(c, MP_KIND_HELLO, NULL, bad[i]);
+        expect_error(c, &id, MPREG_E_HANDSHAKE);
+        cr_assert(F.c[c].closed, "%s must be refused", bad[i]);
+    }
+    uint64_t ok = open_conn();
+    mp_id id = send_json(ok, MP_KIND_HELLO, NULL,
+                         "{\"role\": \"peer\", \"node\": \"p2\", \"cluster\": \"c1\"}");
+    frame fr = expect(ok, MP_KIND_WELCOME, &id);
+    frame_free(&fr);
+}
+
+/* A peer runs one command of another node's request: RPC_INVOKE of a
+ * function of this node, answered by RPC_RESULT; a function this node does
+ * not have is an error result, not a hang. */
+Test(node, peer_invoke_runs_a_local_function) {
+    uint64_t p = connect_as("peer");
+    mp_id id = send_json(p, MP_KIND_RPC_INVOKE, NULL,
+                         "{\"command\": \"a\", \"fun\": \"echo\", \"args\": [\"hi\"], "
+                         "\"version\": \"1.0.0\"}");
+    frame fr = expect(p, MP_KIND_RPC_RESULT, &id);
+    assert_json_eq(get(&fr.payload, "result"), "\"hi\"");
+    frame_free(&fr);
+    id = send_json(p, MP_KIND_RPC_INVOKE, NULL,
+                   "{\"command\": \"a\", \"fun\": \"nope\", \"version\": \"1.0.0\"}");
+    fr = expect(p, MP_KIND_RPC_RESULT, &id);
+    cr_assert_eq(get_int(get(&fr.payload, "error"), "code"), MPREG_E_NOT_FOUND);
+    frame_free(&fr);
 }
 
 Test(node, handshake_missing) {
@@ -1044,6 +1087,28 @@ Test(node, remote_endpoints_are_unreachable_for_now) {
     mpreg_value_free(&st);
 }
 
+/* A publish from a peer was sent once to each interested node by its
+ * publisher's node: it goes to this node's subscribers and nowhere else. */
+Test(node, peer_publish_is_delivered_locally_and_never_forwarded) {
+    mp_entry e;
+    cr_assert_eq(mp_entry_topic(&e, "n2", "c1", "news.#"), MPREG_OK);
+    remote_entry(&e);
+    uint64_t c = client();
+    subscribe(c, "{\"patterns\": [\"news.*\"], \"tag\": \"t\"}");
+    uint64_t p = connect_as("peer");
+    publish(p, "news.today", "from a peer");
+    expect_deliver(c, "news.today", "from a peer", false);
+    mpreg_value st = control(c, "status");
+    cr_assert_eq(get_int(get(&st, "counters"), "unreachable"), 0, "no forward was tried");
+    mpreg_value_free(&st);
+    /* A client's publish is delivered here and forwarded to n2 (no link: counted). */
+    publish(c, "news.today", "from a client");
+    expect_deliver(c, "news.today", "from a client", false);
+    st = control(c, "status");
+    cr_assert_eq(get_int(get(&st, "counters"), "unreachable"), 1, "a client's publish goes on");
+    mpreg_value_free(&st);
+}
+
 /* --- workers ------------------------------------------------------------------------------ */
 
 Test(node, worker_register_call_result) {
@@ -1558,6 +1623,192 @@ Test(node, pubsub_subscribe_errors) {
     expect_error(s, &id, MPREG_E_INVALID);
 }
 
+/* --- queue groups across nodes ------------------------------------------------------ */
+
+/* An inbound peer link from node `node` of this cluster. */
+static uint64_t peer_as(const char *node) {
+    uint64_t c = open_conn();
+    char hello[128];
+    snprintf(hello, sizeof hello, "{\"role\": \"peer\", \"node\": \"%s\", \"cluster\": \"c1\"}",
+             node);
+    mp_id id = send_json(c, MP_KIND_HELLO, NULL, hello);
+    frame fr = expect(c, MP_KIND_WELCOME, &id);
+    frame_free(&fr);
+    return c;
+}
+
+static void remote_group_entry(const char *node, const char *pattern, const char *group) {
+    mp_entry e;
+    cr_assert_eq(mp_entry_topic_group(&e, node, "c1", pattern, group), MPREG_OK);
+    remote_entry(&e);
+}
+
+/* The PUBLISHes a peer link carried since last asked: each must be id, and
+ * carry the "mp-deliver" value want (NULL: no such header). */
+static int forwarded(uint64_t peer, const mp_id *id, const char *want) {
+    int n = 0;
+    frame fr;
+    while (next_frame(peer, &fr)) {
+        cr_assert_eq(fr.env.kind, MP_KIND_PUBLISH, "a peer gets PUBLISH, not %s",
+                     mp_kind_name(fr.env.kind));
+        cr_assert(mp_id_equal(&fr.env.id, id), "the message keeps its id");
+        mp_str h = mp_envelope_header(&fr.env, MP_PUBSUB_DELIVER_HEADER);
+        if (want) {
+            cr_assert(mp_str_eq_c(h, want), "mp-deliver %.*s, want %s", (int)h.len, h.ptr, want);
+        } else {
+            cr_assert_null(h.ptr, "no mp-deliver for the plain part alone");
+        }
+        frame_free(&fr);
+        n++;
+    }
+    return n;
+}
+
+static int delivered(uint64_t conn) {
+    int n = 0;
+    frame fr;
+    while (next_frame(conn, &fr)) {
+        cr_assert_eq(fr.env.kind, MP_KIND_DELIVER);
+        cr_assert_null(mp_envelope_header(&fr.env, MP_PUBSUB_DELIVER_HEADER).ptr);
+        frame_free(&fr);
+        n++;
+    }
+    return n;
+}
+
+/* Members of group g here, on n2 and on n3: each message goes to exactly
+ * one of the three nodes, which delivers it to one member; all three get
+ * some. The plain subscribers, here and on n2, get every message. */
+Test(node, pubsub_queue_group_spans_the_cluster) {
+    uint64_t p2 = peer_as("n2"), p3 = peer_as("n3");
+    uint64_t member = client(), plain = client();
+    subscribe(member, "{\"patterns\": [\"jobs.#\"], \"tag\": \"w\", \"group\": \"g\"}");
+    subscribe(plain, "{\"patterns\": [\"jobs.*\"], \"tag\": \"p\"}");
+    remote_group_entry("n2", "jobs.*", "g");
+    remote_group_entry("n3", "#", "g");
+    remote_group_entry("n2", "jobs.a", "");
+    uint64_t pub = client();
+    int here = 0, at2 = 0, at3 = 0;
+    for (int k = 0; k < 90; k++) {
+        mp_id id = publish(pub, "jobs.a", "x");
+        cr_assert_eq(delivered(plain), 1, "the plain subscriber here, every time");
+        int h = delivered(member);
+        /* n2 always has the plain part; g only when it was chosen. */
+        frame fr;
+        cr_assert(next_frame(p2, &fr), "n2 gets every message");
+        mp_str v = mp_envelope_header(&fr.env, MP_PUBSUB_DELIVER_HEADER);
+        cr_assert(v.ptr == NULL || mp_str_eq_c(v, "0:1:g"), "%.*s", (int)v.len, v.ptr);
+        int g2 = v.ptr != NULL;
+        frame_free(&fr);
+        cr_assert_eq(forwarded(p2, &id, NULL), 0, "n2 once");
+        int g3 = forwarded(p3, &id, "1:g");
+        cr_assert_eq(h + g2 + g3, 1, "message %d: group g got it %d times", k, h + g2 + g3);
+        here += h;
+        at2 += g2;
+        at3 += g3;
+    }
+    cr_assert(here > 10 && at2 > 10 && at3 > 10, "spread: %d here, %d on n2, %d on n3", here, at2,
+              at3);
+    expect_nothing(pub);
+    /* A topic only n3's members match: always n3, and nothing for n2. */
+    mp_id id = publish(pub, "other", "x");
+    cr_assert_eq(forwarded(p3, &id, "1:g"), 1);
+    cr_assert_eq(forwarded(p2, &id, NULL), 0);
+    cr_assert_eq(delivered(member), 0);
+}
+
+/* A PUBLISH from a peer delivers the parts its mp-deliver names; without
+ * one (a node from before groups spanned the cluster), the plain part. The
+ * header never reaches a subscriber, other headers do. */
+Test(node, pubsub_peer_publish_delivers_the_parts_it_names) {
+    uint64_t member = client(), other = client(), plain = client();
+    subscribe(member, "{\"patterns\": [\"a.*\"], \"tag\": \"m\", \"group\": \"g\"}");
+    subscribe(other, "{\"patterns\": [\"a.*\"], \"tag\": \"o\", \"group\": \"h\"}");
+    subscribe(plain, "{\"patterns\": [\"a.b\"], \"tag\": \"p\"}");
+    uint64_t peer = peer_as("n2");
+    static const struct {
+        const char *value; /* NULL: no header */
+        bool before;       /* the header before a client header, not last */
+        int member, other, plain;
+    } cases[] = {
+        {NULL, false, 0, 0, 1},    {"1:g", false, 1, 0, 0},   {"0:", true, 0, 0, 1},
+        {"0:1:h", false, 0, 1, 1}, {"1:h1:g", true, 1, 1, 0}, {"4:none", false, 0, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mp_envelope e;
+        mp_envelope_init(&e, MP_KIND_PUBLISH);
+        e.topic = mp_str_c("a.b");
+        e.payload = (mp_bytes){(const uint8_t *)"x", 1};
+        if (cases[i].value && cases[i].before) {
+            mp_envelope_add_header(&e, mp_str_c(MP_PUBSUB_DELIVER_HEADER),
+                                   mp_str_c(cases[i].value));
+        }
+        mp_envelope_add_header(&e, mp_str_c("trace"), mp_str_c("t1"));
+        if (cases[i].value && !cases[i].before) {
+            mp_envelope_add_header(&e, mp_str_c(MP_PUBSUB_DELIVER_HEADER),
+                                   mp_str_c(cases[i].value));
+        }
+        mp_envelope_add_header(&e, mp_str_c("mp-future"), mp_str_c("for nodes"));
+        send_env(peer, &e);
+        struct {
+            uint64_t conn;
+            int want;
+        } who[] = {{member, cases[i].member}, {other, cases[i].other}, {plain, cases[i].plain}};
+        for (size_t w = 0; w < 3; w++) {
+            frame fr;
+            int n = 0;
+            while (next_frame(who[w].conn, &fr)) {
+                cr_assert(mp_str_eq_c(mp_envelope_header(&fr.env, "trace"), "t1"));
+                cr_assert_null(mp_envelope_header(&fr.env, MP_PUBSUB_DELIVER_HEADER).ptr);
+                cr_assert_null(mp_envelope_header(&fr.env, "mp-future").ptr);
+                frame_free(&fr);
+                n++;
+            }
+            cr_assert_eq(n, who[w].want, "case %zu conn %zu: %d deliveries", i, w, n);
+        }
+        expect_nothing(peer);
+    }
+    /* A value that does not parse: refused to the peer, delivered to nobody. */
+    mp_envelope e;
+    mp_envelope_init(&e, MP_KIND_PUBLISH);
+    e.topic = mp_str_c("a.b");
+    mp_envelope_add_header(&e, mp_str_c(MP_PUBSUB_DELIVER_HEADER), mp_str_c("2:g"));
+    mp_id id = send_env(peer, &e);
+    expect_error(peer, &id, MPREG_E_INVALID);
+    cr_assert_eq(delivered(member) + delivered(other) + delivered(plain), 0);
+}
+
+Test(node, pubsub_clients_may_not_use_node_headers) {
+    uint64_t c = client();
+    subscribe(c, "{\"patterns\": [\"a\"], \"tag\": \"t\"}");
+    mp_envelope e;
+    mp_envelope_init(&e, MP_KIND_PUBLISH);
+    e.topic = mp_str_c("a");
+    mp_envelope_add_header(&e, mp_str_c(MP_PUBSUB_DELIVER_HEADER), mp_str_c("1:g"));
+    mp_id id = send_env(c, &e);
+    expect_error(c, &id, MPREG_E_INVALID);
+    expect_nothing(c);
+    mp_envelope_init(&e, MP_KIND_SUBSCRIBE);
+    mp_envelope_add_header(&e, mp_str_c("mp-anything"), mp_str_c(""));
+    id = send_env(c, &e);
+    expect_error(c, &id, MPREG_E_INVALID);
+    /* At most MP_PUBSUB_MAX_MSG_HEADERS, whether anyone here is interested
+     * or not: a node adds its own when it forwards. */
+    mp_envelope_init(&e, MP_KIND_PUBLISH);
+    e.topic = mp_str_c("nobody.here");
+    char keys[MP_PUBSUB_MAX_MSG_HEADERS + 1][8];
+    for (int i = 0; i <= MP_PUBSUB_MAX_MSG_HEADERS; i++) {
+        snprintf(keys[i], sizeof keys[i], "h%d", i);
+        mp_envelope_add_header(&e, mp_str_c(keys[i]), mp_str_c("v"));
+    }
+    id = send_env(c, &e);
+    expect_error(c, &id, MPREG_E_TOO_LARGE);
+    e.header_count--;
+    e.id = (mp_id){{0}};
+    send_env(c, &e);
+    expect_nothing(c);
+}
+
 /* --- control ------------------------------------------------------------------------------------
  */
 
@@ -1609,7 +1860,7 @@ Test(node, catalog_reply) {
         assert_json_eq(get(f, "resources"), "[]");
     }
     assert_json_eq(get(&cat, "nodes"), "[{\"node\": \"n1\", \"name\": \"alpha\", \"cluster\": "
-                                       "\"c1\"}]");
+                                       "\"c1\", \"endpoints\": [], \"incarnation\": 1}]");
     assert_json_eq(get(&cat, "topics"), "[]");
     mpreg_value_free(&cat);
     cr_assert_not_null(mp_node_catalog(F.node));

@@ -3,6 +3,7 @@
  * property test against a naive reference model. */
 #include "services/pubsub.h"
 
+#include "core/frame.h"
 #include "core/rng.h"
 #include "core/topic.h"
 
@@ -31,6 +32,7 @@ typedef struct rec_delivery {
 
 typedef struct rec_interest {
     char pattern[MP_TOPIC_MAX_LEN + 1];
+    char group[MP_PUBSUB_MAX_GROUP + 1];
     bool added;
 } rec_interest;
 
@@ -74,10 +76,11 @@ static void on_deliver(void *ud, const mp_pubsub_delivery *d) {
     x->replay = d->replay;
 }
 
-static void on_interest(void *ud, mp_str pattern, bool added) {
+static void on_interest(void *ud, mp_str pattern, mp_str group, bool added) {
     recorder *r = ud;
     cr_assert_lt(r->nev, sizeof r->ev / sizeof r->ev[0]);
     copy_str(r->ev[r->nev].pattern, sizeof r->ev[r->nev].pattern, pattern);
+    copy_str(r->ev[r->nev].group, sizeof r->ev[r->nev].group, group);
     r->ev[r->nev].added = added;
     r->nev++;
 }
@@ -106,6 +109,36 @@ static mp_pubsub_config plain_config(void) {
     cfg.dedupe_max_ids = 0;
     cfg.dedupe_window_ms = 0;
     return cfg;
+}
+
+/* --- DELIVER frames --------------------------------------------------------- */
+
+/* mp_pubsub_deliver_frame for d must write what the envelope path writes:
+ * mp_pubsub_deliver_envelope with the source names, encoded as a frame. A
+ * message without id is the envelope path's (each DELIVER needs its own). */
+static void expect_frame_as_envelope(mp_pubsub *ps, const mp_pubsub_delivery *d, const char *node,
+                                     const char *cluster) {
+    mp_buf got = MP_BUF_INIT, want = MP_BUF_INIT;
+    cr_assert_eq(mp_buf_append(&got, "pre", 3), MPREG_OK);
+    mpreg_err err = mp_pubsub_deliver_frame(ps, d, mp_str_c(node), mp_str_c(cluster), 0, &got);
+    if (mp_id_is_zero(&d->msg->id)) {
+        cr_assert_eq(err, MPREG_E_INVALID, "zero id: the envelope path's");
+        cr_assert_eq(got.len, 3, "out left alone");
+    } else {
+        char sub_text[MP_PUBSUB_SUB_TEXT];
+        mp_envelope env;
+        cr_assert_eq(mp_pubsub_deliver_envelope(d, sub_text, &env), MPREG_OK);
+        env.source_node = mp_str_c(node);
+        env.source_cluster = mp_str_c(cluster);
+        cr_assert_eq(mp_envelope_encode_frame(&env, &want), MPREG_OK);
+        cr_assert_eq(err, MPREG_OK, "frame: %s", mpreg_err_name(err));
+        cr_assert_eq(got.len - 3, want.len, "sub %" PRIu64 ": %zu bytes, want %zu", d->sub,
+                     got.len - 3, want.len);
+        cr_assert(memcmp(got.data, "pre", 3) == 0 && memcmp(got.data + 3, want.data, want.len) == 0,
+                  "sub %" PRIu64 ": bytes differ", d->sub);
+    }
+    mp_buf_free(&got);
+    mp_buf_free(&want);
 }
 
 /* --- building subscriptions and messages ------------------------------------ */
@@ -434,6 +467,192 @@ Test(pubsub, group_member_leaves_and_group_dies) {
     rec_free(&r);
 }
 
+/* --- filtered publishing (queue groups across nodes) ------------------------------ */
+
+static mpreg_err pub_filtered(mp_pubsub *ps, const char *topic, uint64_t id,
+                              const mp_pubsub_filter *f, mp_pubsub_result *res) {
+    mp_pubsub_message msg = {.id = idn(id), .topic = mp_str_c(topic)};
+    return mp_pubsub_publish_filtered(ps, &msg, 0, f, res);
+}
+
+Test(pubsub, filter_selects_plain_part_and_groups) {
+    recorder r = {0};
+    mp_pubsub_config cfg = plain_config();
+    mp_pubsub *ps = new_ps(&cfg, &r);
+    uint64_t plain = SUB(ps, 1, NULL, "a.*");
+    uint64_t g1 = SUB(ps, 2, "g", "a.*");
+    uint64_t g2 = SUB(ps, 3, "g", "a.*");
+    uint64_t h1 = SUB(ps, 4, "h", "a.b");
+    mp_str only_g[] = {mp_str_c("g")};
+    mp_str h_twice_and_unknown[] = {mp_str_c("h"), mp_str_c("nobody"), mp_str_c("h")};
+    mp_pubsub_result res;
+
+    /* The plain part only: no group member, and no group's turn used up. */
+    mp_pubsub_filter f = {.plain = true};
+    cr_assert_eq(pub_filtered(ps, "a.b", 1, &f, &res), MPREG_OK);
+    cr_expect_eq(res.delivered, 1);
+    cr_expect_eq(r.d[0].sub, plain);
+    /* Group g only: its first member, as if nothing had been skipped. */
+    f = (mp_pubsub_filter){.groups = only_g, .group_count = 1};
+    cr_assert_eq(pub_filtered(ps, "a.b", 2, &f, &res), MPREG_OK);
+    cr_expect_eq(res.delivered, 1);
+    cr_expect_eq(r.d[1].sub, g1);
+    /* h, named twice among a name nobody has, and the plain part. */
+    f = (mp_pubsub_filter){.plain = true, .groups = h_twice_and_unknown, .group_count = 3};
+    cr_assert_eq(pub_filtered(ps, "a.b", 3, &f, &res), MPREG_OK);
+    cr_expect_eq(res.delivered, 2);
+    cr_expect_eq(r.d[2].sub, plain);
+    cr_expect_eq(r.d[3].sub, h1);
+    /* Every group, no plain part: g's next member and h. */
+    f = (mp_pubsub_filter){.all_groups = true};
+    cr_assert_eq(pub_filtered(ps, "a.b", 4, &f, &res), MPREG_OK);
+    cr_expect_eq(res.delivered, 2);
+    cr_expect_eq(r.d[4].sub, g2);
+    cr_expect_eq(r.d[5].sub, h1);
+    /* NULL: everything, as mp_pubsub_publish. */
+    cr_assert_eq(pub_filtered(ps, "a.b", 5, NULL, &res), MPREG_OK);
+    cr_expect_eq(res.delivered, 3);
+    cr_expect_eq(r.d[6].sub, plain);
+    cr_expect_eq(r.d[7].sub, g1);
+    cr_expect_eq(r.d[8].sub, h1);
+    /* Nothing named: nothing delivered, but the message counts as seen. */
+    f = (mp_pubsub_filter){0};
+    cr_assert_eq(pub_filtered(ps, "a.b", 6, &f, &res), MPREG_OK);
+    cr_expect_eq(res.delivered, 0);
+    cr_expect_eq(stats(ps).published, 6);
+    mp_pubsub_free(ps);
+    rec_free(&r);
+}
+
+Test(pubsub, filter_dedupes_by_id_whatever_the_parts) {
+    recorder r = {0};
+    mp_pubsub_config cfg = plain_config();
+    cfg.dedupe_max_ids = 100;
+    mp_pubsub *ps = new_ps(&cfg, &r);
+    SUB(ps, 1, NULL, "a");
+    SUB(ps, 2, "g", "a");
+    mp_str only_g[] = {mp_str_c("g")};
+    mp_pubsub_filter groups = {.groups = only_g, .group_count = 1};
+    mp_pubsub_result res;
+    cr_assert_eq(pub_filtered(ps, "a", 7, &groups, &res), MPREG_OK);
+    cr_expect_eq(res.delivered, 1);
+    /* The same message again, another part of it: one id is one message. */
+    mp_pubsub_filter plain = {.plain = true};
+    cr_assert_eq(pub_filtered(ps, "a", 7, &plain, &res), MPREG_OK);
+    cr_expect(res.duplicate);
+    cr_expect_eq(res.delivered, 0);
+    cr_expect_eq(r.n, 1);
+    mp_pubsub_free(ps);
+    rec_free(&r);
+}
+
+Test(pubsub, filter_text_examples_and_round_trips) {
+    mp_str groups[8];
+    mp_pubsub_filter f;
+    const char *why = "x";
+    /* The examples of pubsub.h and PROTOCOL §9.8. */
+    cr_assert_eq(mp_pubsub_filter_decode(mp_str_c("0:1:g7:workers"), groups, 8, &f, &why),
+                 MPREG_OK);
+    cr_expect_null(why);
+    cr_expect(f.plain && !f.all_groups);
+    cr_assert_eq(f.group_count, 2);
+    cr_expect(mp_str_eq_c(f.groups[0], "g") && mp_str_eq_c(f.groups[1], "workers"));
+    cr_assert_eq(mp_pubsub_filter_decode(mp_str_c("3:a:b"), groups, 8, &f, NULL), MPREG_OK);
+    cr_expect(!f.plain && f.group_count == 1 && mp_str_eq_c(f.groups[0], "a:b"));
+    cr_assert_eq(mp_pubsub_filter_decode(mp_str_c("0:"), groups, 8, &f, NULL), MPREG_OK);
+    cr_expect(f.plain && f.group_count == 0);
+    /* Names with separators, digits, multi-byte UTF-8 and the longest
+     * allowed one survive a round trip. */
+    char longest[MP_PUBSUB_MAX_GROUP];
+    memset(longest, 'z', sizeof longest);
+    mp_str names[] = {mp_str_c("0:"), mp_str_c("12"), mp_str_c("caf\xc3\xa9"),
+                      (mp_str){longest, sizeof longest}, mp_str_c("a")};
+    for (int plain = 0; plain <= 1; plain++) {
+        mp_pubsub_filter in = {.plain = plain, .groups = names, .group_count = 5};
+        char text[1024];
+        size_t len = 0;
+        cr_assert_eq(mp_pubsub_filter_encode(&in, text, sizeof text, &len), MPREG_OK);
+        cr_expect_eq(len, (plain ? 2u : 0u) + 4 + 4 + 7 + 4 + sizeof longest + 3);
+        cr_assert_eq(mp_pubsub_filter_decode((mp_str){text, len}, groups, 8, &f, NULL), MPREG_OK);
+        cr_expect_eq(f.plain, plain);
+        cr_assert_eq(f.group_count, 5);
+        for (size_t i = 0; i < 5; i++) {
+            cr_expect(mp_str_eq(f.groups[i], names[i]), "name %zu", i);
+        }
+        /* One byte short of room: too large, not a cut. */
+        cr_expect_eq(mp_pubsub_filter_encode(&in, text, len - 1, &len), MPREG_E_TOO_LARGE);
+    }
+}
+
+Test(pubsub, filter_text_errors) {
+    static const struct {
+        const char *text;
+        size_t len; /* 0: strlen */
+        mpreg_err err;
+    } bad[] = {
+        {"", 0, MPREG_E_INVALID},            /* nothing to deliver */
+        {"g", 0, MPREG_E_INVALID},           /* no length */
+        {"1g", 0, MPREG_E_INVALID},          /* no colon */
+        {"01:g", 0, MPREG_E_INVALID},        /* leading zero */
+        {"2:g", 0, MPREG_E_INVALID},         /* cut short */
+        {"256:", 0, MPREG_E_INVALID},        /* longer than a group may be */
+        {"1000:", 0, MPREG_E_INVALID},       /* four digits */
+        {"0:0:", 0, MPREG_E_INVALID},        /* the plain part twice */
+        {"1:g1:", 0, MPREG_E_INVALID},       /* a trailing item cut short */
+        {"2:\xc3", 0, MPREG_E_INVALID},      /* a name cut mid-character */
+        {"3:a\0b", 5, MPREG_E_INVALID},      /* NUL in a name */
+        {"1:a1:b1:c", 0, MPREG_E_TOO_LARGE}, /* more groups than room */
+    };
+    mp_str groups[2];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        mp_pubsub_filter f;
+        const char *why = NULL;
+        mp_str text = {bad[i].text, bad[i].len ? bad[i].len : strlen(bad[i].text)};
+        cr_expect_eq(mp_pubsub_filter_decode(text, groups, 2, &f, &why), bad[i].err, "case %zu", i);
+        cr_expect_not_null(why, "case %zu names the problem", i);
+    }
+    char out[16];
+    size_t len;
+    mp_str empty[] = {mp_str_c("")};
+    mp_pubsub_filter f = {.plain = true, .groups = empty, .group_count = 1};
+    cr_expect_eq(mp_pubsub_filter_encode(&f, out, sizeof out, &len), MPREG_E_INVALID);
+    f = (mp_pubsub_filter){.all_groups = true};
+    cr_expect_eq(mp_pubsub_filter_encode(&f, out, sizeof out, &len), MPREG_E_INVALID);
+    f = (mp_pubsub_filter){0};
+    cr_expect_eq(mp_pubsub_filter_encode(&f, out, sizeof out, &len), MPREG_E_INVALID);
+}
+
+Test(pubsub, publish_encoded_refuses_a_bad_text_and_delivers_nothing) {
+    recorder r = {0};
+    mp_pubsub_config cfg = plain_config();
+    cfg.dedupe_max_ids = 100;
+    mp_pubsub *ps = new_ps(&cfg, &r);
+    SUB(ps, 1, NULL, "a");
+    uint64_t m = SUB(ps, 2, "g", "a");
+    mp_pubsub_message msg = {.id = idn(1), .topic = mp_str_c("a")};
+    mp_pubsub_result res;
+    const char *why = NULL;
+    cr_expect_eq(mp_pubsub_publish_encoded(ps, &msg, 0, mp_str_c("2:g"), &res, &why),
+                 MPREG_E_INVALID);
+    cr_expect_not_null(why);
+    cr_expect_eq(r.n, 0);
+    cr_expect_eq(stats(ps).dedupe_ids, 0, "a refused message is not remembered");
+    cr_assert_eq(mp_pubsub_publish_encoded(ps, &msg, 0, mp_str_c("1:g"), &res, &why), MPREG_OK);
+    cr_expect_null(why);
+    cr_expect_eq(res.delivered, 1);
+    cr_expect_eq(r.d[0].sub, m);
+    mp_pubsub_free(ps);
+    rec_free(&r);
+}
+
+Test(pubsub, node_header_prefix) {
+    cr_expect(mp_pubsub_node_header(mp_str_c("mp-deliver")));
+    cr_expect(mp_pubsub_node_header(mp_str_c("mp-")));
+    cr_expect_not(mp_pubsub_node_header(mp_str_c("mp")));
+    cr_expect_not(mp_pubsub_node_header(mp_str_c("Mp-x")));
+    cr_expect_not(mp_pubsub_node_header(mp_str_c("x-mp-")));
+}
+
 /* --- unsubscribe and owners ------------------------------------------------------- */
 
 Test(pubsub, unsubscribe) {
@@ -565,59 +784,82 @@ Test(pubsub, group_skips_members_not_accepting) {
 typedef struct pattern_list {
     size_t n;
     char pattern[16][32];
+    char group[16][32];
     size_t subs[16];
 } pattern_list;
 
-static void collect_pattern(void *ud, mp_str pattern, size_t subscribers) {
+static void collect_pattern(void *ud, mp_str pattern, mp_str group, size_t subscribers) {
     pattern_list *l = ud;
     cr_assert_lt(l->n, 16);
     copy_str(l->pattern[l->n], sizeof l->pattern[l->n], pattern);
+    copy_str(l->group[l->n], sizeof l->group[l->n], group);
     l->subs[l->n++] = subscribers;
 }
 
-static size_t pattern_subs(const pattern_list *l, const char *p) {
+static size_t pattern_subs(const pattern_list *l, const char *p, const char *g) {
     for (size_t i = 0; i < l->n; i++) {
-        if (strcmp(l->pattern[i], p) == 0) {
+        if (strcmp(l->pattern[i], p) == 0 && strcmp(l->group[i], g) == 0) {
             return l->subs[i];
         }
     }
     return 0;
 }
 
-static void expect_event(const recorder *r, size_t i, const char *pattern, bool added) {
+static void expect_event(const recorder *r, size_t i, const char *pattern, const char *group,
+                         bool added) {
     cr_assert_lt(i, r->nev);
     cr_expect_str_eq(r->ev[i].pattern, pattern);
+    cr_expect_str_eq(r->ev[i].group, group, "event %zu on %s", i, pattern);
     cr_expect_eq(r->ev[i].added, added, "event %zu on %s", i, pattern);
 }
 
+/* Interest is per (pattern, group): the catalog has an entry for each, so
+ * that queue groups can be placed across nodes. */
 Test(pubsub, interest_first_and_last_subscriber) {
     recorder r = {0};
     mp_pubsub_config cfg = plain_config();
     mp_pubsub *ps = new_ps(&cfg, &r);
     uint64_t s1 = SUB(ps, 1, NULL, "a.*", "b");
     cr_expect_eq(r.nev, 2);
-    expect_event(&r, 0, "a.*", true);
-    expect_event(&r, 1, "b", true);
-    uint64_t s2 = SUB(ps, 2, "g", "a.*", "c.#"); /* another owner: a.* is not new */
-    cr_expect_eq(r.nev, 3);
-    expect_event(&r, 2, "c.#", true);
+    expect_event(&r, 0, "a.*", "", true);
+    expect_event(&r, 1, "b", "", true);
+    uint64_t s2 = SUB(ps, 2, "g", "a.*", "c.#"); /* a.* in a group is new interest */
+    cr_expect_eq(r.nev, 4);
+    expect_event(&r, 2, "a.*", "g", true);
+    expect_event(&r, 3, "c.#", "g", true);
+    uint64_t s3 = SUB(ps, 3, NULL, "a.*"); /* a.* ungrouped is held already */
+    uint64_t s4 = SUB(ps, 3, "g", "c.#");  /* and c.# in g */
+    cr_expect_eq(r.nev, 4);
 
     pattern_list l = {0};
-    cr_expect_eq(mp_pubsub_each_pattern(ps, collect_pattern, &l), 3);
-    cr_expect_eq(l.n, 3);
-    cr_expect_eq(pattern_subs(&l, "a.*"), 2);
-    cr_expect_eq(pattern_subs(&l, "b"), 1);
-    cr_expect_eq(pattern_subs(&l, "c.#"), 1);
-    cr_expect_eq(mp_pubsub_each_pattern(ps, NULL, NULL), 3);
+    cr_expect_eq(mp_pubsub_each_pattern(ps, collect_pattern, &l), 4);
+    cr_expect_eq(l.n, 4);
+    cr_expect_eq(pattern_subs(&l, "a.*", ""), 2);
+    cr_expect_eq(pattern_subs(&l, "a.*", "g"), 1);
+    cr_expect_eq(pattern_subs(&l, "b", ""), 1);
+    cr_expect_eq(pattern_subs(&l, "c.#", "g"), 2);
+    cr_expect_eq(mp_pubsub_each_pattern(ps, NULL, NULL), 4);
+    cr_expect_eq(stats(ps).patterns, 4);
 
     cr_assert_eq(mp_pubsub_unsubscribe(ps, 1, s1), MPREG_OK);
-    cr_expect_eq(r.nev, 4); /* b lost its last; a.* still held by s2 */
-    expect_event(&r, 3, "b", false);
+    cr_expect_eq(r.nev, 5); /* b lost its last; a.* still held by s3 */
+    expect_event(&r, 4, "b", "", false);
     cr_expect_eq(mp_pubsub_remove_owner(ps, 2), 1);
     (void)s2;
-    cr_expect_eq(r.nev, 6);
-    expect_event(&r, 4, "a.*", false);
-    expect_event(&r, 5, "c.#", false);
+    cr_expect_eq(r.nev, 6); /* (a.*, g) went; (c.#, g) is still s4's */
+    expect_event(&r, 5, "a.*", "g", false);
+    cr_expect_eq(mp_pubsub_remove_owner(ps, 3), 2);
+    (void)s3;
+    (void)s4;
+    cr_expect_eq(r.nev, 8);
+    bool saw_plain = false, saw_group = false;
+    for (size_t i = 6; i < 8; i++) {
+        cr_expect_not(r.ev[i].added);
+        saw_plain |= strcmp(r.ev[i].pattern, "a.*") == 0 && r.ev[i].group[0] == '\0';
+        saw_group |= strcmp(r.ev[i].pattern, "c.#") == 0 && strcmp(r.ev[i].group, "g") == 0;
+    }
+    cr_expect(saw_plain && saw_group);
+    l.n = 0;
     cr_expect_eq(mp_pubsub_each_pattern(ps, collect_pattern, &l), 0);
     cr_expect_eq(stats(ps).patterns, 0);
     mp_pubsub_free(ps);
@@ -1021,6 +1263,370 @@ Test(pubsub, zero_id_and_dedupe_off) {
     cr_expect_eq(stats(ps).dedupe_ids, 0);
     mp_pubsub_free(ps);
     rec_free(&r);
+}
+
+/* A long window against the model's plain list of (id, first seen), with
+ * many repeats, structured and random ids, clock jumps (back included) and
+ * bursts: the table's ring and number bits wrap many times over, it grows
+ * and rebuilds, and its slots go stale and are reused. */
+typedef struct dd_model {
+    mp_id *ids;
+    uint64_t *at;
+    size_t head, len, cap;
+} dd_model;
+
+static void dd_expire(dd_model *m, uint64_t window, uint64_t now) {
+    while (window && m->len && now >= m->at[m->head] && now - m->at[m->head] >= window) {
+        m->head = (m->head + 1) % m->cap;
+        m->len--;
+    }
+}
+
+static bool dd_has(const dd_model *m, const mp_id *id) {
+    for (size_t i = 0; i < m->len; i++) {
+        if (mp_id_equal(&m->ids[(m->head + i) % m->cap], id)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void dd_run(size_t max_ids, uint64_t window, size_t steps, bool random_ids, uint64_t seed) {
+    recorder r = {0};
+    mp_pubsub_config cfg = plain_config();
+    cfg.dedupe_max_ids = max_ids;
+    cfg.dedupe_window_ms = window;
+    mp_pubsub *ps = new_ps(&cfg, &r);
+    SUB(ps, 1, NULL, "#");
+    mp_xoshiro x;
+    mp_xoshiro_seed(&x, seed);
+    dd_model m = {.cap = steps + 1};
+    m.ids = calloc(m.cap, sizeof *m.ids);
+    m.at = calloc(m.cap, sizeof *m.at);
+    mp_id *hist = calloc(steps, sizeof *hist);
+    cr_assert(m.ids && m.at && hist);
+    uint64_t now = 1000000;
+    size_t burst = 0;
+    for (size_t step = 0; step < steps; step++) {
+        uint64_t roll = mp_rng_below(&x.rng, 100);
+        if (burst) {
+            burst--; /* many ids in the same millisecond */
+        } else if (roll == 0) {
+            burst = (size_t)mp_rng_below(&x.rng, 3000);
+        } else if (roll == 1) {
+            now -= mp_rng_below(&x.rng, 30); /* the clock goes back */
+        } else if (roll == 2) {
+            now += window * 3 + 1; /* everything expires */
+        } else {
+            now += mp_rng_below(&x.rng, 3);
+        }
+        mp_id id;
+        if (step && mp_rng_below(&x.rng, 3) == 0) {
+            /* A repeat, mostly of a recent id. */
+            size_t back =
+                (size_t)mp_rng_below(&x.rng, mp_rng_below(&x.rng, 4) ? 2 * max_ids + 50 : step);
+            id = hist[step - 1 - (back < step ? back : step - 1)];
+        } else {
+            id = random_ids ? mp_id_new(&x.rng) : idn(step + 1);
+        }
+        hist[step] = id;
+        mp_pubsub_message msg = {
+            .id = id, .topic = mp_str_c("a"), .payload = {(const uint8_t *)"x", 1}};
+        mp_pubsub_result res;
+        cr_assert_eq(mp_pubsub_publish(ps, &msg, now, &res), MPREG_OK);
+        dd_expire(&m, window, now);
+        bool want = dd_has(&m, &id);
+        cr_assert_eq(res.duplicate, want, "max %zu window %llu step %zu: duplicate %d, want %d",
+                     max_ids, (unsigned long long)window, step, res.duplicate, want);
+        if (!want) {
+            if (max_ids && m.len >= max_ids) {
+                m.head = (m.head + 1) % m.cap;
+                m.len--;
+            }
+            m.ids[(m.head + m.len) % m.cap] = id;
+            m.at[(m.head + m.len) % m.cap] = now;
+            m.len++;
+        }
+        if (step % 97 == 0) {
+            uint64_t later = now + mp_rng_below(&x.rng, window + 2);
+            mp_pubsub_expire(ps, later);
+            dd_expire(&m, window, later);
+        }
+        cr_assert_eq(stats(ps).dedupe_ids, m.len, "step %zu", step);
+        rec_clear(&r);
+    }
+    mp_pubsub_free(ps);
+    rec_free(&r);
+    free(m.ids);
+    free(m.at);
+    free(hist);
+}
+
+Test(pubsub_property, dedupe_window_matches_model) {
+    dd_run(1, 0, 2000, false, 1);
+    dd_run(100, 0, 120000, false, 2);
+    dd_run(100, 0, 120000, true, 3);
+    dd_run(0, 40, 120000, true, 4);
+    dd_run(0, 40, 120000, false, 5);
+    dd_run(300, 25, 120000, true, 6);
+    dd_run(2000, 0, 40000, true, 7);
+}
+
+typedef struct ud_seen {
+    void *got[8];
+    size_t n;
+} ud_seen;
+
+static void ud_deliver(void *ud, const mp_pubsub_delivery *d) {
+    ud_seen *u = ud;
+    cr_assert_lt(u->n, 8);
+    u->got[u->n++] = d->owner_ud;
+}
+
+Test(pubsub, owner_ud_comes_back_with_each_delivery) {
+    ud_seen u = {0};
+    mp_pubsub_config cfg = plain_config();
+    mp_pubsub_hooks hooks = {&u, ud_deliver, NULL};
+    mp_pubsub *ps = mp_pubsub_new(&cfg, &hooks);
+    int conn_a, conn_b;
+    mp_str pat = mp_str_c("#");
+    mp_pubsub_sub_spec spec = {
+        .owner = 1, .patterns = &pat, .pattern_count = 1, .owner_ud = &conn_a};
+    uint64_t id;
+    cr_assert_eq(mp_pubsub_subscribe(ps, &spec, &id), MPREG_OK);
+    spec.owner = 2;
+    spec.owner_ud = &conn_b;
+    cr_assert_eq(mp_pubsub_subscribe(ps, &spec, &id), MPREG_OK);
+    spec.owner = 3;
+    spec.owner_ud = NULL;
+    cr_assert_eq(mp_pubsub_subscribe(ps, &spec, &id), MPREG_OK);
+    cr_assert_eq(pub(ps, "x", 1, 0), 3);
+    cr_expect(u.got[0] == &conn_a && u.got[1] == &conn_b && u.got[2] == NULL);
+    mp_pubsub_free(ps);
+}
+
+/* --- the match cache ------------------------------------------------------------- */
+
+Test(pubsub, match_cache_follows_subscriptions) {
+    recorder r = {0};
+    mp_pubsub_config cfg = plain_config();
+    mp_pubsub *ps = new_ps(&cfg, &r);
+    cr_expect_not(mp_pubsub_matches(ps, mp_str_c("a.b")));
+    uint64_t s1 = SUB(ps, 1, NULL, "a.*");
+    cr_expect(mp_pubsub_matches(ps, mp_str_c("a.b")));
+    cr_expect_not(mp_pubsub_matches(ps, mp_str_c("b.b")));
+    cr_expect_not(mp_pubsub_matches(ps, MP_STR_NULL));
+    cr_expect_eq(pub(ps, "a.b", 0, 0), 1);
+    uint64_t s2 = SUB(ps, 2, NULL, "#");
+    cr_expect_eq(pub(ps, "a.b", 0, 0), 2, "a new subscription is seen at once");
+    cr_expect(mp_pubsub_matches(ps, mp_str_c("b.b")));
+    cr_assert_eq(mp_pubsub_unsubscribe(ps, 1, s1), MPREG_OK);
+    rec_clear(&r);
+    cr_expect_eq(pub(ps, "a.b", 0, 0), 1, "and an ended one is gone");
+    cr_expect_eq(r.d[0].sub, s2);
+    cr_expect_eq(mp_pubsub_remove_owner(ps, 2), 1);
+    cr_expect_eq(pub(ps, "a.b", 0, 0), 0);
+    cr_expect_not(mp_pubsub_matches(ps, mp_str_c("a.b")));
+
+    /* More topics than the cache has slots, over and over, with the
+     * subscriptions changing in between. */
+    SUB(ps, 1, NULL, "t.*");
+    uint64_t seven = SUB(ps, 2, NULL, "t.7");
+    char topic[16];
+    for (int round = 0; round < 4; round++) {
+        if (round == 2) {
+            cr_assert_eq(mp_pubsub_unsubscribe(ps, 2, seven), MPREG_OK);
+        }
+        for (int i = 0; i < 300; i++) {
+            snprintf(topic, sizeof topic, "t.%d", i);
+            size_t want = i == 7 && round < 2 ? 2 : 1;
+            cr_assert_eq(pub(ps, topic, 0, 0), want, "round %d, %s", round, topic);
+            cr_assert_eq(pub(ps, "u", 0, 0), 0);
+        }
+    }
+    mp_pubsub_free(ps);
+    rec_free(&r);
+}
+
+/* --- DELIVER frames ------------------------------------------------------------- */
+
+typedef struct frame_ud {
+    mp_pubsub *ps;
+    const char *node;
+    const char *cluster;
+    size_t checked;
+} frame_ud;
+
+static void frame_deliver(void *ud, const mp_pubsub_delivery *d) {
+    frame_ud *f = ud;
+    expect_frame_as_envelope(f->ps, d, f->node, f->cluster);
+    f->checked++;
+}
+
+Test(pubsub_frame, same_bytes_as_the_envelope_path) {
+    frame_ud f = {.node = "node-1", .cluster = "c1"};
+    mp_pubsub_config cfg = plain_config();
+    cfg.retain_per_topic = 2;
+    mp_pubsub_hooks hooks = {&f, frame_deliver, NULL};
+    mp_pubsub *ps = mp_pubsub_new(&cfg, &hooks);
+    f.ps = ps;
+    /* Tags at every str head width, and ids from 1 to 3 digits. */
+    static char tag255[MP_PUBSUB_MAX_TAG + 1];
+    memset(tag255, 'g', MP_PUBSUB_MAX_TAG);
+    const char *tags[] = {"", "t", "0123456789012345678901234567890", /* 31 */
+                          "01234567890123456789012345678901", /* 32 */ tag255};
+    for (size_t i = 0; i < 5; i++) {
+        sub_of(ps, (sub_args){.owner = 1 + i, .tag = tags[i]}, PATS("#"));
+    }
+    for (int i = 0; i < 100; i++) {
+        uint64_t id = SUB(ps, 9, NULL, "never");
+        cr_assert_eq(mp_pubsub_unsubscribe(ps, 9, id), MPREG_OK);
+    }
+    SUB(ps, 7, NULL, "orders.#");
+    SUB(ps, 8, "g", "#"); /* a group member too */
+
+    static char long_topic[MP_TOPIC_MAX_LEN + 1];
+    memset(long_topic, 'w', MP_TOPIC_MAX_LEN);
+    static uint8_t big[70000];
+    memset(big, 0xa5, sizeof big);
+    mp_header hdr[3] = {
+        {mp_str_c("trace"), mp_str_c("t-1")},
+        {mp_str_c("sub"), mp_str_c("forged")},
+        {mp_str_c("replay"), mp_str_c("forged")},
+    };
+    mp_header many[MP_PUBSUB_MAX_MSG_HEADERS];
+    char keys[MP_PUBSUB_MAX_MSG_HEADERS][8];
+    for (size_t i = 0; i < MP_PUBSUB_MAX_MSG_HEADERS; i++) {
+        snprintf(keys[i], sizeof keys[i], "k%zu", i);
+        many[i] = (mp_header){mp_str_c(keys[i]), mp_str_c("v")};
+    }
+    struct {
+        const char *topic;
+        size_t payload;
+        const mp_header *headers;
+        size_t header_count;
+    } msgs[] = {
+        {"a", 0, NULL, 0},
+        {"orders.eu.created", 5, hdr, 3},
+        {long_topic, 300, NULL, 0},
+        {"orders.x", sizeof big, many, 13},
+        {"b", 70, many, MP_PUBSUB_MAX_MSG_HEADERS},
+    };
+    uint64_t id = 1;
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) {
+            f.node = "another-node-with-a-longer-name";
+            f.cluster = "c2"; /* new names: the shared part is built again */
+        }
+        for (size_t i = 0; i < sizeof msgs / sizeof *msgs; i++) {
+            mp_pubsub_message msg = {
+                .id = idn(id++),
+                .topic = mp_str_c(msgs[i].topic),
+                .payload = {big, msgs[i].payload},
+                .headers = msgs[i].headers,
+                .header_count = msgs[i].header_count,
+            };
+            cr_assert_eq(mp_pubsub_publish(ps, &msg, 1000 + id, NULL), MPREG_OK);
+        }
+    }
+    /* Per message: the five "#", the group, and "orders.#" for two of them. */
+    cr_expect_eq(f.checked, 2 * (5 * 6 + 2), "every delivery checked");
+    /* Messages shaped alike one after the other (the shared part is patched,
+     * not built again), the payload's head changing width and coming and
+     * going. */
+    static const size_t sizes[] = {0, 5, 0, 300, 300, 70000, 1, 255, 256, 65535, 65536, 0};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        mp_pubsub_message msg = {
+            .id = idn(id++), .topic = mp_str_c("orders.same"), .payload = {big, sizes[i]}};
+        cr_assert_eq(mp_pubsub_publish(ps, &msg, 5000, NULL), MPREG_OK);
+    }
+    cr_expect_eq(f.checked, 2 * (5 * 6 + 2) + 12 * 7);
+    /* Replayed messages: "replay" = "1" after the subscription's headers. */
+    size_t before = f.checked;
+    uint64_t s =
+        sub_of(ps, (sub_args){.owner = 3, .tag = "r", .replay = {.has_last = true, .last = 10}},
+               PATS("#"));
+    cr_expect_gt(mp_pubsub_replay(ps, s), 0);
+    cr_expect_gt(f.checked, before);
+    mp_pubsub_free(ps);
+}
+
+typedef struct frame_err_ud {
+    mp_pubsub *ps;
+    mp_buf out;
+    mpreg_err (*check)(struct frame_err_ud *f, const mp_pubsub_delivery *d);
+    size_t calls;
+} frame_err_ud;
+
+static void frame_err_deliver(void *ud, const mp_pubsub_delivery *d) {
+    frame_err_ud *f = ud;
+    f->calls++;
+    f->check(f, d);
+}
+
+static mpreg_err frame_try(frame_err_ud *f, const mp_pubsub_delivery *d, const char *node,
+                           const char *cluster, uint32_t max_frame) {
+    size_t before = f->out.len;
+    mpreg_err err =
+        mp_pubsub_deliver_frame(f->ps, d, mp_str_c(node), mp_str_c(cluster), max_frame, &f->out);
+    if (err) {
+        cr_assert_eq(f->out.len, before, "out left as it was");
+    }
+    return err;
+}
+
+static mpreg_err check_zero_id(frame_err_ud *f, const mp_pubsub_delivery *d) {
+    cr_expect_eq(frame_try(f, d, "n", "c", 0), MPREG_E_INVALID);
+    return MPREG_OK;
+}
+
+static mpreg_err check_bad_headers(frame_err_ud *f, const mp_pubsub_delivery *d) {
+    mpreg_err err = frame_try(f, d, "n", "c", 0);
+    cr_expect(err == MPREG_E_DUPLICATE || err == MPREG_E_INVALID, "got %s", mpreg_err_name(err));
+    return MPREG_OK;
+}
+
+static mpreg_err check_names_and_size(frame_err_ud *f, const mp_pubsub_delivery *d) {
+    static char long_name[MP_MAX_NAME_LEN + 2];
+    memset(long_name, 'n', MP_MAX_NAME_LEN + 1);
+    cr_expect_eq(frame_try(f, d, long_name, "c", 0), MPREG_E_TOO_LARGE);
+    cr_expect_eq(frame_try(f, d, "n", "\xff", 0), MPREG_E_INVALID);
+    /* The frame's exact size is allowed, a byte less is not. */
+    cr_assert_eq(frame_try(f, d, "n", "c", 0), MPREG_OK);
+    uint32_t body = (uint32_t)f->out.len - MP_FRAME_HEADER;
+    cr_expect_eq(frame_try(f, d, "n", "c", body - 1), MPREG_E_FRAME_TOO_LARGE);
+    cr_expect_eq(frame_try(f, d, "n", "c", body), MPREG_OK);
+    mp_pubsub_delivery hand = *d; /* one not made by the service */
+    hand.sub_headers = (mp_bytes){NULL, 0};
+    cr_expect_eq(frame_try(f, &hand, "n", "c", 0), MPREG_E_INVALID);
+    return MPREG_OK;
+}
+
+Test(pubsub_frame, what_it_leaves_to_the_envelope_path) {
+    frame_err_ud f = {0};
+    mp_pubsub_config cfg = plain_config();
+    mp_pubsub_hooks hooks = {&f, frame_err_deliver, NULL};
+    mp_pubsub *ps = mp_pubsub_new(&cfg, &hooks);
+    f.ps = ps;
+    SUB(ps, 1, NULL, "#");
+    f.check = check_zero_id;
+    cr_assert_eq(pub_full(ps, "a", 0, 0, "x", NULL), MPREG_OK);
+
+    f.check = check_bad_headers;
+    mp_header dup[2] = {{mp_str_c("a"), mp_str_c("1")}, {mp_str_c("a"), mp_str_c("2")}};
+    mp_header bad[1] = {{mp_str_c("a"), (mp_str){"\xc3", 1}}};
+    mp_pubsub_message msg = {
+        .id = idn(1), .topic = mp_str_c("a"), .headers = dup, .header_count = 2};
+    cr_assert_eq(mp_pubsub_publish(ps, &msg, 0, NULL), MPREG_OK);
+    msg = (mp_pubsub_message){
+        .id = idn(2), .topic = mp_str_c("a"), .headers = bad, .header_count = 1};
+    cr_assert_eq(mp_pubsub_publish(ps, &msg, 0, NULL), MPREG_OK);
+
+    f.check = check_names_and_size;
+    cr_assert_eq(pub_full(ps, "a", 3, 0, "payload", NULL), MPREG_OK);
+    cr_expect_eq(f.calls, 4);
+    mp_buf_free(&f.out);
+    mp_pubsub_free(ps);
 }
 
 /* --- the SUBSCRIBE / UNSUBSCRIBE payloads ----------------------------------------- */
@@ -1568,9 +2174,10 @@ Test(pubsub_codec, deliver_parse_errors) {
  * retention is an array of every message ever retained with a "still
  * there" flag, the dedupe window an array of (id, time). Random sequences of
  * subscribe (with groups and replay), unsubscribe, remove_owner,
- * set_accepting, replay, expire and publish (with repeated and zero ids)
- * must produce the same deliveries in the same order, the same results and
- * the same counters. */
+ * set_accepting, replay, expire and publish (with repeated and zero ids,
+ * and with filters: given directly and as "mp-deliver" text) must produce
+ * the same deliveries in the same order, the same results and the same
+ * counters. */
 
 #define P_SEEDS 120
 #define P_STEPS 400
@@ -1741,7 +2348,14 @@ static m_sub *m_group_choose(model *m, int g, m_sub **matched, size_t n) {
     return NULL;
 }
 
-static mp_pubsub_result m_publish(model *m, const m_msg *msg) {
+/* What a publish delivers: the ungrouped subscriptions or not, and which
+ * groups (the model of mp_pubsub_filter). */
+typedef struct m_filter {
+    bool plain;
+    bool group[P_GROUPS];
+} m_filter;
+
+static mp_pubsub_result m_publish(model *m, const m_msg *msg, const m_filter *f) {
     mp_pubsub_result r = {0};
     bool dedupe = (m->cfg.dedupe_max_ids || m->cfg.dedupe_window_ms) && !mp_id_is_zero(&msg->id);
     if (dedupe) {
@@ -1777,11 +2391,12 @@ static mp_pubsub_result m_publish(model *m, const m_msg *msg) {
     }
     m_sub *chosen[P_GROUPS];
     for (int g = 0; g < P_GROUPS; g++) {
-        chosen[g] = m_group_choose(m, g, matched, n);
+        /* A group left out does not choose, so its rotation stays put. */
+        chosen[g] = f->group[g] ? m_group_choose(m, g, matched, n) : NULL;
     }
     for (size_t i = 0; i < n; i++) {
         m_sub *s = matched[i];
-        if (s->group >= 0 && chosen[s->group] != s) {
+        if (s->group >= 0 ? chosen[s->group] != s : !f->plain) {
             continue;
         }
         if (m->accepting[s->owner]) {
@@ -1837,51 +2452,67 @@ static void compare_deliveries(recorder *got, recorder *want, uint64_t seed, siz
     want->n = 0;
 }
 
-/* The interest hook's view: the live patterns, checked for consistency as
- * events arrive. */
+/* The interest hook's view: the live (group, pattern) pairs as "group/pattern"
+ * ("/pattern" ungrouped), checked for consistency as events arrive. */
+#define P_KEY_LEN (P_PAT_LEN + 8)
+
 typedef struct interest_set {
-    char pat[P_MAX_SUBS][P_PAT_LEN];
+    char pat[P_MAX_SUBS][P_KEY_LEN];
     size_t n;
 } interest_set;
+
+static const char *const p_groups[P_GROUPS] = {"g0", "g1"};
+
+static void p_interest_key(char out[P_KEY_LEN], int group, const char *pattern) {
+    snprintf(out, P_KEY_LEN, "%s/%s", group >= 0 ? p_groups[group] : "", pattern);
+}
 
 typedef struct prop_ud {
     recorder got;
     interest_set interest;
+    mp_pubsub *ps;
 } prop_ud;
 
 static void prop_deliver(void *ud, const mp_pubsub_delivery *d) {
-    on_deliver(&((prop_ud *)ud)->got, d);
+    prop_ud *u = ud;
+    on_deliver(&u->got, d);
+    /* Every delivery, live or replayed, framed as the envelope path would. */
+    expect_frame_as_envelope(u->ps, d, "node-1", "c1");
 }
 
-static void prop_interest(void *ud, mp_str pattern, bool added) {
+static void prop_interest(void *ud, mp_str pattern, mp_str group, bool added) {
     interest_set *set = &((prop_ud *)ud)->interest;
-    char p[P_PAT_LEN];
+    char p[P_PAT_LEN], g[8], key[P_KEY_LEN];
     copy_str(p, sizeof p, pattern);
+    copy_str(g, sizeof g, group);
+    snprintf(key, sizeof key, "%s/%s", g, p);
     for (size_t i = 0; i < set->n; i++) {
-        if (strcmp(set->pat[i], p) == 0) {
-            cr_assert_not(added, "pattern %s added twice", p);
-            memcpy(set->pat[i], set->pat[--set->n], P_PAT_LEN);
+        if (strcmp(set->pat[i], key) == 0) {
+            cr_assert_not(added, "interest %s added twice", key);
+            memcpy(set->pat[i], set->pat[--set->n], P_KEY_LEN);
             return;
         }
     }
-    cr_assert(added, "pattern %s removed but not present", p);
+    cr_assert(added, "interest %s removed but not present", key);
     cr_assert_lt(set->n, P_MAX_SUBS);
-    memcpy(set->pat[set->n++], p, P_PAT_LEN);
+    memcpy(set->pat[set->n++], key, P_KEY_LEN);
 }
 
-/* Each distinct pattern of the live subscriptions with its holder count
- * must be what the service lists, and what the hook saw. */
+/* Each distinct (group, pattern) of the live subscriptions with its holder
+ * count must be what the service lists, and what the hook saw. */
 static void compare_interest(mp_pubsub *ps, const model *m, const interest_set *set) {
     interest_set want = {0};
     for (size_t i = 0; i < m->nsubs; i++) {
         const m_sub *s = &m->subs[i];
         for (size_t k = 0; s->live && k < s->npat; k++) {
+            char key[P_KEY_LEN];
+            p_interest_key(key, s->group, s->pat[k]);
             size_t j = 0;
-            while (j < want.n && strcmp(want.pat[j], s->pat[k]) != 0) {
+            while (j < want.n && strcmp(want.pat[j], key) != 0) {
                 j++;
             }
             if (j == want.n) {
-                memcpy(want.pat[want.n++], s->pat[k], P_PAT_LEN);
+                memcpy(want.pat[want.n++], key, P_KEY_LEN);
             }
         }
     }
@@ -1896,17 +2527,20 @@ static void compare_interest(mp_pubsub *ps, const model *m, const interest_set *
     }
 }
 
-static void check_pattern_count(void *ud, mp_str pattern, size_t subscribers) {
+static void check_pattern_count(void *ud, mp_str pattern, mp_str group, size_t subscribers) {
     const model *m = ud;
-    char p[P_PAT_LEN];
+    char p[P_PAT_LEN], g[8], want[P_KEY_LEN], key[P_KEY_LEN];
     copy_str(p, sizeof p, pattern);
+    copy_str(g, sizeof g, group);
+    snprintf(want, sizeof want, "%s/%s", g, p);
     size_t n = 0;
     for (size_t i = 0; i < m->nsubs; i++) {
         for (size_t k = 0; m->subs[i].live && k < m->subs[i].npat; k++) {
-            n += strcmp(m->subs[i].pat[k], p) == 0;
+            p_interest_key(key, m->subs[i].group, m->subs[i].pat[k]);
+            n += strcmp(key, want) == 0;
         }
     }
-    cr_assert_eq(subscribers, n, "pattern %s", p);
+    cr_assert_eq(subscribers, n, "interest %s", want);
 }
 
 static void compare_totals(mp_pubsub *ps, const model *m, uint64_t seed) {
@@ -1946,10 +2580,9 @@ static void prop_subscribe(mp_pubsub *ps, model *m, mp_xoshiro *x) {
     }
     mp_pubsub_sub_spec spec = {.owner = s->owner, .tag = mp_str_c("s"), .patterns = pats};
     spec.pattern_count = n;
-    static const char *groups[] = {"g0", "g1"};
     s->group = (int)mp_rng_below(&x->rng, 3) - 1;
     if (s->group >= 0) {
-        spec.group = mp_str_c(groups[s->group]);
+        spec.group = mp_str_c(p_groups[s->group]);
     }
     if (mp_rng_below(&x->rng, 3) == 0) {
         s->replay.has_last = mp_rng_below(&x->rng, 2);
@@ -1999,8 +2632,41 @@ static void prop_publish(mp_pubsub *ps, model *m, mp_xoshiro *x, uint64_t now, u
     mp_pubsub_message pm = {
         .id = msg.id, .topic = mp_str_c(msg.topic), .payload = {body, msg.plen}};
     mp_pubsub_result got;
-    cr_assert_eq(mp_pubsub_publish(ps, &pm, now, &got), MPREG_OK);
-    mp_pubsub_result want = m_publish(m, &msg);
+    m_filter mf = {.plain = true, .group = {true, true}};
+    uint64_t how = mp_rng_below(&x->rng, 4);
+    if (how == 0) {
+        cr_assert_eq(mp_pubsub_publish(ps, &pm, now, &got), MPREG_OK);
+    } else {
+        /* A filter: all groups, or some (a name twice, and one nobody has,
+         * change nothing), with or without the plain part. */
+        mp_str names[P_GROUPS + 2];
+        mp_pubsub_filter f = {.plain = mp_rng_below(&x->rng, 2), .groups = names};
+        f.all_groups = how == 1;
+        for (int g = 0; g < P_GROUPS; g++) {
+            mf.group[g] = f.all_groups || mp_rng_below(&x->rng, 2);
+            if (!f.all_groups && mf.group[g]) {
+                names[f.group_count++] = mp_str_c(p_groups[g]);
+            }
+        }
+        if (f.group_count && mp_rng_below(&x->rng, 2)) {
+            names[f.group_count] = names[f.group_count - 1];
+            f.group_count++;
+        }
+        names[f.group_count++] = mp_str_c("g9");
+        mf.plain = f.plain;
+        if (how == 3 && !f.all_groups) {
+            /* The same filter through its text, as another node sends it. */
+            char text[64];
+            size_t len = 0;
+            mpreg_err err = mp_pubsub_filter_encode(&f, text, sizeof text, &len);
+            cr_assert_eq(err, MPREG_OK);
+            cr_assert_eq(mp_pubsub_publish_encoded(ps, &pm, now, (mp_str){text, len}, &got, NULL),
+                         MPREG_OK);
+        } else {
+            cr_assert_eq(mp_pubsub_publish_filtered(ps, &pm, now, &f, &got), MPREG_OK);
+        }
+    }
+    mp_pubsub_result want = m_publish(m, &msg, &mf);
     cr_assert(got.delivered == want.delivered && got.dropped == want.dropped &&
                   got.duplicate == want.duplicate && got.retained == want.retained,
               "seed %" PRIu64 " step %zu: result differs", seed, step);
@@ -2028,6 +2694,7 @@ static void prop_run(uint64_t seed) {
     cr_assert_not_null(ud);
     mp_pubsub_hooks hooks = {ud, prop_deliver, prop_interest};
     mp_pubsub *ps = mp_pubsub_new(&cfg, &hooks);
+    ud->ps = ps;
     uint64_t now = 1000, next_id = 1;
 
     for (size_t step = 0; step < P_STEPS; step++) {

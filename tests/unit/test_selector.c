@@ -309,6 +309,29 @@ Test(selector, local_then_load) {
     mp_catalog_free(c);
 }
 
+Test(selector, avoid_node_passes_over_its_endpoints) {
+    mp_catalog *c = cat_new("n1");
+    add_fn(c, (fn_spec){"n2", "f", NULL, "2.0.0", 0, {NULL}});
+    add_fn(c, (fn_spec){"n3", "f", NULL, "1.0.0", 0, {NULL}});
+    mp_function_query q = {.name = "f"};
+    mp_selection s = mp_select_function(c, &q, NULL);
+    cr_assert_str_eq(s.endpoint->key.node, "n2", "the highest version first");
+    /* n2 could not be reached: the retry goes to the next best. */
+    q.avoid_node = "n2";
+    s = mp_select_function(c, &q, NULL);
+    cr_assert_eq(s.error, MPREG_OK);
+    cr_assert_str_eq(s.endpoint->key.node, "n3");
+    /* Nobody else has it: the selection fails. */
+    q.avoid_node = "n3";
+    add_fn(c, (fn_spec){"n4", "g", NULL, "1.0.0", 0, {NULL}});
+    q.name = "g";
+    q.avoid_node = "n4";
+    s = mp_select_function(c, &q, NULL);
+    cr_assert_neq(s.error, MPREG_OK);
+    cr_assert_null(s.endpoint);
+    mp_catalog_free(c);
+}
+
 /* ---- the random tie-break --------------------------------------------------------------- */
 
 static mp_catalog *ties_catalog(int n, bool reversed) {

@@ -1108,3 +1108,210 @@ Test(transport, shutdown_of_an_idle_transport) {
     ep_teardown(&s);
     h_finish(&h);
 }
+
+/* ---- dialing by address ---------------------------------------------------------- */
+
+Test(transport, split_addr_accepts_host_port_and_bracketed_ipv6) {
+    char host[MP_TRANSPORT_HOST_MAX];
+    uint16_t port = 0;
+    cr_assert_eq(mp_transport_split_addr("127.0.0.1:6464", false, host, &port), MPREG_OK);
+    cr_assert_str_eq(host, "127.0.0.1");
+    cr_assert_eq(port, 6464);
+    cr_assert_eq(mp_transport_split_addr("[::1]:1", false, host, &port), MPREG_OK);
+    cr_assert_str_eq(host, "::1");
+    cr_assert_eq(port, 1);
+    cr_assert_eq(mp_transport_split_addr("localhost:65535", false, host, &port), MPREG_OK);
+    cr_assert_str_eq(host, "localhost");
+    cr_assert_eq(port, 65535);
+    cr_assert_eq(mp_transport_split_addr("0.0.0.0:0", true, host, &port), MPREG_OK);
+    cr_assert_eq(port, 0);
+
+    static const char *const bad[] = {
+        "",           "6464",     ":6464",       "host:",    "host:0",
+        "host:65536", "host:12x", "host:-1",     "::1:6464", "[::1]6464",
+        "[::1",       "[]:6464",  "host:123456", "host: 80", "host:6464 ",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_eq(mp_transport_split_addr(bad[i], false, host, &port), MPREG_E_INVALID,
+                     "'%s' was accepted", bad[i]);
+    }
+    char long_host[MP_TRANSPORT_HOST_MAX + 8];
+    memset(long_host, 'a', MP_TRANSPORT_HOST_MAX);
+    memcpy(long_host + MP_TRANSPORT_HOST_MAX, ":80", 4);
+    cr_assert_eq(mp_transport_split_addr(long_host, false, host, &port), MPREG_E_INVALID);
+    cr_assert_eq(mp_transport_split_addr(NULL, false, host, &port), MPREG_E_INVALID);
+}
+
+/* The server greets every connection it accepts, then echoes. */
+static void greet_on_accept(endpoint *s, uint64_t id) {
+    cr_assert_eq(mp_transport_send(s->t, id, "welcome", 7), MPREG_OK);
+}
+
+Test(transport, dial_addr_exchanges_frames_both_ways) {
+    harness h;
+    endpoint s, c;
+    h_init(&h);
+    ep_init(&s, &h, NULL);
+    ep_init(&c, &h, NULL);
+    s.echo = true;
+    s.on_accept = greet_on_accept;
+    uint16_t port = ep_listen(&s);
+
+    const char *hosts[] = {"127.0.0.1", "localhost"};
+    mp_buf want = MP_BUF_INIT;
+    for (size_t i = 0; i < 2; i++) {
+        char addr[64];
+        snprintf(addr, sizeof addr, "%s:%u", hosts[i], (unsigned)port);
+        uint64_t id = 0;
+        cr_assert_eq(mp_transport_dial_addr(c.t, addr, &id), MPREG_OK, "%s: %s", addr,
+                     mp_transport_last_error(c.t));
+        cr_assert_neq(id, 0);
+        RUN_UNTIL(&h, c.n_connected == i + 1 && s.n_accepted == i + 1);
+        cr_assert_eq(c.connected[i], id);
+        cr_assert_eq(c.connect_status[i], MPREG_OK);
+        /* After the connect it is a connection like any other: frames both
+         * ways, through the decoder, in order. */
+        cr_assert_eq(mp_transport_send(c.t, id, "ping", 4), MPREG_OK);
+        cr_assert_eq(mp_transport_send(c.t, id, addr, strlen(addr)), MPREG_OK);
+        expect_frame(&want, "welcome");
+        expect_frame(&want, "ping");
+        expect_frame(&want, addr);
+        RUN_UNTIL(&h, c.n_frames == 3 * (i + 1));
+        assert_stream_eq(&c.log, &want);
+        mp_transport_conn_stats cs;
+        cr_assert_eq(mp_transport_get_conn_stats(c.t, id, &cs), MPREG_OK);
+        cr_assert_eq(cs.frames_in, 3);
+        cr_assert_eq(cs.frames_out, 2);
+        cr_assert_eq(cs.pending_bytes, 0);
+    }
+    cr_assert_eq(s.n_frames, 4);
+    mp_transport_stats ts;
+    mp_transport_get_stats(c.t, &ts);
+    cr_assert_eq(ts.dialed, 2);
+    cr_assert_eq(ts.accepted, 0);
+
+    mp_buf_free(&want);
+    ep_teardown(&c);
+    ep_teardown(&s);
+    h_finish(&h);
+}
+
+Test(transport, dial_addr_to_a_closed_port_reports_failure_on_close) {
+    harness h;
+    endpoint s, c;
+    h_init(&h);
+    ep_init(&s, &h, NULL);
+    ep_init(&c, &h, NULL);
+    /* A port that was listening a moment ago and is closed now. */
+    uint16_t port = ep_listen(&s);
+    ep_teardown(&s);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
+
+    uint64_t id = 0;
+    cr_assert_eq(mp_transport_dial_addr(c.t, addr, &id), MPREG_OK);
+    cr_assert_neq(id, 0);
+    cr_assert_eq(mp_transport_send(c.t, id, "lost", 4), MPREG_OK);
+    cr_assert_eq(c.n_closed, 0, "no callback from inside the dial");
+    RUN_UNTIL(&h, c.n_closed == 1);
+    cr_assert_eq(c.closed[0], id);
+    cr_assert_eq(c.close_reason[0], MPREG_E_UNREACHABLE);
+    cr_assert_eq(c.n_connected, 1);
+    cr_assert_eq(c.connect_status[0], MPREG_E_UNREACHABLE);
+    const char *msg = mp_transport_last_error(c.t);
+    cr_assert(strstr(msg, "connection refused") != NULL, "message: %s", msg);
+    cr_assert(strstr(msg, addr) != NULL, "message does not name %s: %s", addr, msg);
+    cr_assert_eq(mp_transport_send(c.t, id, "x", 1), MPREG_E_CLOSED);
+
+    /* An address that does not parse: refused at once, no id, no callback. */
+    static const char *const bad[] = {"127.0.0.1", "127.0.0.1:0", "::1:80", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint64_t none = 0;
+        cr_assert_eq(mp_transport_dial_addr(c.t, bad[i], &none), MPREG_E_INVALID, "%s", bad[i]);
+        cr_assert_eq(none, 0);
+        cr_assert(strstr(mp_transport_last_error(c.t), "expected HOST:PORT") != NULL, "%s",
+                  mp_transport_last_error(c.t));
+    }
+    run_for(&h, 20);
+    cr_assert_eq(c.n_closed, 1);
+    cr_assert_eq(c.n_connected, 1);
+    ep_teardown(&c);
+    h_finish(&h);
+}
+
+#define EARLY_N 300
+
+typedef struct early_state {
+    uint64_t conn;
+} early_state;
+
+static void early_connected(endpoint *c, uint64_t id) {
+    early_state *st = c->user;
+    cr_assert_eq(id, st->conn);
+    /* Everything queued is still waiting: nothing was written yet. */
+    mp_transport_conn_stats cs;
+    cr_assert_eq(mp_transport_get_conn_stats(c->t, id, &cs), MPREG_OK);
+    cr_assert_eq(cs.bytes_out, 0);
+    cr_assert_gt(cs.pending_bytes, 0);
+}
+
+static void early_reader(endpoint *s, uint64_t id, const uint8_t *f, size_t len) {
+    (void)id;
+    size_t seq = s->n_frames;
+    cr_assert_eq(len, 4 + seq % 50, "frame %zu has the wrong length", seq);
+    check_body((uint32_t)seq, f, len);
+}
+
+Test(transport, output_queued_before_connect_arrives_in_order) {
+    harness h;
+    endpoint s, c;
+    early_state st = {0};
+    h_init(&h);
+    ep_init(&s, &h, NULL);
+    ep_init(&c, &h, NULL);
+    s.on_frame = early_reader;
+    c.user = &st;
+    c.on_connected = early_connected;
+    uint16_t port = ep_listen(&s);
+    char addr[64];
+    snprintf(addr, sizeof addr, "localhost:%u", (unsigned)port);
+    cr_assert_eq(mp_transport_dial_addr(c.t, addr, &st.conn), MPREG_OK);
+
+    /* Before the loop has run at all, the connection cannot be up: queue
+     * frames both ways a caller can (send, and framing in place). */
+    for (uint32_t i = 0; i < EARLY_N; i++) {
+        size_t len = 4 + i % 50;
+        uint8_t *b = make_body(i, len);
+        if (i % 2) {
+            cr_assert_eq(mp_transport_send(c.t, st.conn, b, len), MPREG_OK);
+        } else {
+            mp_buf *out = mp_transport_output(c.t, st.conn);
+            cr_assert_not_null(out);
+            size_t start = mp_frame_begin(out);
+            cr_assert_eq(mp_buf_append(out, b, len), MPREG_OK);
+            cr_assert_eq(mp_frame_end(out, start, mp_transport_max_frame(c.t)), MPREG_OK);
+            mp_transport_output_commit(c.t, st.conn, 1);
+        }
+        free(b);
+    }
+    cr_assert_eq(c.n_connected, 0);
+    mp_transport_conn_stats cs;
+    cr_assert_eq(mp_transport_get_conn_stats(c.t, st.conn, &cs), MPREG_OK);
+    cr_assert_eq(cs.frames_out, EARLY_N);
+    cr_assert_gt(cs.pending_bytes, 0);
+
+    RUN_UNTIL(&h, s.n_frames == EARLY_N);
+    cr_assert_eq(c.n_connected, 1);
+    cr_assert_eq(c.connect_status[0], MPREG_OK);
+    cr_assert_eq(mp_transport_get_conn_stats(c.t, st.conn, &cs), MPREG_OK);
+    cr_assert_eq(cs.pending_bytes, 0);
+    /* Queued while connecting, written as one coalesced burst. */
+    cr_assert_lt(cs.write_calls, 5, "%lu writes", (unsigned long)cs.write_calls);
+    run_for(&h, 20);
+    cr_assert_eq(s.n_frames, EARLY_N);
+    cr_assert_eq(s.n_closed, 0);
+
+    ep_teardown(&c);
+    ep_teardown(&s);
+    h_finish(&h);
+}

@@ -1,0 +1,829 @@
+/* node_cluster.c - the node in a cluster: membership, catalog gossip and
+ * peer links.
+ *
+ * Membership is fabric/membership.h (SWIM); this file is its delegate and
+ * its transport:
+ *   - every change of a local catalog entry is disseminated as an item (a
+ *     one-entry catalog delta); an item from a peer is merged into the
+ *     catalog and, when it was news, spread further by the membership;
+ *   - push-pull anti-entropy carries the catalog's digest, and the whole
+ *     catalog (a snapshot, in chunks) when digests differ;
+ *   - a member declared dead (or that left) takes its entries with it: the
+ *     node records a catalog death for it and closes its link, so calls in
+ *     flight there fail at once;
+ *   - SWIM messages, RPC invokes and forwarded publishes travel over peer
+ *     links: connections this node dialed (io->dial, HELLO role "peer") or
+ *     that a peer dialed. Links are opened on demand and at most
+ *     max_peer_conns are kept: the least recently used idle one is closed
+ *     to make room, so a large cluster never needs a full mesh.
+ *
+ * Epochs. The incarnation of this node's catalog entries (n->incarnation)
+ * starts at the configured incarnation and may grow while the node runs:
+ * when the node learns that the cluster recorded its death (it was taken
+ * for dead during a partition, and refuted), the entries of that epoch are
+ * ignored everywhere for good, so it re-advertises everything under a new
+ * epoch, max(epoch + 1, now). A restarted node starts above any epoch of its
+ * previous life (the driver persists the counter, and the clock moved on).
+ *
+ * The membership must not be re-entered from its own callbacks, so
+ * broadcasts made while inside it wait in n->pending until it returns. */
+#include "node/node_internal.h"
+
+#include "fabric/delta.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MP_CLUSTER_DEFAULT_MAX_PEERS 64u
+#define MP_CLUSTER_STATE_CHUNK 4096u /* catalog records per push-pull chunk */
+
+static void mp_cluster_flush(mp_node *n);
+static void mp_cluster_check_epoch(mp_node *n);
+
+/* --- broadcasts -------------------------------------------------------------- */
+
+static void mp_put_u32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t mp_get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Queues (key, data) for mp_swim_broadcast once the membership is not busy. */
+static void mp_cluster_defer(mp_node *n, const mp_buf *key, const mp_buf *data) {
+    uint8_t len[4];
+    mp_put_u32(len, (uint32_t)key->len);
+    mpreg_err err = mp_buf_append(&n->pending, len, 4);
+    err = err ? err : mp_buf_append(&n->pending, key->data, key->len);
+    mp_put_u32(len, (uint32_t)data->len);
+    err = err ? err : mp_buf_append(&n->pending, len, 4);
+    err = err ? err : mp_buf_append(&n->pending, data->data, data->len);
+    if (err) {
+        mp_node_log(n, MP_LOG_WARN, "gossip: a catalog change could not be queued: %s",
+                    mpreg_err_name(err));
+    }
+}
+
+static void mp_cluster_broadcast_pending(mp_node *n) {
+    size_t off = 0;
+    char key[MP_SWIM_MAX_ID * 4 + 64];
+    while (off + 8 <= n->pending.len) {
+        uint32_t klen = mp_get_u32(n->pending.data + off);
+        const uint8_t *k = n->pending.data + off + 4;
+        uint32_t dlen = mp_get_u32(k + klen);
+        const uint8_t *d = k + klen + 4;
+        size_t kl = klen < sizeof key - 1 ? klen : sizeof key - 1;
+        memcpy(key, k, kl);
+        key[kl] = '\0';
+        mpreg_err err = mp_swim_broadcast(n->swim, key, d, dlen);
+        if (err) {
+            mp_node_log(n, MP_LOG_WARN, "gossip: broadcast refused: %s", mpreg_err_name(err));
+        }
+        off += 8 + klen + dlen;
+    }
+    n->pending.len = 0;
+}
+
+/* Hex of the entry's canonical key bytes: a text key for the membership's
+ * "newer replaces older" queue. */
+static void mp_cluster_item_key(const mp_buf *raw, char prefix, mp_buf *out) {
+    static const char hex[] = "0123456789abcdef";
+    uint8_t p = (uint8_t)prefix;
+    mp_buf_append(out, &p, 1);
+    size_t n = raw->len < MP_SWIM_MAX_ID * 2 ? raw->len : MP_SWIM_MAX_ID * 2;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t two[2] = {(uint8_t)hex[raw->data[i] >> 4], (uint8_t)hex[raw->data[i] & 15]};
+        mp_buf_append(out, two, 2);
+    }
+}
+
+static void mp_cluster_broadcast_delta(mp_node *n, const mp_delta *d, const mp_buf *raw_key,
+                                       char prefix) {
+    mp_buf data = MP_BUF_INIT, key = MP_BUF_INIT;
+    mpreg_err err = mp_delta_encode(d, &data);
+    if (!err) {
+        mp_cluster_item_key(raw_key, prefix, &key);
+        mp_cluster_defer(n, &key, &data);
+        if (!n->in_swim) {
+            mp_cluster_broadcast_pending(n);
+            mp_cluster_flush(n);
+        }
+    } else {
+        mp_node_log(n, MP_LOG_WARN, "gossip: a catalog change could not be encoded: %s",
+                    mpreg_err_name(err));
+    }
+    mp_buf_free(&data);
+    mp_buf_free(&key);
+}
+
+void mp_cluster_entry_changed(mp_node *n, const mp_entry *e) {
+    if (!n->swim) {
+        return;
+    }
+    mp_delta d;
+    mp_delta_init(&d);
+    mp_buf key = MP_BUF_INIT;
+    if (mp_delta_add_entry(&d, e) == MPREG_OK && mp_entry_key_bytes(e, &key) == MPREG_OK) {
+        mp_cluster_broadcast_delta(n, &d, &key, 'e');
+    }
+    mp_buf_free(&key);
+    mp_delta_free(&d);
+}
+
+static void mp_cluster_broadcast_death(mp_node *n, const char *node, uint64_t incarnation) {
+    mp_delta d;
+    mp_delta_init(&d);
+    mp_buf key = MP_BUF_INIT;
+    if (mp_delta_add_death(&d, node, incarnation) == MPREG_OK &&
+        mp_buf_append(&key, node, strlen(node)) == MPREG_OK) {
+        mp_cluster_broadcast_delta(n, &d, &key, 'd');
+    }
+    mp_buf_free(&key);
+    mp_delta_free(&d);
+}
+
+/* --- epochs -------------------------------------------------------------------- */
+
+typedef struct mp_own_entries {
+    const char *self;
+    mp_entry *items;
+    size_t len;
+    size_t cap;
+    bool failed;
+} mp_own_entries;
+
+static bool mp_collect_own(void *ud, const mp_entry *e) {
+    mp_own_entries *o = ud;
+    if (strcmp(mp_entry_origin(e), o->self) != 0) {
+        return true;
+    }
+    if (o->len == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 16;
+        mp_entry *items = realloc(o->items, cap * sizeof *items);
+        if (!items) {
+            o->failed = true;
+            return false;
+        }
+        o->items = items;
+        o->cap = cap;
+    }
+    if (mp_entry_clone(e, &o->items[o->len]) != MPREG_OK) {
+        o->failed = true;
+        return false;
+    }
+    o->len++;
+    return true;
+}
+
+/* The cluster recorded this node's death at `dead_at` (>= its epoch): move
+ * every entry to a new epoch above it, and tell everyone the old one is over. */
+static void mp_cluster_new_epoch(mp_node *n, uint64_t dead_at) {
+    uint64_t old = n->incarnation;
+    uint64_t next = dead_at + 1 > old + 1 ? dead_at + 1 : old + 1;
+    n->incarnation = next > n->now_ms ? next : n->now_ms;
+    n->counter = 0;
+    mp_own_entries own = {.self = n->node_id};
+    mp_catalog_each(n->catalog, 0, mp_collect_own, &own);
+    mp_node_log(n, MP_LOG_INFO, "the cluster took this node for dead: new epoch %llu (was %llu)",
+                (unsigned long long)n->incarnation, (unsigned long long)old);
+    for (size_t i = 0; i < own.len; i++) {
+        if (own.items[i].kind == MP_ENTRY_NODE) {
+            own.items[i].u.node.incarnation = n->incarnation;
+        }
+        mp_node_advertise(n, &own.items[i]);
+        mp_entry_free(&own.items[i]);
+    }
+    free(own.items);
+    uint64_t dead = dead_at > old ? dead_at : old;
+    mp_catalog_apply_death(n->catalog, n->node_id, dead, n->now_ms, NULL);
+    mp_cluster_broadcast_death(n, n->node_id, dead);
+}
+
+static void mp_cluster_check_epoch(mp_node *n) {
+    if (!n->swim) {
+        return;
+    }
+    mp_swim_stats st;
+    mp_swim_get_stats(n->swim, &st);
+    if (st.refutations != n->seen_refutations) {
+        n->seen_refutations = st.refutations;
+        /* A refutation may answer a death others already recorded against
+         * this epoch, and only a new epoch brings the entries back there. A
+         * refuted suspicion costs the same few re-advertised entries. */
+        mp_cluster_new_epoch(n, n->incarnation);
+    }
+}
+
+/* --- merging what peers send --------------------------------------------------- */
+
+/* Merges a delta from a peer: never entries about this node (it alone
+ * speaks for itself), and a death of this node at or above its epoch makes
+ * a new epoch first (so it removes nothing live). True when anything was
+ * news. */
+static bool mp_cluster_merge_delta(mp_node *n, const mp_delta *d) {
+    bool news = false;
+    for (uint32_t i = 0; i < d->death_count; i++) {
+        const mp_node_death *dd = &d->deaths[i];
+        uint64_t before = mp_catalog_death(n->catalog, dd->node);
+        if (strcmp(dd->node, n->node_id) == 0 && dd->incarnation >= n->incarnation) {
+            mp_cluster_new_epoch(n, dd->incarnation);
+        }
+        uint32_t removed = 0;
+        if (mp_catalog_apply_death(n->catalog, dd->node, dd->incarnation, n->now_ms, &removed) ==
+                MPREG_OK &&
+            (removed > 0 || mp_catalog_death(n->catalog, dd->node) != before)) {
+            news = true;
+        }
+    }
+    for (uint32_t i = 0; i < d->entry_count; i++) {
+        const mp_entry *e = &d->entries[i];
+        if (strcmp(mp_entry_origin(e), n->node_id) == 0) {
+            continue;
+        }
+        mp_apply_result r;
+        if (mp_catalog_apply_entry(n->catalog, e, n->now_ms, &r) == MPREG_OK &&
+            (r == MP_APPLY_ADDED || r == MP_APPLY_UPDATED || r == MP_APPLY_WITHDRAWN)) {
+            news = true;
+        }
+    }
+    return news;
+}
+
+static bool mp_swim_on_item_cb(void *ud, const uint8_t *data, size_t len, const char *from_id) {
+    mp_node *n = ud;
+    mp_delta d;
+    const char *why = NULL;
+    if (mp_delta_decode(data, len, &d, &why) != MPREG_OK) {
+        mp_node_log(n, MP_LOG_DEBUG, "gossip: bad catalog item from %s: %s",
+                    from_id ? from_id : "?", why ? why : "undecodable");
+        return false;
+    }
+    bool news = mp_cluster_merge_delta(n, &d);
+    mp_delta_free(&d);
+    return news;
+}
+
+static uint64_t mp_swim_digest_cb(void *ud) {
+    mp_node *n = ud;
+    return mp_catalog_digest(n->catalog);
+}
+
+/* The catalog as push-pull state: length-prefixed catalog deltas (u32 big
+ * endian, then the delta), each at most MP_CLUSTER_STATE_CHUNK records. */
+static mpreg_err mp_swim_state_encode_cb(void *ud, mp_buf *out) {
+    mp_node *n = ud;
+    mp_delta all;
+    mpreg_err err = mp_catalog_snapshot(n->catalog, &all);
+    if (err) {
+        return err;
+    }
+    uint32_t next = 0;
+    bool deaths_sent = false;
+    while (!err && (next < all.entry_count || !deaths_sent)) {
+        mp_delta chunk;
+        mp_delta_init(&chunk);
+        /* Borrow the snapshot's arrays: the chunk is never freed. */
+        uint32_t take = all.entry_count - next;
+        take = take > MP_CLUSTER_STATE_CHUNK ? MP_CLUSTER_STATE_CHUNK : take;
+        chunk.entries = all.entries + next;
+        chunk.entry_count = take;
+        if (!deaths_sent) {
+            chunk.deaths = all.deaths;
+            chunk.death_count = all.death_count > MP_DELTA_MAX_DEATHS ? MP_DELTA_MAX_DEATHS
+                                                                      : all.death_count;
+            deaths_sent = true;
+        }
+        size_t at = out->len;
+        uint8_t len[4] = {0};
+        err = mp_buf_append(out, len, 4);
+        err = err ? err : mp_delta_encode(&chunk, out);
+        if (!err) {
+            mp_put_u32(out->data + at, (uint32_t)(out->len - at - 4));
+        }
+        next += take;
+    }
+    mp_delta_free(&all);
+    return err;
+}
+
+static void mp_swim_state_merge_cb(void *ud, const uint8_t *data, size_t len,
+                                   const char *from_id) {
+    mp_node *n = ud;
+    size_t off = 0;
+    while (off + 4 <= len) {
+        uint32_t clen = mp_get_u32(data + off);
+        if (clen > len - off - 4) {
+            break;
+        }
+        mp_delta d;
+        const char *why = NULL;
+        if (mp_delta_decode(data + off + 4, clen, &d, &why) != MPREG_OK) {
+            mp_node_log(n, MP_LOG_INFO, "push-pull: bad catalog state from %s: %s",
+                        from_id ? from_id : "?", why ? why : "undecodable");
+            return;
+        }
+        mp_cluster_merge_delta(n, &d);
+        mp_delta_free(&d);
+        off += 4 + (size_t)clen;
+    }
+    if (off != len) {
+        mp_node_log(n, MP_LOG_INFO, "push-pull: truncated catalog state from %s",
+                    from_id ? from_id : "?");
+    }
+}
+
+/* --- members coming and going ---------------------------------------------------- */
+
+static void mp_cluster_close_links(mp_node *n, const char *id, mpreg_err reason) {
+    for (mp_link *l = n->conn_list.next; l != &n->conn_list; l = l->next) {
+        mp_conn *c = MP_CONTAINER(l, mp_conn, link);
+        if (c->role == MP_ROLE_PEER && c->peer_id && strcmp(c->peer_id, id) == 0) {
+            mp_node_close_conn(n, c, reason);
+        }
+    }
+    mp_map_remove(&n->peers, id, strlen(id));
+}
+
+static void mp_swim_on_member_cb(void *ud, mp_member_event_kind ev, const mp_member *m) {
+    mp_node *n = ud;
+    switch (ev) {
+    case MP_MEMBER_JOINED:
+        mp_node_log(n, MP_LOG_INFO, "member %s joined (%s, generation %llu)", m->id, m->addr,
+                    (unsigned long long)m->generation);
+        /* Whatever an earlier life of it advertised is over. */
+        if (m->generation > 0) {
+            mp_catalog_apply_death(n->catalog, m->id, m->generation - 1, n->now_ms, NULL);
+        }
+        break;
+    case MP_MEMBER_SUSPECTED:
+        mp_node_log(n, MP_LOG_INFO, "member %s is suspected", m->id);
+        break;
+    case MP_MEMBER_RECOVERED:
+        mp_node_log(n, MP_LOG_INFO, "member %s is alive again", m->id);
+        break;
+    case MP_MEMBER_DIED:
+    case MP_MEMBER_LEFT_EV: {
+        const mp_node_descriptor *desc = mp_catalog_node(n->catalog, m->id);
+        uint64_t epoch = m->generation;
+        if (desc && desc->incarnation > epoch) {
+            epoch = desc->incarnation;
+        }
+        uint32_t removed = 0;
+        mp_catalog_apply_death(n->catalog, m->id, epoch, n->now_ms, &removed);
+        mp_node_log(n, MP_LOG_INFO, "member %s %s: %u catalog entries removed", m->id,
+                    ev == MP_MEMBER_DIED ? "died" : "left", removed);
+        mp_cluster_close_links(n, m->id, MPREG_E_UNREACHABLE);
+        break;
+    }
+    case MP_MEMBER_UPDATED:
+        mp_node_log(n, MP_LOG_INFO, "member %s now at %s", m->id, m->addr);
+        break;
+    }
+}
+
+/* --- peer links ---------------------------------------------------------------- */
+
+static bool mp_conn_idle(const mp_conn *c) {
+    return c->inflight == 0 && mp_list_empty(&c->served) && mp_list_empty(&c->requests);
+}
+
+void mp_cluster_touch(mp_node *n, mp_conn *c) {
+    if (c->role == MP_ROLE_PEER && c->state != MP_CONN_CLOSING) {
+        mp_list_remove(&c->peer_link);
+        mp_list_push(&n->peer_lru, &c->peer_link);
+    }
+}
+
+/* Makes room for one more link: closes the least recently used idle one
+ * when the node is at its bound. The LRU list keeps this O(busy links). */
+static void mp_cluster_make_room(mp_node *n, const mp_conn *keep) {
+    while (n->peer_conns >= n->max_peer_conns) {
+        mp_conn *lru = NULL;
+        for (mp_link *l = n->peer_lru.next; l != &n->peer_lru && !lru; l = l->next) {
+            mp_conn *c = MP_CONTAINER(l, mp_conn, peer_link);
+            if (c != keep && mp_conn_idle(c)) {
+                lru = c;
+            }
+        }
+        if (!lru) {
+            return; /* every link is busy: go over the bound rather than fail calls */
+        }
+        mp_node_log(n, MP_LOG_DEBUG, "peer link to %s closed to make room",
+                    lru->peer_id ? lru->peer_id : "?");
+        if (lru->peer_id) {
+            mp_conn *mapped = mp_map_get(&n->peers, lru->peer_id, strlen(lru->peer_id));
+            if (mapped == lru) {
+                mp_map_remove(&n->peers, lru->peer_id, strlen(lru->peer_id));
+            }
+        }
+        mp_envelope bye;
+        mp_envelope_init(&bye, MP_KIND_GOODBYE);
+        mp_node_send(n, lru->id, &bye);
+        mp_node_close_conn(n, lru, MPREG_E_CLOSED);
+        n->peer_conns--; /* counted out now; its on_close will not count it again */
+        mp_list_remove(&lru->peer_link);
+        lru->role = MP_ROLE_NONE;
+    }
+}
+
+static mpreg_err mp_cluster_send_hello(mp_node *n, mp_conn *c) {
+    mpreg_value h = mpreg_map();
+    mpreg_err err = mpreg_map_set(&h, "role", mpreg_str("peer"));
+    err = err ? err : mpreg_map_set(&h, "name", mpreg_str(n->node_id));
+    err = err ? err : mpreg_map_set(&h, "node", mpreg_str(n->node_id));
+    err = err ? err : mpreg_map_set(&h, "cluster", mpreg_str(n->cluster));
+    if (!err && n->advertise_addr) {
+        err = mpreg_map_set(&h, "addr", mpreg_str(n->advertise_addr));
+    }
+    if (!err && n->token) {
+        err = mpreg_map_set(&h, "token", mpreg_str(n->token));
+    }
+    err = err ? err : mp_node_send_value(n, c->id, MP_KIND_HELLO, NULL, NULL, &h);
+    mpreg_value_free(&h);
+    return err;
+}
+
+/* Dials addr for member id (NULL: a seed not known by id yet). */
+static mp_conn *mp_cluster_dial(mp_node *n, const char *id, const char *addr) {
+    if (!n->io.dial || !addr || !*addr || n->stopping) {
+        return NULL;
+    }
+    mp_cluster_make_room(n, NULL);
+    uint64_t conn = n->io.dial(n->io.ud, addr);
+    if (conn == 0) {
+        mp_node_log(n, MP_LOG_INFO, "cannot dial %s (%s)", addr, id ? id : "seed");
+        return NULL;
+    }
+    mp_conn *c = mp_conn_create(n, conn, addr);
+    if (!c) {
+        return NULL;
+    }
+    c->role = MP_ROLE_PEER;
+    c->outbound = true;
+    c->state = MP_CONN_OPEN; /* its handshake timer waits for the WELCOME */
+    mp_list_push(&n->peer_lru, &c->peer_link);
+    n->peer_conns++;
+    if (id && (!(c->peer_id = mp_node_strdup(id)) ||
+               mp_map_put(&n->peers, c->peer_id, strlen(c->peer_id), c, NULL))) {
+        mp_node_close_conn(n, c, MPREG_E_NOMEM);
+        return NULL;
+    }
+    if (mp_cluster_send_hello(n, c)) {
+        mp_node_close_conn(n, c, MPREG_E_NOMEM);
+        return NULL;
+    }
+    mp_node_log(n, MP_LOG_DEBUG, "dialing %s (%s) on conn %llu", addr, id ? id : "seed",
+                (unsigned long long)conn);
+    return c;
+}
+
+/* Where member `node` can be dialed: its membership address, else the
+ * first endpoint of its catalog descriptor. */
+static const char *mp_cluster_addr_of(mp_node *n, const char *node) {
+    mp_member m;
+    if (n->swim && mp_swim_find(n->swim, node, &m) && m.addr && *m.addr) {
+        if (m.state == MP_MEMBER_DEAD || m.state == MP_MEMBER_LEFT) {
+            return NULL;
+        }
+        return m.addr;
+    }
+    const mp_node_descriptor *d = mp_catalog_node(n->catalog, node);
+    return d && d->endpoints.count > 0 ? d->endpoints.items[0] : NULL;
+}
+
+mp_conn *mp_conn_for_node(mp_node *n, const char *node) {
+    if (!node || strcmp(node, n->node_id) == 0) {
+        return NULL;
+    }
+    mp_conn *c = mp_map_get(&n->peers, node, strlen(node));
+    if (c && c->state == MP_CONN_CLOSING) {
+        mp_map_remove(&n->peers, node, strlen(node));
+        c = NULL;
+    }
+    if (!c) {
+        c = mp_cluster_dial(n, node, mp_cluster_addr_of(n, node));
+    }
+    if (c) {
+        mp_cluster_touch(n, c);
+    }
+    return c;
+}
+
+bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, const char **why) {
+    if (node.len == 0 || node.len > MP_SWIM_MAX_ID) {
+        *why = "node: a peer must name itself (1..255 bytes)";
+        return false;
+    }
+    if (mp_str_eq_c(node, n->node_id)) {
+        *why = "node: that is this node's own id";
+        return false;
+    }
+    if (cluster.len && !mp_str_eq_c(cluster, n->cluster)) {
+        *why = "cluster: this node belongs to another cluster";
+        return false;
+    }
+    c->peer_id = malloc(node.len + 1);
+    if (!c->peer_id) {
+        *why = "out of memory";
+        return false;
+    }
+    memcpy(c->peer_id, node.ptr, node.len);
+    c->peer_id[node.len] = '\0';
+    mp_list_push(&n->peer_lru, &c->peer_link);
+    n->peer_conns++;
+    if (!mp_map_get(&n->peers, c->peer_id, node.len)) {
+        mp_map_put(&n->peers, c->peer_id, node.len, c, NULL);
+    }
+    mp_cluster_make_room(n, c);
+    return true;
+}
+
+void mp_cluster_on_welcome(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    if (!c->outbound || c->welcomed) {
+        return;
+    }
+    mpreg_value_limits limits = {.max_depth = 4, .max_items = 64, .max_bytes = 16384};
+    mpreg_value v;
+    if (mpreg_value_decode(env->payload.ptr, env->payload.len, &limits, &v) != MPREG_OK) {
+        mp_node_close_conn(n, c, MPREG_E_HANDSHAKE);
+        return;
+    }
+    const mpreg_value *node = mpreg_map_get(&v, "node");
+    bool ok = node && node->type == MPREG_STR && node->u.str.len > 0 &&
+              node->u.str.len <= MP_SWIM_MAX_ID;
+    if (ok && c->peer_id) {
+        /* An address now answered by another node (a restart elsewhere). */
+        ok = strlen(c->peer_id) == node->u.str.len &&
+             memcmp(c->peer_id, node->u.str.ptr, node->u.str.len) == 0;
+    } else if (ok) {
+        c->peer_id = malloc(node->u.str.len + 1);
+        if ((ok = c->peer_id != NULL)) {
+            memcpy(c->peer_id, node->u.str.ptr, node->u.str.len);
+            c->peer_id[node->u.str.len] = '\0';
+            ok = strcmp(c->peer_id, n->node_id) != 0;
+            if (ok && !mp_map_get(&n->peers, c->peer_id, strlen(c->peer_id))) {
+                mp_map_put(&n->peers, c->peer_id, strlen(c->peer_id), c, NULL);
+            }
+        }
+    }
+    mpreg_value_free(&v);
+    if (!ok) {
+        mp_node_log(n, MP_LOG_INFO, "conn %llu: the peer at %s is not who was dialed",
+                    (unsigned long long)c->id, c->addr ? c->addr : "?");
+        mp_node_close_conn(n, c, MPREG_E_HANDSHAKE);
+        return;
+    }
+    c->welcomed = true;
+    mp_timer_cancel(&n->timers, &c->handshake);
+}
+
+void mp_cluster_conn_closed(mp_node *n, mp_conn *c, mpreg_err reason) {
+    if (c->role != MP_ROLE_PEER) {
+        return;
+    }
+    mp_list_remove(&c->peer_link);
+    n->peer_conns--;
+    if (!c->peer_id) {
+        return;
+    }
+    if (mp_map_get(&n->peers, c->peer_id, strlen(c->peer_id)) == c) {
+        mp_map_remove(&n->peers, c->peer_id, strlen(c->peer_id));
+        /* Another open link to the same member takes over. */
+        for (mp_link *l = n->conn_list.next; l != &n->conn_list; l = l->next) {
+            mp_conn *o = MP_CONTAINER(l, mp_conn, link);
+            if (o != c && o->role == MP_ROLE_PEER && o->state != MP_CONN_CLOSING && o->peer_id &&
+                strcmp(o->peer_id, c->peer_id) == 0) {
+                mp_map_put(&n->peers, o->peer_id, strlen(o->peer_id), o, NULL);
+                break;
+            }
+        }
+    }
+    if (n->swim && reason != MPREG_OK && reason != MPREG_E_CLOSED) {
+        n->in_swim = true;
+        mp_swim_unreachable(n->swim, c->peer_id, n->now_ms);
+        n->in_swim = false;
+        mp_cluster_broadcast_pending(n);
+        mp_cluster_flush(n);
+    }
+}
+
+/* --- the membership's traffic ------------------------------------------------------ */
+
+static void mp_cluster_flush(mp_node *n) {
+    if (!n->swim || n->in_swim) {
+        return;
+    }
+    mp_swim_send s;
+    while (mp_swim_next_send(n->swim, &s)) {
+        mp_conn *c = s.to_id ? mp_map_get(&n->peers, s.to_id, strlen(s.to_id)) : NULL;
+        if (!c) {
+            c = mp_cluster_dial(n, s.to_id, s.to_addr);
+        }
+        if (!c) {
+            continue; /* the membership's timeouts cover a message that never left */
+        }
+        mp_cluster_touch(n, c);
+        mp_envelope env;
+        mp_envelope_init(&env, MP_KIND_GOSSIP);
+        env.payload = (mp_bytes){s.payload, s.len};
+        mp_node_send(n, c->id, &env);
+    }
+    mp_cluster_check_epoch(n);
+}
+
+void mp_cluster_on_gossip(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    if (!n->swim) {
+        mp_node_send_errorf(n, c->id, &env->id, MPREG_E_KIND,
+                            "GOSSIP: this node is not in a cluster");
+        return;
+    }
+    mp_cluster_touch(n, c);
+    n->in_swim = true;
+    mpreg_err err = mp_swim_on_payload(n->swim, env->payload.ptr, env->payload.len, n->now_ms);
+    n->in_swim = false;
+    if (err) {
+        mp_node_log(n, MP_LOG_INFO, "conn %llu: bad GOSSIP: %s", (unsigned long long)c->id,
+                    mpreg_err_name(err));
+        mp_node_send_errorf(n, c->id, &env->id, err, "GOSSIP: %s", mpreg_strerror(err));
+    }
+    mp_cluster_broadcast_pending(n);
+    mp_cluster_flush(n);
+}
+
+void mp_cluster_tick(mp_node *n) {
+    if (!n->swim || n->stopping) {
+        return;
+    }
+    n->in_swim = true;
+    mp_swim_tick(n->swim, n->now_ms);
+    n->in_swim = false;
+    mp_cluster_broadcast_pending(n);
+    mp_cluster_flush(n);
+}
+
+uint64_t mp_cluster_next_wakeup(const mp_node *n) {
+    return n->swim && !n->stopping ? mp_swim_next_wakeup(n->swim) : UINT64_MAX;
+}
+
+void mp_cluster_leave(mp_node *n) {
+    if (!n->swim) {
+        return;
+    }
+    n->in_swim = true;
+    mp_swim_leave(n->swim, n->now_ms);
+    n->in_swim = false;
+    mp_cluster_broadcast_pending(n);
+    mp_cluster_flush(n);
+}
+
+/* --- lifecycle ------------------------------------------------------------------------ */
+
+static bool mp_broadcast_own(void *ud, const mp_entry *e) {
+    mp_node *n = ud;
+    if (strcmp(mp_entry_origin(e), n->node_id) == 0) {
+        mp_cluster_entry_changed(n, e);
+    }
+    return true;
+}
+
+mpreg_err mp_cluster_start(mp_node *n, const mp_node_config *cfg) {
+    n->max_peer_conns = cfg->max_peer_conns ? cfg->max_peer_conns : MP_CLUSTER_DEFAULT_MAX_PEERS;
+    n->generation = n->incarnation;
+    if (n->incarnation > 0) {
+        /* Entries of an earlier life of this node, still gossiped by
+         * others, must not come back to it. */
+        mp_catalog_apply_death(n->catalog, n->node_id, n->incarnation - 1, n->now_ms, NULL);
+    }
+    if (!cfg->advertise_addr && cfg->seed_count == 0) {
+        return MPREG_OK; /* standalone */
+    }
+    if (cfg->advertise_addr && !(n->advertise_addr = mp_node_strdup(cfg->advertise_addr))) {
+        return MPREG_E_NOMEM;
+    }
+    mp_swim_config sc = cfg->swim;
+    if (sc.probe_interval_ms == 0) {
+        mp_swim_config_default(&sc);
+    }
+    mp_swim_self self = {
+        .id = n->node_id,
+        .addr = n->advertise_addr ? n->advertise_addr : "",
+        .generation = n->generation,
+    };
+    mp_swim_delegate d = {
+        .ud = n,
+        .on_item = mp_swim_on_item_cb,
+        .on_member = mp_swim_on_member_cb,
+        .state_digest = mp_swim_digest_cb,
+        .state_encode = mp_swim_state_encode_cb,
+        .state_merge = mp_swim_state_merge_cb,
+    };
+    n->swim = mp_swim_new(&sc, &self, &d, n->rng, n->now_ms);
+    if (!n->swim) {
+        mp_node_log(n, MP_LOG_ERROR, "membership: bad configuration");
+        return MPREG_E_INVALID;
+    }
+    /* What the node advertised before it had a membership goes out now. */
+    mp_catalog_each(n->catalog, 0, mp_broadcast_own, n);
+    for (uint32_t i = 0; i < cfg->seed_count; i++) {
+        if (n->advertise_addr && strcmp(cfg->seeds[i], n->advertise_addr) == 0) {
+            continue; /* a node listed among its own seeds */
+        }
+        n->in_swim = true;
+        mpreg_err err = mp_swim_join(n->swim, cfg->seeds[i], n->now_ms);
+        n->in_swim = false;
+        if (err) {
+            mp_node_log(n, MP_LOG_WARN, "cannot join through %s: %s", cfg->seeds[i],
+                        mpreg_err_name(err));
+        }
+    }
+    mp_cluster_broadcast_pending(n);
+    mp_cluster_flush(n);
+    return MPREG_OK;
+}
+
+void mp_cluster_free(mp_node *n) {
+    mp_swim_free(n->swim);
+    n->swim = NULL;
+    mp_map_free(&n->peers, NULL);
+    mp_buf_free(&n->pending);
+    free(n->advertise_addr);
+    n->advertise_addr = NULL;
+}
+
+/* --- introspection ------------------------------------------------------------------ */
+
+mp_swim *mp_node_swim(mp_node *n) {
+    return n->swim;
+}
+
+typedef struct mp_members_acc {
+    mpreg_value *list;
+    mpreg_err err;
+} mp_members_acc;
+
+static bool mp_members_visit(void *ud, const mp_member *m) {
+    mp_members_acc *a = ud;
+    mpreg_value v = mpreg_map();
+    mpreg_err err = mpreg_map_set(&v, "id", mpreg_str(m->id));
+    err = err ? err : mpreg_map_set(&v, "addr", mpreg_str(m->addr ? m->addr : ""));
+    err = err ? err : mpreg_map_set(&v, "state", mpreg_str(mp_member_state_name(m->state)));
+    err = err ? err : mpreg_map_set(&v, "generation", mpreg_int((int64_t)m->generation));
+    err = err ? err : mpreg_map_set(&v, "incarnation", mpreg_int((int64_t)m->incarnation));
+    err = err ? err : mpreg_map_set(&v, "since_ms", mpreg_int((int64_t)m->since_ms));
+    err = err ? err : mpreg_array_push(a->list, v);
+    if (err) {
+        mpreg_value_free(&v);
+        a->err = err;
+        return false;
+    }
+    return true;
+}
+
+mpreg_err mp_node_members(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
+    (void)now_ms;
+    *out = mpreg_map();
+    mpreg_value list = mpreg_array();
+    mp_members_acc acc = {.list = &list};
+    mpreg_err err = mpreg_map_set(out, "self", mpreg_str(n->node_id));
+    err = err ? err : mpreg_map_set(out, "cluster", mpreg_str(n->cluster));
+    if (!err && n->swim) {
+        mp_swim_each(n->swim, mp_members_visit, &acc);
+        err = acc.err;
+    } else if (!err) {
+        mp_member self = {.id = n->node_id,
+                          .addr = n->advertise_addr ? n->advertise_addr : "",
+                          .generation = n->generation,
+                          .state = MP_MEMBER_ALIVE,
+                          .since_ms = n->started_ms};
+        mp_members_visit(&acc, &self);
+        err = acc.err;
+    }
+    err = err ? err : mpreg_map_set(out, "members", list);
+    if (err) {
+        mpreg_value_free(&list);
+    }
+    if (!err && n->swim) {
+        mp_swim_stats st;
+        mp_swim_get_stats(n->swim, &st);
+        mpreg_value s = mpreg_map();
+        err = mpreg_map_set(&s, "msgs_sent", mpreg_int((int64_t)st.msgs_sent));
+        err = err ? err : mpreg_map_set(&s, "bytes_sent", mpreg_int((int64_t)st.bytes_sent));
+        err = err ? err : mpreg_map_set(&s, "msgs_received", mpreg_int((int64_t)st.msgs_received));
+        err = err ? err : mpreg_map_set(&s, "bytes_received", mpreg_int((int64_t)st.bytes_received));
+        err = err ? err : mpreg_map_set(&s, "probes", mpreg_int((int64_t)st.probes));
+        err = err ? err : mpreg_map_set(&s, "suspicions", mpreg_int((int64_t)st.suspicions));
+        err = err ? err : mpreg_map_set(&s, "refutations", mpreg_int((int64_t)st.refutations));
+        err = err ? err : mpreg_map_set(&s, "push_pulls", mpreg_int((int64_t)st.push_pulls));
+        err = err ? err : mpreg_map_set(&s, "peer_links", mpreg_int((int64_t)n->peer_conns));
+        err = err ? err : mpreg_map_set(out, "stats", s);
+    }
+    if (err) {
+        mpreg_value_free(out);
+    }
+    return err;
+}
