@@ -29,6 +29,7 @@
  * broadcasts made while inside it wait in n->pending until it returns. */
 #include "node/node_internal.h"
 
+#include "core/map.h"
 #include "fabric/delta.h"
 
 #include <stdio.h>
@@ -71,7 +72,7 @@ static void mp_cluster_defer(mp_node *n, const mp_buf *key, const mp_buf *data) 
 
 static void mp_cluster_broadcast_pending(mp_node *n) {
     size_t off = 0;
-    char key[MP_SWIM_MAX_ID * 4 + 64];
+    char key[64];
     while (off + 8 <= n->pending.len) {
         uint32_t klen = mp_get_u32(n->pending.data + off);
         const uint8_t *k = n->pending.data + off + 4;
@@ -89,17 +90,13 @@ static void mp_cluster_broadcast_pending(mp_node *n) {
     n->pending.len = 0;
 }
 
-/* Hex of the entry's canonical key bytes: a text key for the membership's
- * "newer replaces older" queue. */
+/* The membership's "newer replaces older" key for an item: a kind prefix
+ * and a hash of the canonical key bytes (what the item is about). */
 static void mp_cluster_item_key(const mp_buf *raw, char prefix, mp_buf *out) {
-    static const char hex[] = "0123456789abcdef";
-    uint8_t p = (uint8_t)prefix;
-    mp_buf_append(out, &p, 1);
-    size_t n = raw->len < MP_SWIM_MAX_ID * 2 ? raw->len : MP_SWIM_MAX_ID * 2;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t two[2] = {(uint8_t)hex[raw->data[i] >> 4], (uint8_t)hex[raw->data[i] & 15]};
-        mp_buf_append(out, two, 2);
-    }
+    char text[24];
+    int n = snprintf(text, sizeof text, "%c%016llx", prefix,
+                     (unsigned long long)mp_hash_bytes(raw->data, raw->len));
+    mp_buf_append(out, text, (size_t)n);
 }
 
 static void mp_cluster_broadcast_delta(mp_node *n, const mp_delta *d, const mp_buf *raw_key,
@@ -294,8 +291,8 @@ static mpreg_err mp_swim_state_encode_cb(void *ud, mp_buf *out) {
         chunk.entry_count = take;
         if (!deaths_sent) {
             chunk.deaths = all.deaths;
-            chunk.death_count = all.death_count > MP_DELTA_MAX_DEATHS ? MP_DELTA_MAX_DEATHS
-                                                                      : all.death_count;
+            chunk.death_count =
+                all.death_count > MP_DELTA_MAX_DEATHS ? MP_DELTA_MAX_DEATHS : all.death_count;
             deaths_sent = true;
         }
         size_t at = out->len;
@@ -311,8 +308,7 @@ static mpreg_err mp_swim_state_encode_cb(void *ud, mp_buf *out) {
     return err;
 }
 
-static void mp_swim_state_merge_cb(void *ud, const uint8_t *data, size_t len,
-                                   const char *from_id) {
+static void mp_swim_state_merge_cb(void *ud, const uint8_t *data, size_t len, const char *from_id) {
     mp_node *n = ud;
     size_t off = 0;
     while (off + 4 <= len) {
@@ -554,8 +550,8 @@ void mp_cluster_on_welcome(mp_node *n, mp_conn *c, const mp_envelope *env) {
         return;
     }
     const mpreg_value *node = mpreg_map_get(&v, "node");
-    bool ok = node && node->type == MPREG_STR && node->u.str.len > 0 &&
-              node->u.str.len <= MP_SWIM_MAX_ID;
+    bool ok =
+        node && node->type == MPREG_STR && node->u.str.len > 0 && node->u.str.len <= MP_SWIM_MAX_ID;
     if (ok && c->peer_id) {
         /* An address now answered by another node (a restart elsewhere). */
         ok = strlen(c->peer_id) == node->u.str.len &&
@@ -814,7 +810,8 @@ mpreg_err mp_node_members(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
         err = mpreg_map_set(&s, "msgs_sent", mpreg_int((int64_t)st.msgs_sent));
         err = err ? err : mpreg_map_set(&s, "bytes_sent", mpreg_int((int64_t)st.bytes_sent));
         err = err ? err : mpreg_map_set(&s, "msgs_received", mpreg_int((int64_t)st.msgs_received));
-        err = err ? err : mpreg_map_set(&s, "bytes_received", mpreg_int((int64_t)st.bytes_received));
+        err =
+            err ? err : mpreg_map_set(&s, "bytes_received", mpreg_int((int64_t)st.bytes_received));
         err = err ? err : mpreg_map_set(&s, "probes", mpreg_int((int64_t)st.probes));
         err = err ? err : mpreg_map_set(&s, "suspicions", mpreg_int((int64_t)st.suspicions));
         err = err ? err : mpreg_map_set(&s, "refutations", mpreg_int((int64_t)st.refutations));

@@ -1047,9 +1047,10 @@ Test(sim_stats, frames_and_bytes_per_node_per_kind) {
 Test(sim_scenarios, table_names_each_scenario_once) {
     size_t n;
     const mp_sim_scenario *sc = mp_sim_scenarios(&n);
-    static const char *const want[] = {"single-rpc",    "single-pubsub",  "join",
-                                       "crash",         "partition-heal", "rpc-across",
-                                       "pubsub-across", "queue-group-across", "rest-traffic",   "scale"};
+    static const char *const want[] = {"single-rpc",    "single-pubsub",      "join",
+                                       "crash",         "partition-heal",     "rpc-across",
+                                       "pubsub-across", "queue-group-across", "rest-traffic",
+                                       "scale"};
     cr_assert_eq(n, sizeof want / sizeof want[0]);
     for (size_t i = 0; i < n; i++) {
         cr_assert_str_eq(sc[i].name, want[i]);

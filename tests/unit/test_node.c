@@ -1109,6 +1109,83 @@ Test(node, peer_publish_is_delivered_locally_and_never_forwarded) {
     mpreg_value_free(&st);
 }
 
+/* --- links to other nodes ------------------------------------------------------ */
+
+static char g_dialed[MAXC + 1][64]; /* the address each dialed connection went to */
+
+static uint64_t f_dial(void *ud, const char *addr) {
+    fake *f = ud;
+    uint64_t id = f->next_id++;
+    cr_assert_leq(id, MAXC);
+    snprintf(g_dialed[id], sizeof g_dialed[id], "%s", addr);
+    return id;
+}
+
+/* A remote node n with a function `far` reachable at addr. */
+static void remote_node_with_far(const char *node, const char *addr) {
+    mp_entry e;
+    cr_assert_eq(mp_entry_node(&e, node, node, "c1", 1), MPREG_OK);
+    cr_assert_eq(mp_strlist_push(&e.u.node.endpoints, addr), MPREG_OK);
+    remote_entry(&e);
+    cr_assert_eq(mp_entry_function(&e, node, "c1", "far", NULL, "1.0.0"), MPREG_OK);
+    remote_entry(&e);
+}
+
+/* The RPC_INVOKE on a dialed link comes after the node's peer HELLO. */
+static frame expect_dialed_invoke(uint64_t link) {
+    frame hello = expect(link, MP_KIND_HELLO, NULL);
+    cr_assert_str_eq(get_str(&hello.payload, "role"), "peer");
+    cr_assert_str_eq(get_str(&hello.payload, "node"), "n1");
+    frame_free(&hello);
+    return expect(link, MP_KIND_RPC_INVOKE, NULL);
+}
+
+/* A call on a link that never came up (no WELCOME) never started: it goes
+ * to another node that has the function; with none left, the error names
+ * the node that could not be reached. */
+Test(node, unreachable_node_call_is_retried_elsewhere) {
+    mp_node_io io = IO;
+    io.dial = f_dial;
+    mp_node_free(F.node);
+    F.node = mp_node_new(&(mp_node_config){.node_id = "n1", .cluster = "c1", .incarnation = 1}, &io,
+                         &F.rng.rng, F.now);
+    cr_assert_not_null(F.node);
+    remote_node_with_far("n2", "10.0.0.2:7000");
+    remote_node_with_far("n3", "10.0.0.3:7000");
+    uint64_t c = client();
+    mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"far\", \"args\": [1]}]");
+    uint64_t first = F.next_id - 1;
+    cr_assert(strstr(g_dialed[first], "10.0.0."), "a link was dialed");
+    frame inv = expect_dialed_invoke(first);
+    frame_free(&inv);
+    /* The dial fails before any WELCOME: the call moves to the other node. */
+    mp_node_on_close(F.node, first, MPREG_E_UNREACHABLE, F.now);
+    F.c[first].gone = true;
+    expect_nothing(c);
+    uint64_t second = F.next_id - 1;
+    cr_assert_neq(second, first);
+    cr_assert_str_neq(g_dialed[second], g_dialed[first], "not the same node again");
+    inv = expect_dialed_invoke(second);
+    answer(second, &inv, "{\"result\": 42}");
+    frame_free(&inv);
+    expect_results(c, &id, "{\"a\": 42}");
+
+    /* Only one node has `solo`, and it cannot be reached. */
+    mp_entry e;
+    cr_assert_eq(mp_entry_function(&e, "n2", "c1", "solo", NULL, "1.0.0"), MPREG_OK);
+    remote_entry(&e);
+    id = rpc(c, "[{\"name\": \"s\", \"fun\": \"solo\"}]");
+    uint64_t link = F.next_id - 1;
+    if (strcmp(g_dialed[link], "10.0.0.2:7000") != 0) {
+        link = second; /* the link to n2 is still open from before */
+    }
+    mp_node_on_close(F.node, link, MPREG_E_UNREACHABLE, F.now);
+    F.c[link].gone = true;
+    mp_rpc_error err = expect_rpc_error(c, &id, MPREG_E_UNREACHABLE);
+    cr_assert_not_null(strstr(mp_rpc_error_message(&err), "n2"), "%s", mp_rpc_error_message(&err));
+    mp_rpc_error_free(&err);
+}
+
 /* --- workers ------------------------------------------------------------------------------ */
 
 Test(node, worker_register_call_result) {
