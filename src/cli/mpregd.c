@@ -48,6 +48,7 @@
 #define MP_HOST_MAX 256u
 #define MP_MAX_RETAIN 1000000u
 #define MP_MAX_PEER_CONNS 100000u
+#define MP_MIN_CATALOG_TTL_MS 1000u
 
 #define MP_EXIT_FAIL 1
 #define MP_EXIT_USAGE 2
@@ -81,6 +82,7 @@ typedef struct mp_settings {
     char *advertise;
     mp_list swim; /* "FIELD=VALUE", applied in order: the file's, then the flags' */
     char *max_peer_conns;
+    char *catalog_ttl;
 } mp_settings;
 
 /* The settings checked and resolved, defaults applied. */
@@ -103,6 +105,7 @@ typedef struct mp_options {
     char advertise[MP_SWIM_MAX_ID + 1]; /* "" until given or derived from the bound address */
     mp_swim_config swim;
     uint32_t max_peer_conns; /* 0 = the node's default */
+    uint32_t catalog_ttl_ms; /* 0 = the node's default */
 } mp_options;
 
 static void mp_oom(void) {
@@ -142,9 +145,9 @@ static void mp_list_free(mp_list *l) {
 }
 
 static void mp_settings_free(mp_settings *s) {
-    char **strs[] = {&s->config,  &s->listen,    &s->port_file, &s->name,
-                     &s->cluster, &s->data_dir,  &s->token,     &s->max_frame,
-                     &s->retain,  &s->log_level, &s->advertise, &s->max_peer_conns};
+    char **strs[] = {&s->config,    &s->listen,         &s->port_file,  &s->name,   &s->cluster,
+                     &s->data_dir,  &s->token,          &s->max_frame,  &s->retain, &s->log_level,
+                     &s->advertise, &s->max_peer_conns, &s->catalog_ttl};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         free(*strs[i]);
         *strs[i] = NULL;
@@ -200,10 +203,18 @@ static void mp_usage(FILE *out) {
             "      --swim FIELD=VALUE  tune membership (repeatable), in milliseconds or\n"
             "                          counts: probe_interval_ms (1000), probe_timeout_ms\n"
             "                          (500), indirect_checks (3), suspicion_mult (4),\n"
-            "                          retransmit_mult (4), gossip_interval_ms (200),\n"
+            "                          retransmit_mult (6), gossip_interval_ms (200),\n"
             "                          gossip_nodes (3), push_pull_interval_ms (30000),\n"
-            "                          dead_keep_ms (60000), max_piggyback_bytes (16384)\n"
+            "                          dead_keep_ms (60000), max_piggyback_bytes (16384),\n"
+            "                          reconnect_timeout_ms (21600000: how long a dead\n"
+            "                          member is still tried), reconnect_interval_ms\n"
+            "                          (10000: how often one is tried)\n"
             "      --max-peer-conns N  peer connections kept open at most (default 64)\n"
+            "      --catalog-ttl MS    other nodes' catalog entries expire this long after\n"
+            "                          the membership last listed their node alive or\n"
+            "                          suspect (default: 3 push-pull intervals, 90000\n"
+            "                          with the default push_pull_interval_ms; at least\n"
+            "                          1000)\n"
             "\n"
             "Once listening it prints \"listening on HOST:PORT\" on stdout. Logs go to\n"
             "stderr. SIGINT or SIGTERM stops it gracefully (a member of a cluster first\n"
@@ -213,12 +224,12 @@ static void mp_usage(FILE *out) {
             "\n"
             "The config file is a JSON object with the keys listen, port_file, name,\n"
             "cluster, data_dir, token, log_level, advertise (strings), max_frame (a\n"
-            "number or a string like \"1M\"), retain and max_peer_conns (numbers),\n"
-            "resources, plugins and peers (arrays of strings) and swim (an object of\n"
-            "the --swim fields, numbers); '-' may stand for '_'. A setting given as a\n"
-            "flag replaces the file's (a list too); --swim fields override the file's\n"
-            "one by one. Relative paths are relative to the working directory. For\n"
-            "example:\n"
+            "number or a string like \"1M\"), retain, max_peer_conns and catalog_ttl_ms\n"
+            "(numbers), resources, plugins and peers (arrays of strings) and swim (an\n"
+            "object of the --swim fields, numbers); '-' may stand for '_'. A setting\n"
+            "given as a flag replaces the file's (a list too); --swim fields override\n"
+            "the file's one by one. Relative paths are relative to the working\n"
+            "directory. For example:\n"
             "  {\"listen\": \"0.0.0.0:6464\", \"name\": \"n1\", \"resources\": [\"gpu\"],\n"
             "   \"plugins\": [\"./hello_plugin.so\"], \"log_level\": \"debug\",\n"
             "   \"peers\": [\"10.0.0.2:6464\"], \"advertise\": \"10.0.0.1:6464\",\n"
@@ -265,6 +276,7 @@ enum {
     MP_OPT_ADVERTISE,
     MP_OPT_SWIM,
     MP_OPT_MAX_PEER_CONNS,
+    MP_OPT_CATALOG_TTL,
 };
 
 static const struct option mp_long_options[] = {
@@ -284,6 +296,7 @@ static const struct option mp_long_options[] = {
     {"advertise", required_argument, NULL, MP_OPT_ADVERTISE},
     {"swim", required_argument, NULL, MP_OPT_SWIM},
     {"max-peer-conns", required_argument, NULL, MP_OPT_MAX_PEER_CONNS},
+    {"catalog-ttl", required_argument, NULL, MP_OPT_CATALOG_TTL},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -354,6 +367,9 @@ static void mp_parse_flags(int argc, char **argv, mp_settings *f) {
             break;
         case MP_OPT_MAX_PEER_CONNS:
             mp_set(&f->max_peer_conns, optarg);
+            break;
+        case MP_OPT_CATALOG_TTL:
+            mp_set(&f->catalog_ttl, optarg);
             break;
         case 'h':
             mp_usage(stdout);
@@ -511,12 +527,14 @@ static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp
         mp_config_list(path, raw_key, v, &c->peers);
     } else if (key != NULL && strcmp(key, "max_peer_conns") == 0) {
         mp_config_number(path, raw_key, v, &c->max_peer_conns);
+    } else if (key != NULL && strcmp(key, "catalog_ttl_ms") == 0) {
+        mp_config_number(path, raw_key, v, &c->catalog_ttl);
     } else if (key != NULL && strcmp(key, "swim") == 0) {
         mp_config_swim(path, raw_key, v, &c->swim);
     } else {
         mp_usage_error("config %s: unknown key \"%s\" (known: listen, port_file, name, cluster, "
                        "data_dir, resources, plugins, token, max_frame, retain, log_level, "
-                       "peers, advertise, swim, max_peer_conns)",
+                       "peers, advertise, swim, max_peer_conns, catalog_ttl_ms)",
                        path, raw_key);
     }
 }
@@ -571,6 +589,7 @@ static void mp_merge(mp_settings *flags, mp_settings *file) {
     mp_take(&flags->log_level, &file->log_level);
     mp_take(&flags->advertise, &file->advertise);
     mp_take(&flags->max_peer_conns, &file->max_peer_conns);
+    mp_take(&flags->catalog_ttl, &file->catalog_ttl);
     mp_take_list(&flags->resources, &file->resources);
     mp_take_list(&flags->plugins, &file->plugins);
     mp_take_list(&flags->peers, &file->peers);
@@ -819,6 +838,18 @@ static void mp_check_max_peer_conns(const char *text, uint32_t *out) {
     *out = (uint32_t)v;
 }
 
+static void mp_check_catalog_ttl(const char *text, uint32_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (end == text || *end != '\0' || text[0] == '-' || errno != 0 || v < MP_MIN_CATALOG_TTL_MS ||
+        v > UINT32_MAX) {
+        mp_usage_error("--catalog-ttl '%s': expected milliseconds from %u to %u", text,
+                       MP_MIN_CATALOG_TTL_MS, UINT32_MAX);
+    }
+    *out = (uint32_t)v;
+}
+
 static void mp_check(const mp_settings *s, mp_options *o) {
     mp_check_listen(s->listen != NULL ? s->listen : MP_DEFAULT_LISTEN, o);
     if (s->port_file != NULL && s->port_file[0] == '\0') {
@@ -867,6 +898,9 @@ static void mp_check(const mp_settings *s, mp_options *o) {
     mp_check_swim(&s->swim, o);
     if (s->max_peer_conns != NULL) {
         mp_check_max_peer_conns(s->max_peer_conns, &o->max_peer_conns);
+    }
+    if (s->catalog_ttl != NULL) {
+        mp_check_catalog_ttl(s->catalog_ttl, &o->catalog_ttl_ms);
     }
 }
 
@@ -1258,6 +1292,7 @@ static int mp_start(mp_daemon *d) {
         .seed_count = o->seed_count,
         .swim = o->swim,
         .max_peer_conns = o->max_peer_conns,
+        .catalog_ttl_ms = o->catalog_ttl_ms,
     };
     /* A zeroed pubsub config means "all defaults" to the node; with one field
      * set, the others must be filled in too. */

@@ -113,7 +113,12 @@ typedef struct mp_node_config {
     uint32_t seed_count;
     mp_swim_config swim;
     uint32_t max_peer_conns; /* peer connections kept open at most; 0 = 64 */
-    bool no_builtins;        /* simulator: skip echo, echos, ... (small catalogs) */
+    /* The TTL of other nodes' catalog entries: the membership refreshes
+     * them while it lists their origin alive or suspect; entries of an
+     * origin it has not vouched for this long are dropped. 0 = three
+     * push-pull intervals (90 s by default). */
+    uint32_t catalog_ttl_ms;
+    bool no_builtins; /* simulator: skip echo, echos, ... (small catalogs) */
 } mp_node_config;
 
 typedef struct mp_node mp_node;

@@ -382,6 +382,162 @@ static void mp_swim_on_member_cb(void *ud, mp_member_event_kind ev, const mp_mem
     }
 }
 
+/* --- catalog liveness (TTL refresh) ------------------------------------------------ *
+ *
+ * Entries of other nodes carry no TTL of their own on the wire: refreshing
+ * every entry every TTL would cost bytes in proportion to the whole
+ * catalog, on every node. Their refresh is the membership instead: while
+ * SWIM lists an origin alive or suspect (which it does only while the
+ * origin answers probes, directly or through others), its entries are
+ * fresh. A member that dies or leaves takes its entries at once (see
+ * mp_swim_on_member_cb); the sweep here catches what that cannot: entries
+ * of an origin the membership does not vouch for at all, such as entries
+ * that reached this node by push-pull from a member that still had them
+ * after this node had forgotten their (long dead) origin, or entries of a
+ * node that is listed dead but whose newer epoch came in from the other
+ * side of a partition. Every catalog_ttl_ms / 3 the sweep looks at each
+ * remote origin of a live entry; one not vouched for since a full TTL is
+ * given a catalog death at the highest incarnation of its entries, which
+ * is gossiped like any death (a later epoch of the origin, if it is alive
+ * after all, is taken at once; and when the death reaches the origin it
+ * moves to a new epoch, as after any death it refutes). */
+
+#define MP_CLUSTER_TTL_PUSH_PULLS 3u /* default TTL: this many push-pull intervals */
+#define MP_CLUSTER_TTL_SWEEPS 3u     /* sweeps per TTL */
+
+typedef struct mp_origin_watch {
+    uint64_t unvouched_since; /* 0: the membership vouched for it at the last sweep */
+    uint64_t epoch;           /* highest incarnation of its live entries, this sweep */
+    uint32_t sweep;           /* the last sweep that found a live entry of it */
+} mp_origin_watch;
+
+typedef struct mp_origin_scan {
+    mp_node *n;
+    bool failed;
+} mp_origin_scan;
+
+static bool mp_origin_scan_visit(void *ud, const mp_entry *e) {
+    mp_origin_scan *scan = ud;
+    mp_node *n = scan->n;
+    const char *origin = mp_entry_origin(e);
+    if (strcmp(origin, n->node_id) == 0) {
+        return true;
+    }
+    size_t len = strlen(origin);
+    mp_origin_watch *w = mp_map_get(&n->origins, origin, len);
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w || mp_map_put(&n->origins, origin, len, w, NULL) != MPREG_OK) {
+            free(w);
+            scan->failed = true;
+            return false;
+        }
+    }
+    if (w->sweep != n->origin_sweeps) {
+        w->sweep = n->origin_sweeps;
+        w->epoch = 0;
+    }
+    uint64_t inc = e->version.incarnation;
+    if (e->kind == MP_ENTRY_NODE && e->u.node.incarnation > inc) {
+        inc = e->u.node.incarnation;
+    }
+    w->epoch = inc > w->epoch ? inc : w->epoch;
+    return true;
+}
+
+/* True when the membership lists the origin alive or suspect: probes still
+ * reach it (or did until a moment ago), so its entries are fresh. */
+static bool mp_origin_vouched(const mp_node *n, const char *origin) {
+    mp_member m;
+    return mp_swim_find(n->swim, origin, &m) &&
+           (m.state == MP_MEMBER_ALIVE || m.state == MP_MEMBER_SUSPECT);
+}
+
+static void mp_origin_expire(mp_node *n, const char *origin, const mp_origin_watch *w) {
+    uint32_t removed = 0;
+    mp_catalog_apply_death(n->catalog, origin, w->epoch, n->now_ms, &removed);
+    /* Gossiped too: the other holders learn it within a few gossip rounds
+     * instead of each waiting out its own TTL (or a push-pull). */
+    mp_cluster_broadcast_death(n, origin, w->epoch);
+    n->origins_expired++;
+    mp_node_log(n, MP_LOG_WARN,
+                "catalog: %u entries of %s expired (not a live member for %llu ms, TTL %u ms)",
+                removed, origin, (unsigned long long)(n->now_ms - w->unvouched_since),
+                n->catalog_ttl_ms);
+}
+
+/* One sweep: marks the origins of live remote entries, forgets origins
+ * with none left, and expires those not vouched for within the TTL. */
+static void mp_cluster_sweep_origins(mp_node *n) {
+    n->origin_sweeps++;
+    mp_origin_scan scan = {.n = n};
+    mp_catalog_each(n->catalog, 0, mp_origin_scan_visit, &scan);
+    if (scan.failed) {
+        return; /* out of memory: try again next sweep, expiring nothing */
+    }
+    /* The map must not change while iterated: decide first, act after. */
+    char **drop = NULL;
+    size_t drop_len = 0;
+    size_t iter = 0;
+    const void *key;
+    size_t klen;
+    void *val;
+    while (mp_map_next(&n->origins, &iter, &key, &klen, &val)) {
+        mp_origin_watch *w = val;
+        char origin[MP_ENTRY_MAX_STR + 1]; /* map keys are not NUL-terminated */
+        klen = klen < sizeof origin ? klen : sizeof origin - 1;
+        memcpy(origin, key, klen);
+        origin[klen] = '\0';
+        bool gone = w->sweep != n->origin_sweeps;
+        if (!gone && mp_origin_vouched(n, origin)) {
+            w->unvouched_since = 0;
+            continue;
+        }
+        if (!gone && w->unvouched_since == 0) {
+            w->unvouched_since = n->now_ms ? n->now_ms : 1;
+            continue;
+        }
+        if (!gone && n->now_ms - w->unvouched_since < n->catalog_ttl_ms) {
+            continue;
+        }
+        char **grown = realloc(drop, (drop_len + 1) * sizeof *drop);
+        char *id = grown ? mp_node_strdup(origin) : NULL;
+        if (grown) {
+            drop = grown;
+        }
+        if (!id) {
+            break;
+        }
+        drop[drop_len++] = id;
+    }
+    for (size_t i = 0; i < drop_len; i++) {
+        mp_origin_watch *w = mp_map_remove(&n->origins, drop[i], strlen(drop[i]));
+        if (w && w->sweep == n->origin_sweeps) {
+            mp_origin_expire(n, drop[i], w);
+        }
+        free(w);
+        free(drop[i]);
+    }
+    free(drop);
+}
+
+static uint64_t mp_cluster_sweep_interval(const mp_node *n) {
+    uint32_t every = n->catalog_ttl_ms / MP_CLUSTER_TTL_SWEEPS;
+    return every ? every : 1;
+}
+
+static void mp_cluster_sweep_due(mp_node *n) {
+    if (n->now_ms < n->origin_sweep_at) {
+        return;
+    }
+    mp_cluster_sweep_origins(n);
+    n->origin_sweep_at = n->now_ms + mp_cluster_sweep_interval(n);
+    mp_node_log(n, MP_LOG_DEBUG,
+                "catalog: other nodes' entries expire %u ms after the "
+                "membership last vouched for their node",
+                n->catalog_ttl_ms);
+}
+
 /* --- peer links ---------------------------------------------------------------- */
 
 static bool mp_conn_idle(const mp_conn *c) {
@@ -658,12 +814,17 @@ void mp_cluster_tick(mp_node *n) {
     n->in_swim = true;
     mp_swim_tick(n->swim, n->now_ms);
     n->in_swim = false;
+    mp_cluster_sweep_due(n);
     mp_cluster_broadcast_pending(n);
     mp_cluster_flush(n);
 }
 
 uint64_t mp_cluster_next_wakeup(const mp_node *n) {
-    return n->swim && !n->stopping ? mp_swim_next_wakeup(n->swim) : UINT64_MAX;
+    if (!n->swim || n->stopping) {
+        return UINT64_MAX;
+    }
+    uint64_t t = mp_swim_next_wakeup(n->swim);
+    return t < n->origin_sweep_at ? t : n->origin_sweep_at;
 }
 
 void mp_cluster_leave(mp_node *n) {
@@ -705,6 +866,16 @@ mpreg_err mp_cluster_start(mp_node *n, const mp_node_config *cfg) {
     if (sc.probe_interval_ms == 0) {
         mp_swim_config_default(&sc);
     }
+    n->catalog_ttl_ms = cfg->catalog_ttl_ms;
+    if (n->catalog_ttl_ms == 0) {
+        uint64_t ttl = (uint64_t)sc.push_pull_interval_ms * MP_CLUSTER_TTL_PUSH_PULLS;
+        n->catalog_ttl_ms = ttl > UINT32_MAX ? UINT32_MAX : (uint32_t)ttl;
+    }
+    n->origin_sweep_at = n->now_ms + mp_cluster_sweep_interval(n);
+    mp_node_log(n, MP_LOG_DEBUG,
+                "catalog: other nodes' entries expire %u ms after the "
+                "membership last vouched for their node",
+                n->catalog_ttl_ms);
     mp_swim_self self = {
         .id = n->node_id,
         .addr = n->advertise_addr ? n->advertise_addr : "",
@@ -746,6 +917,7 @@ void mp_cluster_free(mp_node *n) {
     mp_swim_free(n->swim);
     n->swim = NULL;
     mp_map_free(&n->peers, NULL);
+    mp_map_free(&n->origins, free);
     mp_buf_free(&n->pending);
     free(n->advertise_addr);
     n->advertise_addr = NULL;
@@ -817,6 +989,10 @@ mpreg_err mp_node_members(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
         err = err ? err : mpreg_map_set(&s, "refutations", mpreg_int((int64_t)st.refutations));
         err = err ? err : mpreg_map_set(&s, "push_pulls", mpreg_int((int64_t)st.push_pulls));
         err = err ? err : mpreg_map_set(&s, "peer_links", mpreg_int((int64_t)n->peer_conns));
+        err =
+            err ? err : mpreg_map_set(&s, "catalog_ttl_ms", mpreg_int((int64_t)n->catalog_ttl_ms));
+        err = err ? err
+                  : mpreg_map_set(&s, "origins_expired", mpreg_int((int64_t)n->origins_expired));
         err = err ? err : mpreg_map_set(out, "stats", s);
     }
     if (err) {

@@ -409,6 +409,13 @@ struct mp_node {
     uint64_t seen_refutations; /* mp_swim_stats.refutations last looked at */
     bool in_swim;              /* inside an mp_swim call: broadcasts wait */
     mp_buf pending;            /* deferred broadcasts: [u32 keylen][key][u32 len][data]... */
+    /* Catalog TTL (node_cluster.c, "catalog liveness"): remote entries live
+     * as long as the membership vouches for their origin. */
+    uint32_t catalog_ttl_ms;
+    uint64_t origin_sweep_at; /* next sweep of the origins */
+    uint32_t origin_sweeps;   /* sweeps done (marks the origins each one found) */
+    uint64_t origins_expired; /* origins whose entries the sweep removed */
+    mp_map origins;           /* origin id -> mp_origin_watch * (remote origins only) */
 };
 
 void mp_node_log(const mp_node *n, mp_log_level level, const char *fmt, ...)

@@ -543,6 +543,10 @@ Test(daemon, bad_flags_and_config_exit_2) {
         {{"--swim", "probe_timeout_ms=5000"}, NULL, "probe_timeout_ms"},
         {{"--max-peer-conns", "0"}, NULL, "--max-peer-conns '0'"},
         {{"--max-peer-conns", "many"}, NULL, "--max-peer-conns 'many'"},
+        {{"--catalog-ttl", "999"}, NULL, "--catalog-ttl '999': expected milliseconds from 1000"},
+        {{"--catalog-ttl", "soon"}, NULL, "--catalog-ttl 'soon'"},
+        {{"--catalog-ttl", "-5"}, NULL, "--catalog-ttl '-5'"},
+        {{NULL}, "{\"catalog_ttl_ms\": 10}", "--catalog-ttl '10'"},
         {{"--federation-mode", "strict"}, NULL, "unknown option '--federation-mode'"},
         {{"--name"}, NULL, "option '--name' needs an argument"},
         {{"stray"}, NULL, "unexpected argument 'stray'"},
@@ -710,6 +714,7 @@ Test(daemon, cluster_settings_from_the_config_file_and_flags) {
     snprintf(config, sizeof config, "%s/cluster.json", dir);
     cr_assert_eq(mp_harness_write_file(config,
                                        "{\"advertise\": \"localhost:9\", \"max-peer-conns\": 8,"
+                                       " \"catalog-ttl-ms\": 45000,"
                                        " \"peers\": [\"127.0.0.1:1\"],"
                                        " \"swim\": {\"probe_interval_ms\": 700,"
                                        " \"gossip-interval-ms\": 70}}"),
@@ -726,6 +731,8 @@ Test(daemon, cluster_settings_from_the_config_file_and_flags) {
     cr_assert(mp_harness_file_contains(d->err_path, "gossip_interval_ms=60 "),
               "the --swim flag did not win over the file");
     cr_assert(mp_harness_file_contains(d->err_path, "1 peer to join through"));
+    cr_assert(mp_harness_file_contains(d->err_path, "entries expire 45000 ms after"),
+              "the file's catalog_ttl_ms was not used");
     /* A seed that does not answer does not stop the node from serving. */
     ping_pong(client(d));
     stop(d);
@@ -737,13 +744,29 @@ Test(daemon, help_and_version) {
     int rc = mp_harness_run(dir, help, MP_HARNESS_START_TIMEOUT_MS, &out, NULL);
     cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "status %d", rc);
     static const char *const flags[] = {
-        "--config",         "--listen",          "--port-file",
-        "--name",           "--cluster",         "--data-dir",
-        "--resource",       "--plugin",          "--token",
-        "--max-frame",      "--log-level",       "--help",
-        "--version",        "127.0.0.1:6464",    "Example",
-        "--peer",           "--advertise",       "--swim",
-        "--max-peer-conns", "probe_interval_ms", "A cluster of three nodes on one machine",
+        "--config",
+        "--listen",
+        "--port-file",
+        "--name",
+        "--cluster",
+        "--data-dir",
+        "--resource",
+        "--plugin",
+        "--token",
+        "--max-frame",
+        "--log-level",
+        "--help",
+        "--version",
+        "127.0.0.1:6464",
+        "Example",
+        "--peer",
+        "--advertise",
+        "--swim",
+        "--max-peer-conns",
+        "probe_interval_ms",
+        "A cluster of three nodes on one machine",
+        "--catalog-ttl",
+        "reconnect_interval_ms",
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         cr_assert(out != NULL && strstr(out, flags[i]) != NULL, "help lacks %s", flags[i]);

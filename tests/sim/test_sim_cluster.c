@@ -13,6 +13,7 @@
 
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static mp_sim_report run(const char *name, uint64_t seed, uint32_t nodes) {
@@ -199,5 +200,142 @@ Test(sim_cluster, gossip_faults_do_not_stop_convergence) {
     mp_sim_run_for(s, 30000);
     cr_assert_neq(mp_sim_run_until_true(s, converged, NULL, 50, 20000), UINT64_MAX,
                   "members converge again after 30 s of faults");
+    mp_sim_free(s);
+}
+
+/* --- catalog TTL: entries live while the membership vouches for their origin ------------------ */
+
+#define TTL_MS 4000u
+
+typedef struct fn_probe {
+    const char *origin;
+    bool found;
+} fn_probe;
+
+static bool fn_probe_visit(void *ud, const mp_entry *e) {
+    fn_probe *p = ud;
+    if (strcmp(mp_entry_origin(e), p->origin) == 0) {
+        p->found = true;
+        return false;
+    }
+    return true;
+}
+
+/* How many running nodes hold a live function "fn" advertised by origin. */
+static uint32_t holders(mp_sim *s, const char *origin, const char *fn) {
+    uint32_t count = 0;
+    for (uint32_t i = 0; i < mp_sim_node_count(s); i++) {
+        if (!mp_sim_node_up(s, i)) {
+            continue;
+        }
+        fn_probe p = {.origin = origin};
+        mp_catalog_each_function(mp_node_catalog(mp_sim_node(s, i)), "ghost_fn", fn_probe_visit,
+                                 &p);
+        count += p.found ? 1 : 0;
+    }
+    (void)fn;
+    return count;
+}
+
+typedef struct held_by {
+    const char *origin;
+    uint32_t at_least; /* true when at least this many hold it ... */
+    uint32_t at_most;  /* ... and at most this many */
+} held_by;
+
+static bool held(mp_sim *s, void *ud) {
+    const held_by *h = ud;
+    uint32_t k = holders(s, h->origin, "ghost_fn");
+    return k >= h->at_least && k <= h->at_most;
+}
+
+/* Puts a function entry of `origin` at `incarnation` straight into node
+ * i's catalog, as if an anti-entropy exchange had brought it. */
+static void inject(mp_sim *s, uint32_t i, const char *origin, uint64_t incarnation) {
+    mp_entry e;
+    cr_assert_eq(mp_entry_function(&e, origin, "sim", "ghost_fn", NULL, "1.0.0"), MPREG_OK);
+    e.version.incarnation = incarnation;
+    e.version.counter = 1;
+    mp_apply_result r;
+    cr_assert_eq(mp_catalog_apply_entry(mp_node_catalog(mp_sim_node(s, i)), &e, mp_sim_now(s), &r),
+                 MPREG_OK);
+    cr_assert_eq(r, MP_APPLY_ADDED);
+    mp_entry_free(&e);
+}
+
+static mp_sim *ttl_cluster(uint64_t seed, uint32_t n) {
+    mp_sim_config cfg;
+    mp_sim_config_default(&cfg);
+    cfg.seed = seed;
+    cfg.nodes = n;
+    cfg.seed_nodes = 1;
+    cfg.node.no_builtins = true;
+    cfg.node.catalog_ttl_ms = TTL_MS;
+    cfg.log = getenv("SIM_LOG") ? stderr : NULL;
+    cfg.node.log_level = MP_LOG_INFO;
+    mp_swim_config_default(&cfg.node.swim);
+    cfg.node.swim.push_pull_interval_ms = 1000; /* so that a ghost spreads within the test */
+    mp_sim *s = mp_sim_new(&cfg);
+    cr_assert_not_null(s);
+    cr_assert_eq(mp_sim_start_all(s), MPREG_OK);
+    cr_assert_neq(mp_sim_run_until_true(s, converged, NULL, 50, 60000), UINT64_MAX,
+                  "no convergence");
+    return s;
+}
+
+static size_t live_descriptors(mp_sim *s, uint32_t i) {
+    return mp_catalog_count(mp_node_catalog(mp_sim_node(s, i)), MP_ENTRY_NODE);
+}
+
+Test(sim_cluster, entries_of_an_origin_no_member_vouches_for_expire_everywhere) {
+    const uint32_t n = 5;
+    mp_sim *s = ttl_cluster(11, n);
+    /* "ghost" never joined: its entry reaches the others by push-pull ... */
+    uint64_t t0 = mp_sim_elapsed(s);
+    inject(s, 0, "ghost", 7);
+    held_by spread = {.origin = "ghost", .at_least = 2, .at_most = n};
+    cr_assert_neq(mp_sim_run_until_true(s, held, &spread, 50, TTL_MS / 2), UINT64_MAX,
+                  "the ghost entry did not spread (the test would prove nothing)");
+    /* ... and leaves every catalog within one TTL, two sweep intervals (the
+     * first sweep to see it starts its clock, the first one a TTL later
+     * ends it) and a few gossip rounds for the death to reach the others. */
+    held_by none = {.origin = "ghost", .at_least = 0, .at_most = 0};
+    uint64_t took = mp_sim_run_until_true(s, held, &none, 50, 3 * TTL_MS);
+    cr_assert_neq(took, UINT64_MAX, "the ghost entry outlived its TTL on %u nodes",
+                  holders(s, "ghost", "ghost_fn"));
+    cr_assert_leq(mp_sim_elapsed(s) - t0, TTL_MS + 2 * (TTL_MS / 3) + 1000, "took %llu ms",
+                  (unsigned long long)(mp_sim_elapsed(s) - t0));
+    /* It stays gone (its death travels with the catalog), and no live
+     * member's entries were taken for stale in ten TTLs. */
+    mp_sim_run_for(s, 10 * TTL_MS);
+    cr_assert_eq(holders(s, "ghost", "ghost_fn"), 0);
+    for (uint32_t i = 0; i < n; i++) {
+        cr_assert_eq(live_descriptors(s, i), n, "node %u lists %zu nodes", i,
+                     live_descriptors(s, i));
+        cr_assert_gt(mp_catalog_death(mp_node_catalog(mp_sim_node(s, i)), "ghost"), 0);
+    }
+    mp_sim_free(s);
+}
+
+Test(sim_cluster, a_dead_members_newer_entries_expire_too) {
+    const uint32_t n = 5;
+    uint32_t victim = 4;
+    mp_sim *s = ttl_cluster(12, n);
+    mp_sim_node_crash(s, victim);
+    cr_assert_neq(mp_sim_run_until_true(s, gone, &victim, 50, 60000), UINT64_MAX,
+                  "the crash was not detected");
+    /* An entry of a later epoch of the dead node, as the other side of a
+     * partition might hand over: above its recorded death, so the catalog
+     * takes it, but the membership lists the node dead. */
+    const char *id = mp_sim_node_id(s, victim);
+    uint64_t epoch = mp_catalog_death(mp_node_catalog(mp_sim_node(s, 0)), id) + 1000;
+    inject(s, 0, id, epoch);
+    held_by none = {.origin = id, .at_least = 0, .at_most = 0};
+    cr_assert_neq(mp_sim_run_until_true(s, held, &none, 50, 3 * TTL_MS), UINT64_MAX,
+                  "the dead member's newer entry outlived its TTL");
+    /* Restarted, the node is taken back at once with its new generation. */
+    cr_assert_eq(mp_sim_node_restart(s, victim, true), MPREG_OK);
+    cr_assert_neq(mp_sim_run_until_true(s, know_new_incarnation, &victim, 50, 60000), UINT64_MAX,
+                  "the restarted node's entries were not taken back");
     mp_sim_free(s);
 }
