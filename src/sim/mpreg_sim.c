@@ -103,9 +103,14 @@ static bool parse_level(const char *text, mp_log_level *out) {
 static int cmd_list(void) {
     size_t n;
     const mp_sim_scenario *sc = mp_sim_scenarios(&n);
+    int width = 0; /* the longest name, so that the columns line up */
     for (size_t i = 0; i < n; i++) {
-        printf("%-15s %5u nodes %s\n    %s\n", sc[i].name, sc[i].default_nodes,
-               sc[i].needs_cluster ? "[cluster]" : "", sc[i].description);
+        int len = (int)strlen(sc[i].name);
+        width = len > width ? len : width;
+    }
+    for (size_t i = 0; i < n; i++) {
+        printf("%-*s %5u nodes%s\n    %s\n", width, sc[i].name, sc[i].default_nodes,
+               sc[i].needs_cluster ? " [cluster]" : "", sc[i].description);
     }
     return 0;
 }

@@ -136,19 +136,27 @@ static bool know_new_incarnation(mp_sim *s, void *ud) {
     return true;
 }
 
-static mp_sim *cluster(uint64_t seed, uint32_t n) {
-    mp_sim_config cfg;
-    mp_sim_config_default(&cfg);
-    cfg.seed = seed;
-    cfg.nodes = n;
-    cfg.seed_nodes = 1;
-    cfg.node.no_builtins = true;
-    mp_sim *s = mp_sim_new(&cfg);
+static void small_cluster_config(mp_sim_config *cfg, uint64_t seed, uint32_t n) {
+    mp_sim_config_default(cfg);
+    cfg->seed = seed;
+    cfg->nodes = n;
+    cfg->seed_nodes = 1;
+    cfg->node.no_builtins = true;
+}
+
+static mp_sim *start_converged(const mp_sim_config *cfg) {
+    mp_sim *s = mp_sim_new(cfg);
     cr_assert_not_null(s);
     cr_assert_eq(mp_sim_start_all(s), MPREG_OK);
     cr_assert_neq(mp_sim_run_until_true(s, converged, NULL, 50, 60000), UINT64_MAX,
                   "no convergence");
     return s;
+}
+
+static mp_sim *cluster(uint64_t seed, uint32_t n) {
+    mp_sim_config cfg;
+    small_cluster_config(&cfg, seed, n);
+    return start_converged(&cfg);
 }
 
 Test(sim_cluster, a_restarted_node_rejoins_as_a_newer_generation) {
@@ -176,11 +184,7 @@ Test(sim_cluster, a_restarted_node_rejoins_as_a_newer_generation) {
 
 Test(sim_cluster, gossip_faults_do_not_stop_convergence) {
     mp_sim_config cfg;
-    mp_sim_config_default(&cfg);
-    cfg.seed = 3;
-    cfg.nodes = 8;
-    cfg.seed_nodes = 1;
-    cfg.node.no_builtins = true;
+    small_cluster_config(&cfg, 3, 8);
     cfg.net.loss = 0.2;
     cfg.net.dup = 0.1;
     cfg.net.reorder = 0.2;
@@ -265,22 +269,13 @@ static void inject(mp_sim *s, uint32_t i, const char *origin, uint64_t incarnati
 
 static mp_sim *ttl_cluster(uint64_t seed, uint32_t n) {
     mp_sim_config cfg;
-    mp_sim_config_default(&cfg);
-    cfg.seed = seed;
-    cfg.nodes = n;
-    cfg.seed_nodes = 1;
-    cfg.node.no_builtins = true;
+    small_cluster_config(&cfg, seed, n);
     cfg.node.catalog_ttl_ms = TTL_MS;
-    cfg.log = getenv("SIM_LOG") ? stderr : NULL;
     cfg.node.log_level = MP_LOG_INFO;
+    cfg.log = getenv("SIM_LOG") ? stderr : NULL; /* SIM_LOG=1: the nodes' logs */
     mp_swim_config_default(&cfg.node.swim);
     cfg.node.swim.push_pull_interval_ms = 1000; /* so that a ghost spreads within the test */
-    mp_sim *s = mp_sim_new(&cfg);
-    cr_assert_not_null(s);
-    cr_assert_eq(mp_sim_start_all(s), MPREG_OK);
-    cr_assert_neq(mp_sim_run_until_true(s, converged, NULL, 50, 60000), UINT64_MAX,
-                  "no convergence");
-    return s;
+    return start_converged(&cfg);
 }
 
 static size_t live_descriptors(mp_sim *s, uint32_t i) {
