@@ -13,7 +13,9 @@
 #include "mpreg/client.h"
 #include "mpreg/value.h"
 
+#include "support/value_json.h"
 #include <arpa/inet.h>
+
 #include <criterion/criterion.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -55,22 +57,6 @@ static const char *url(void) {
 }
 
 /* ---- helpers ----------------------------------------------------------------- */
-
-static mpreg_value json(const char *text) {
-    mpreg_value v;
-    char why[128] = "";
-    mpreg_err err = mpreg_value_from_json(text, strlen(text), &v, why, sizeof why);
-    cr_assert_eq(err, MPREG_OK, "bad JSON in test: %s (%s)", why, text);
-    return v;
-}
-
-static void assert_json_eq(const mpreg_value *got, const char *want_json) {
-    mpreg_value want = json(want_json);
-    char *g = mpreg_value_to_json(got, false);
-    cr_assert(mpreg_value_equal(got, &want), "got %s, want %s", g, want_json);
-    free(g);
-    mpreg_value_free(&want);
-}
 
 static uint64_t now_ms(void) {
     struct timespec ts;

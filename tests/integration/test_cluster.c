@@ -19,6 +19,8 @@
 #include "mpreg/client.h"
 #include "mpreg/value.h"
 
+#include "support/value_json.h"
+
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
@@ -264,22 +266,6 @@ static mpreg_client *client_of(size_t node) {
     mpreg_client *c = mpreg_connect(url(node), &o, &err);
     cr_assert_not_null(c, "connect to %s: %s", name(node), err.message);
     return c;
-}
-
-static mpreg_value json(const char *text) {
-    mpreg_value v;
-    char why[128] = "";
-    cr_assert_eq(mpreg_value_from_json(text, strlen(text), &v, why, sizeof why), MPREG_OK,
-                 "bad test JSON: %s", why);
-    return v;
-}
-
-static void assert_json_eq(const mpreg_value *got, const char *want_json) {
-    mpreg_value want = json(want_json);
-    char *g = mpreg_value_to_json(got, false);
-    cr_assert(mpreg_value_equal(got, &want), "got %s, want %s", g, want_json);
-    free(g);
-    mpreg_value_free(&want);
 }
 
 /* ---- membership ------------------------------------------------------------------ */

@@ -12,6 +12,8 @@
 #include "core/envelope.h"
 #include "fabric/catalog.h"
 
+#include "support/value_json.h"
+
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,20 +152,6 @@ static const rec *find(const recorder *r, mp_sim_trace_kind kind, uint32_t to) {
         }
     }
     return NULL;
-}
-
-static mpreg_value json(const char *text) {
-    mpreg_value v;
-    cr_assert_eq(mpreg_value_from_json(text, strlen(text), &v, NULL, 0), MPREG_OK, "%s", text);
-    return v;
-}
-
-static void assert_value(const mpreg_value *got, const char *want_json) {
-    mpreg_value want = json(want_json);
-    char *g = mpreg_value_to_json(got, false);
-    cr_assert(mpreg_value_equal(got, &want), "got %s, want %s", g, want_json);
-    free(g);
-    mpreg_value_free(&want);
 }
 
 /* --- configuration ---------------------------------------------------------------------------- */
@@ -759,7 +747,7 @@ Test(sim_restart, with_data_is_the_next_incarnation_without_is_now) {
     uint32_t op = echo(s, c, 9);
     mp_sim_run_for(s, 100);
     cr_assert_eq(mp_sim_client_op(s, c, op)->answers, 1);
-    assert_value(&mp_sim_client_op(s, c, op)->value, "{\"e\": 9}");
+    assert_json_eq(&mp_sim_client_op(s, c, op)->value, "{\"e\": 9}");
     mp_sim_stats st;
     mp_sim_get_stats(s, &st);
     cr_assert_eq(st.restarts, 2);
@@ -916,11 +904,11 @@ Test(sim_client, rpc_round_trips_with_chains_workers_and_errors) {
 
     const mp_sim_op *o = mp_sim_client_op(s, c, call);
     cr_assert_eq(o->answers, 1);
-    assert_value(&o->value, "{\"call\": \"hi\"}");
+    assert_json_eq(&o->value, "{\"call\": \"hi\"}");
     o = mp_sim_client_op(s, c, chain);
     cr_assert_eq(o->answers, 1);
     cr_assert(o->ok, "%s", o->message);
-    assert_value(&o->value, "{\"c\": [7, 21]}");
+    assert_json_eq(&o->value, "{\"c\": [7, 21]}");
     cr_assert_geq(o->answered_ms - o->sent_ms, 40, "the worker took its time");
     cr_assert_eq(calls, 1);
     o = mp_sim_client_op(s, c, missing);

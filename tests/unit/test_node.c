@@ -16,6 +16,8 @@
 #include "services/pubsub.h"
 #include "services/rpc_plan.h"
 
+#include "support/value_json.h"
+
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,22 +142,6 @@ static void advance(uint64_t ms) {
 }
 
 /* --- values ----------------------------------------------------------------- */
-
-static mpreg_value json(const char *text) {
-    mpreg_value v;
-    char why[128] = "";
-    mpreg_err err = mpreg_value_from_json(text, strlen(text), &v, why, sizeof why);
-    cr_assert_eq(err, MPREG_OK, "bad JSON in test: %s (%s)", why, text);
-    return v;
-}
-
-static void assert_json_eq(const mpreg_value *got, const char *want_json) {
-    mpreg_value want = json(want_json);
-    char *g = mpreg_value_to_json(got, false);
-    cr_assert(mpreg_value_equal(got, &want), "got %s, want %s", g, want_json);
-    free(g);
-    mpreg_value_free(&want);
-}
 
 static const mpreg_value *get(const mpreg_value *map, const char *key) {
     const mpreg_value *v = mpreg_map_get(map, key);
