@@ -778,9 +778,13 @@ void sc_queue_group_across(const mp_sim_run_opts *o, mp_sim_report *r) {
 typedef struct sc_rest {
     double msgs_mean, msgs_min, msgs_max;
     double bytes_mean, bytes_min, bytes_max;
+    /* Connections dialed per node per second: once a cluster has more
+     * members than a node keeps links (max_peer_conns), probing them in
+     * turn means dialing most of them. */
+    double dials_mean;
 } sc_rest;
 
-/* Per-node GOSSIP rates over window_ms of a cluster left alone. */
+/* Per-node GOSSIP and dial rates over window_ms of a cluster left alone. */
 static bool sc_measure_rest(mp_sim *s, const mp_sim_run_opts *o, mp_sim_report *r,
                             uint64_t window_ms, bool per_node, sc_rest *out) {
     uint32_t n = mp_sim_node_count(s);
@@ -795,7 +799,10 @@ static bool sc_measure_rest(mp_sim *s, const mp_sim_run_opts *o, mp_sim_report *
         m0[i] = sc_gossip_out(s, i, false);
         b0[i] = sc_gossip_out(s, i, true);
     }
+    mp_sim_stats st0, st1;
+    mp_sim_get_stats(s, &st0);
     mp_sim_run_for(s, window_ms);
+    mp_sim_get_stats(s, &st1);
     double secs = (double)window_ms / 1000.0, sm = 0, sb = 0;
     uint32_t up = 0;
     out->msgs_min = out->bytes_min = 1e300;
@@ -823,6 +830,7 @@ static bool sc_measure_rest(mp_sim *s, const mp_sim_run_opts *o, mp_sim_report *
     }
     out->msgs_mean = up ? sm / up : 0;
     out->bytes_mean = up ? sb / up : 0;
+    out->dials_mean = up ? (double)(st1.dials - st0.dials) / up / secs : 0;
     free(m0);
     free(b0);
     return true;
@@ -835,6 +843,7 @@ static void sc_rest_metrics(mp_sim_report *r, const sc_rest *x) {
     sc_metric(r, "gossip_bytes_s_mean", x->bytes_mean, "bytes/s");
     sc_metric(r, "gossip_bytes_s_min", x->bytes_min, "bytes/s");
     sc_metric(r, "gossip_bytes_s_max", x->bytes_max, "bytes/s");
+    sc_metric(r, "dials_s_mean", x->dials_mean, "dials/s");
 }
 
 void sc_rest_traffic(const mp_sim_run_opts *o, mp_sim_report *r) {
@@ -898,9 +907,10 @@ void sc_scale(const mp_sim_run_opts *o, mp_sim_report *r) {
     mp_sim_get_stats(s, &st);
     sc_say(o,
            "scale nodes=%u join_ms=%.0f join_rounds=%.1f fn_ms=%.0f detect_ms=%.0f "
-           "rest_gossip_msgs_s=%.2f rest_gossip_bytes_s=%.0f events=%llu virtual_s=%.1f",
+           "rest_gossip_msgs_s=%.2f rest_gossip_bytes_s=%.0f rest_dials_s=%.2f events=%llu "
+           "virtual_s=%.1f",
            n, join, join < 0 ? -1 : join / SC_GOSSIP_MS, dissem, detect, x.msgs_mean, x.bytes_mean,
-           (unsigned long long)st.events, (double)mp_sim_elapsed(s) / 1000.0);
+           x.dials_mean, (unsigned long long)st.events, (double)mp_sim_elapsed(s) / 1000.0);
     sc_gossip_totals(s, r);
     sc_finish(s, r);
 }

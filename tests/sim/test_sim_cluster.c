@@ -334,3 +334,74 @@ Test(sim_cluster, a_dead_members_newer_entries_expire_too) {
                   "the restarted node's entries were not taken back");
     mp_sim_free(s);
 }
+
+/* --- bounded links: no full mesh -----------------------------------------------------------------
+ */
+
+typedef struct conn_watch {
+    size_t most_links; /* the most peer links a node counted at a sample */
+    size_t most_conns; /* the most connections any node had open at a sample */
+} conn_watch;
+
+/* The peer links node i counts (its members' stats, as `mpreg members`
+ * shows them). */
+static size_t peer_links(mp_sim *s, uint32_t i) {
+    mpreg_value m;
+    cr_assert_eq(mp_node_members(mp_sim_node(s, i), mp_sim_now(s), &m), MPREG_OK);
+    const mpreg_value *st = mpreg_map_get(&m, "stats");
+    const mpreg_value *links = st ? mpreg_map_get(st, "peer_links") : NULL;
+    cr_assert(links && links->type == MPREG_INT);
+    size_t v = (size_t)links->u.i;
+    mpreg_value_free(&m);
+    return v;
+}
+
+static bool sample_conns(mp_sim *s, void *ud) {
+    conn_watch *w = ud;
+    for (uint32_t i = 0; i < mp_sim_node_count(s); i++) {
+        if (!mp_sim_node_up(s, i)) {
+            continue;
+        }
+        size_t links = peer_links(s, i);
+        size_t conns = mp_sim_node_conns(s, i);
+        w->most_links = links > w->most_links ? links : w->most_links;
+        w->most_conns = conns > w->most_conns ? conns : w->most_conns;
+    }
+    return false; /* keep sampling */
+}
+
+/* Joins, 20 s at rest and a crash with max_peer_conns = bound, sampled
+ * every 10 ms. */
+static conn_watch watch_links(uint32_t n, uint32_t bound) {
+    mp_sim_config cfg;
+    small_cluster_config(&cfg, 21, n);
+    cfg.node.max_peer_conns = bound;
+    mp_sim *s = start_converged(&cfg);
+    conn_watch w = {0};
+    mp_sim_run_until_true(s, sample_conns, &w, 10, 20000);
+    uint32_t victim = n - 1;
+    mp_sim_node_crash(s, victim);
+    cr_assert_neq(mp_sim_run_until_true(s, gone, &victim, 50, 60000), UINT64_MAX,
+                  "the crash was not detected with %u links per node", bound);
+    mp_sim_run_until_true(s, sample_conns, &w, 10, 5000);
+    mp_sim_free(s);
+    return w;
+}
+
+Test(sim_cluster, links_per_node_stay_within_max_peer_conns) {
+    const uint32_t n = 24, bound = 4;
+    conn_watch w = watch_links(n, bound);
+    /* At rest no link is busy, so none may go over the bound. */
+    cr_assert_leq(w.most_links, bound, "a node kept %zu peer links (max_peer_conns %u)",
+                  w.most_links, bound);
+    /* On the wire a node may also hold, for a moment, links the far side
+     * already closed (their FIN in flight) and ones accepted but not yet
+     * introduced by a HELLO. */
+    cr_assert_leq(w.most_conns, bound + 3, "a node had %zu connections (max_peer_conns %u)",
+                  w.most_conns, bound);
+    /* Without a tight bound the same run keeps many more: the bound is
+     * what kept the count down, not the workload. */
+    conn_watch unbounded = watch_links(n, 1000);
+    cr_assert_gt(unbounded.most_links, 2 * bound, "only %zu links without a bound",
+                 unbounded.most_links);
+}
