@@ -95,8 +95,8 @@ static const uint32_t mp_optional[MP_W_TYPE_MAX + 1] = {
     [MP_W_PING_REQ] = MP_NEWS,
     [MP_W_ACK] = MP_NEWS,
     [MP_W_GOSSIP] = MP_NEWS,
-    [MP_W_SYNC] = MP_NEWS | MP_BIT(MP_K_JOIN) | MP_BIT(MP_K_MEMBERS_DIGEST),
-    [MP_W_SYNC_REPLY] = MP_NEWS | MP_BIT(MP_K_STATE) | MP_BIT(MP_K_WANT_STATE) |
+    [MP_W_SYNC] = MP_NEWS | MP_BIT(MP_K_SEQ) | MP_BIT(MP_K_JOIN) | MP_BIT(MP_K_MEMBERS_DIGEST),
+    [MP_W_SYNC_REPLY] = MP_NEWS | MP_BIT(MP_K_SEQ) | MP_BIT(MP_K_STATE) | MP_BIT(MP_K_WANT_STATE) |
                         MP_BIT(MP_K_MEMBERS_DIGEST) | MP_BIT(MP_K_WANT_MEMBERS),
 };
 
@@ -107,6 +107,9 @@ static const uint32_t mp_optional[MP_W_TYPE_MAX + 1] = {
 #define MP_SWIM_MAX_RELAYS 256
 /* Seeds remembered for join retries. */
 #define MP_SWIM_MAX_SEEDS 64
+/* Push-pulls this node started and whose answer it has not used yet; the
+ * oldest is forgotten beyond it (a join sends one per seed at once). */
+#define MP_SWIM_MAX_SYNCS (MP_SWIM_MAX_SEEDS + 16)
 
 /* --- small helpers ------------------------------------------------------------ */
 
@@ -609,6 +612,10 @@ struct mp_swim {
 
     mp_probe probe;
     uint64_t seq;
+    /* seqs of SYNCs sent, answer not yet used (0 = free slot): a duplicated
+     * or unsolicited SYNC_REPLY is not answered with a second follow-up. */
+    uint64_t syncs[MP_SWIM_MAX_SYNCS];
+    size_t sync_next; /* the slot the next SYNC takes (a ring) */
     uint64_t next_probe_ms, next_gossip_ms, next_push_pull_ms;
     uint64_t gossip_round;       /* gossip rounds so far (the first is 1) */
     uint64_t early_push_pull_ms; /* no push-pull is brought forward before */
@@ -1180,12 +1187,15 @@ typedef struct mp_msg {
     const mp_buf *state;
 } mp_msg;
 
-static bool mp_has_seq(mp_wtype t) {
-    return t == MP_W_PING || t == MP_W_PING_REQ || t == MP_W_ACK;
-}
-
 static bool mp_is_sync(mp_wtype t) {
     return t == MP_W_SYNC || t == MP_W_SYNC_REPLY;
+}
+
+/* Probes always carry a seq; a SYNC carries one, and its answer echoes
+ * it; the initiator's follow-up SYNC_REPLY carries none. */
+static bool mp_has_seq(const mp_msg *m) {
+    return m->type == MP_W_PING || m->type == MP_W_PING_REQ || m->type == MP_W_ACK ||
+           (mp_is_sync(m->type) && m->seq != 0);
 }
 
 static int mp_pack_members(msgpack_packer *pk, const mp_swim *s, bool all) {
@@ -1236,7 +1246,7 @@ static int mp_pack_news(msgpack_packer *pk, mp_buf *b, const mp_swim *s, const m
 static int mp_pack_msg(msgpack_packer *pk, mp_buf *b, const mp_swim *s, const mp_msg *m,
                        size_t updates, size_t items) {
     bool sync = mp_is_sync(m->type);
-    uint32_t fields = 3 + mp_has_seq(m->type) + (m->target != NULL) + (m->target_addr != NULL) +
+    uint32_t fields = 3 + mp_has_seq(m) + (m->target != NULL) + (m->target_addr != NULL) +
                       (updates + (m->notice != NULL) > 0) + (items > 0) + m->join + 3 * sync +
                       (m->state != NULL) + m->want_state + m->want_members;
     int rc = msgpack_pack_map(pk, fields);
@@ -1244,7 +1254,7 @@ static int mp_pack_msg(msgpack_packer *pk, mp_buf *b, const mp_swim *s, const mp
     rc |= msgpack_pack_uint8(pk, MP_SWIM_WIRE_VERSION);
     rc |= mp_pack_key(pk, MP_K_TYPE);
     rc |= msgpack_pack_uint8(pk, (uint8_t)m->type);
-    if (mp_has_seq(m->type)) {
+    if (mp_has_seq(m)) {
         rc |= mp_pack_key(pk, MP_K_SEQ);
         rc |= msgpack_pack_uint64(pk, m->seq);
     }
@@ -1660,7 +1670,12 @@ static void mp_gossip_tick(mp_swim *s, uint64_t now) {
 /* A push-pull request: digests only, and the member list too on a join
  * (the seed answers a join with its list whatever the digests say). */
 static mp_msg mp_sync_msg(mp_swim *s, bool join) {
+    uint64_t seq = ++s->seq;
+    seq = seq ? seq : ++s->seq; /* 0 means "none" on a SYNC */
+    s->syncs[s->sync_next] = seq;
+    s->sync_next = (s->sync_next + 1) % MP_SWIM_MAX_SYNCS;
     return (mp_msg){.type = MP_W_SYNC,
+                    .seq = seq,
                     .members = join,
                     .join = join,
                     .digest = s->d.state_digest(s->d.ud),
@@ -1887,6 +1902,7 @@ static void mp_on_sync(mp_swim *s, const mp_wmsg *m, const mp_sender *from) {
     bool members_differ = !(m->seen & MP_BIT(MP_K_MEMBERS_DIGEST)) || members != m->members_digest;
     mp_buf st = MP_BUF_INIT;
     mp_msg reply = {.type = MP_W_SYNC_REPLY,
+                    .seq = (m->seen & MP_BIT(MP_K_SEQ)) ? m->seq : 0,
                     .members = members_differ || m->join,
                     .want_members = members_differ && m->member_count == 0,
                     .digest = mine,
@@ -1904,11 +1920,30 @@ static void mp_on_sync(mp_swim *s, const mp_wmsg *m, const mp_sender *from) {
     mp_buf_free(&st);
 }
 
+/* True (and forgets it) when seq is a SYNC of ours whose answer has not
+ * been used yet. */
+static bool mp_take_sync(mp_swim *s, uint64_t seq) {
+    for (size_t i = 0; i < MP_SWIM_MAX_SYNCS; i++) {
+        if (seq != 0 && s->syncs[i] == seq) {
+            s->syncs[i] = 0;
+            return true;
+        }
+    }
+    return false;
+}
+
 /* The answer to our SYNC (or the initiator's follow-up to our answer): its
  * list was applied already; merge its state, then send what it asked for
  * in one follow-up SYNC_REPLY, which asks for nothing, so the exchange
- * ends there. */
+ * ends there. An answer that echoes a SYNC whose answer was used already
+ * (a duplicate), or none of ours, is not used again: its state was merged
+ * once, and a second follow-up would send ours twice. (An answer without
+ * a seq, and the follow-up, which has none, are always used.) */
 static void mp_on_sync_reply(mp_swim *s, const mp_wmsg *m, const mp_sender *from) {
+    if ((m->seen & MP_BIT(MP_K_SEQ)) && !mp_take_sync(s, m->seq)) {
+        s->stats.stale_sync_replies++;
+        return;
+    }
     if (s->joining) {
         /* Someone answered: we are in. Our ALIVE goes out as news from us
          * too (as memberlist's node announces itself), not only from the

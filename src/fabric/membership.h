@@ -259,8 +259,9 @@ typedef struct mp_swim_stats {
     uint64_t push_pulls;       /* started (join included) or answered */
     uint64_t full_state_syncs; /* push-pulls whose state digests differed */
     uint64_t bad_messages;
-    uint64_t member_syncs; /* push-pulls (not joins) whose member digests differed */
-    uint64_t reconnects;   /* push-pulls started with a DEAD member */
+    uint64_t member_syncs;       /* push-pulls (not joins) whose member digests differed */
+    uint64_t reconnects;         /* push-pulls started with a DEAD member */
+    uint64_t stale_sync_replies; /* duplicated or unsolicited answers, not used */
 } mp_swim_stats;
 void mp_swim_get_stats(const mp_swim *s, mp_swim_stats *out);
 

@@ -1861,6 +1861,38 @@ Test(membership, push_pull_exchanges_state_when_digests_differ) {
     net_free(net);
 }
 
+/* A SYNC_REPLY that asks for our state arrives twice (a duplicated frame):
+ * our state goes once, not twice. SYNCs carry a seq that their answer
+ * echoes, and an answer is used once. */
+Test(membership, a_duplicated_sync_reply_is_used_once) {
+    mp_swim_config c;
+    mp_swim_config_default(&c);
+    tnet *net = net_new(2, 13, &c);
+    net->dup_types = 1u << T_SYNC_REPLY;
+    net->node[0].digest = 111;
+    snprintf(net->node[0].state, sizeof net->node[0].state, "state-of-A");
+    net->node[1].digest = 222;
+    snprintf(net->node[1].state, sizeof net->node[1].state, "state-of-B");
+    node_start(net, 0, 1);
+    node_start(net, 1, 1);
+    cr_assert_eq(mp_swim_join(net->node[1].s, net->node[0].addr, 0), MPREG_OK);
+    net_run(net, 100);
+    cr_assert_gt(net->duplicated, 0);
+    /* A answered the join with its state and asked for B's; the answer came
+     * twice, B sent its state once. */
+    cr_assert_eq(net->node[1].encodes, 1, "B encoded its state %d times", net->node[1].encodes);
+    cr_assert_eq(net->node[1].merges, 1);
+    mp_swim_stats st;
+    mp_swim_get_stats(net->node[1].s, &st);
+    cr_assert_eq(st.stale_sync_replies, 1);
+    cr_assert_eq(st.full_state_syncs, 1);
+    /* B's follow-up (no seq) was itself duplicated: merging twice is
+     * harmless, and A sent nothing more. */
+    cr_assert_eq(net->node[0].encodes, 1);
+    cr_assert_str_eq(net->node[0].merged, "state-of-B");
+    net_free(net);
+}
+
 /* A SYNC's member list is merged (new alive members join, a stranger's
  * death is kept silently, an accusation of self is refuted) and answered
  * with this node's own list. */
