@@ -1815,11 +1815,12 @@ Test(membership, leave_propagates_left) {
     net_free(net);
 }
 
-Test(membership, push_pull_exchanges_state_when_digests_differ) {
-    mp_swim_config c;
-    mp_swim_config_default(&c);
-    c.push_pull_interval_ms = 5000;
-    tnet *net = net_new(2, 12, &c);
+/* Two nodes whose states differ ("state-of-A", digest 111; "state-of-B",
+ * 222), the second joining through the first: 100 ms run. dup_types as
+ * the network's (1 << T_x: messages of that type arrive twice). */
+static tnet *two_with_states(uint64_t seed, const mp_swim_config *c, uint32_t dup_types) {
+    tnet *net = net_new(2, seed, c);
+    net->dup_types = dup_types;
     net->node[0].digest = 111;
     snprintf(net->node[0].state, sizeof net->node[0].state, "state-of-A");
     net->node[1].digest = 222;
@@ -1828,6 +1829,14 @@ Test(membership, push_pull_exchanges_state_when_digests_differ) {
     node_start(net, 1, 1);
     cr_assert_eq(mp_swim_join(net->node[1].s, net->node[0].addr, 0), MPREG_OK);
     net_run(net, 100);
+    return net;
+}
+
+Test(membership, push_pull_exchanges_state_when_digests_differ) {
+    mp_swim_config c;
+    mp_swim_config_default(&c);
+    c.push_pull_interval_ms = 5000;
+    tnet *net = two_with_states(12, &c, 0);
     /* The join itself was a push-pull with differing digests. */
     cr_assert_eq(net->node[0].encodes, 1);
     cr_assert_eq(net->node[1].encodes, 1);
@@ -1867,16 +1876,7 @@ Test(membership, push_pull_exchanges_state_when_digests_differ) {
 Test(membership, a_duplicated_sync_reply_is_used_once) {
     mp_swim_config c;
     mp_swim_config_default(&c);
-    tnet *net = net_new(2, 13, &c);
-    net->dup_types = 1u << T_SYNC_REPLY;
-    net->node[0].digest = 111;
-    snprintf(net->node[0].state, sizeof net->node[0].state, "state-of-A");
-    net->node[1].digest = 222;
-    snprintf(net->node[1].state, sizeof net->node[1].state, "state-of-B");
-    node_start(net, 0, 1);
-    node_start(net, 1, 1);
-    cr_assert_eq(mp_swim_join(net->node[1].s, net->node[0].addr, 0), MPREG_OK);
-    net_run(net, 100);
+    tnet *net = two_with_states(13, &c, 1u << T_SYNC_REPLY);
     cr_assert_gt(net->duplicated, 0);
     /* A answered the join with its state and asked for B's; the answer came
      * twice, B sent its state once. */
