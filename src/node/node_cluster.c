@@ -466,49 +466,50 @@ static void mp_origin_expire(mp_node *n, const char *origin, const mp_origin_wat
                 n->catalog_ttl_ms);
 }
 
+/* Updates an origin's watch for this sweep; true when it is to be dropped:
+ * it has no live entry left, or the membership has not vouched for it
+ * since a full TTL. */
+static bool mp_origin_due(mp_node *n, const char *origin, mp_origin_watch *w) {
+    if (w->sweep != n->origin_sweeps) {
+        return true;
+    }
+    if (mp_origin_vouched(n, origin)) {
+        w->unvouched_since = 0;
+        return false;
+    }
+    if (w->unvouched_since == 0) {
+        w->unvouched_since = n->now_ms ? n->now_ms : 1; /* its clock starts now */
+        return false;
+    }
+    return n->now_ms - w->unvouched_since >= n->catalog_ttl_ms;
+}
+
 /* One sweep: marks the origins of live remote entries, forgets origins
  * with none left, and expires those not vouched for within the TTL. */
 static void mp_cluster_sweep_origins(mp_node *n) {
     n->origin_sweeps++;
     mp_origin_scan scan = {.n = n};
     mp_catalog_each(n->catalog, 0, mp_origin_scan_visit, &scan);
-    if (scan.failed) {
+    size_t count = mp_map_count(&n->origins);
+    char **drop = count ? calloc(count, sizeof *drop) : NULL;
+    if (scan.failed || (count && !drop)) {
+        free(drop);
         return; /* out of memory: try again next sweep, expiring nothing */
     }
     /* The map must not change while iterated: decide first, act after. */
-    char **drop = NULL;
     size_t drop_len = 0;
     size_t iter = 0;
     const void *key;
     size_t klen;
     void *val;
     while (mp_map_next(&n->origins, &iter, &key, &klen, &val)) {
-        mp_origin_watch *w = val;
         char origin[MP_ENTRY_MAX_STR + 1]; /* map keys are not NUL-terminated */
         klen = klen < sizeof origin ? klen : sizeof origin - 1;
         memcpy(origin, key, klen);
         origin[klen] = '\0';
-        bool gone = w->sweep != n->origin_sweeps;
-        if (!gone && mp_origin_vouched(n, origin)) {
-            w->unvouched_since = 0;
-            continue;
+        if (mp_origin_due(n, origin, val) && (drop[drop_len] = mp_node_strdup(origin))) {
+            drop_len++;
         }
-        if (!gone && w->unvouched_since == 0) {
-            w->unvouched_since = n->now_ms ? n->now_ms : 1;
-            continue;
-        }
-        if (!gone && n->now_ms - w->unvouched_since < n->catalog_ttl_ms) {
-            continue;
-        }
-        char **grown = realloc(drop, (drop_len + 1) * sizeof *drop);
-        char *id = grown ? mp_node_strdup(origin) : NULL;
-        if (grown) {
-            drop = grown;
-        }
-        if (!id) {
-            break;
-        }
-        drop[drop_len++] = id;
     }
     for (size_t i = 0; i < drop_len; i++) {
         mp_origin_watch *w = mp_map_remove(&n->origins, drop[i], strlen(drop[i]));

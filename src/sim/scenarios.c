@@ -53,8 +53,8 @@ static const mp_sim_scenario mp_scenarios[] = {
      "plain subscriber; every group node gets some",
      8, 6, true, sc_queue_group_across},
     {"rest-traffic",
-     "a converged cluster at rest: per-node GOSSIP msgs/s and bytes/s over 60 virtual "
-     "seconds, and no false suspicion",
+     "a converged cluster at rest: per-node GOSSIP msgs/s and bytes/s and dials/s over 60 "
+     "virtual seconds, and no false suspicion",
      16, 2, true, sc_rest_traffic},
     {"scale",
      "join, change dissemination, crash detection and rest traffic at N nodes, in one line "

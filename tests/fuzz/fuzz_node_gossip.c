@@ -146,8 +146,8 @@ static void fz_sync_reply_with_state(mp_buf *b, const uint8_t *state, size_t len
 
 /* --- one input ------------------------------------------------------------ */
 
-static void fz_send(mp_node *n, uint64_t conn, mp_kind kind, mp_xoshiro *ids, const uint8_t *payload,
-                    size_t len, uint64_t now) {
+static void fz_send(mp_node *n, uint64_t conn, mp_kind kind, mp_xoshiro *ids,
+                    const uint8_t *payload, size_t len, uint64_t now) {
     mp_envelope e;
     mp_envelope_init(&e, kind);
     e.id = mp_id_new(&ids->rng);

@@ -233,11 +233,9 @@ static uint32_t holders(mp_sim *s, const char *origin, const char *fn) {
             continue;
         }
         fn_probe p = {.origin = origin};
-        mp_catalog_each_function(mp_node_catalog(mp_sim_node(s, i)), "ghost_fn", fn_probe_visit,
-                                 &p);
+        mp_catalog_each_function(mp_node_catalog(mp_sim_node(s, i)), fn, fn_probe_visit, &p);
         count += p.found ? 1 : 0;
     }
-    (void)fn;
     return count;
 }
 
