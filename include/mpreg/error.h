@@ -62,6 +62,7 @@ typedef enum mpreg_err {
     MPREG_E_NO_SUCH_QUEUE = 502,
     MPREG_E_EXISTS = 503,
     MPREG_E_CAS_MISMATCH = 504,
+    MPREG_E_LIMIT = 505, /* a configured per-connection or per-node limit was reached */
 
     /* 9xx: internal */
     MPREG_E_NOMEM = 900,

@@ -50,6 +50,7 @@ static const mp_err_desc mp_err_table[] = {
     {MPREG_E_NO_SUCH_QUEUE, "no_such_queue", "no such queue"},
     {MPREG_E_EXISTS, "exists", "already exists"},
     {MPREG_E_CAS_MISMATCH, "cas_mismatch", "compare-and-swap value mismatch"},
+    {MPREG_E_LIMIT, "limit", "a configured limit was reached"},
     {MPREG_E_NOMEM, "nomem", "out of memory"},
     {MPREG_E_IO, "io", "I/O error"},
     {MPREG_E_INTERNAL, "internal", "internal error"},

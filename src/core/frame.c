@@ -106,6 +106,17 @@ static mpreg_err mp_frame_take(mp_frame_decoder *d, const uint8_t *data, size_t 
     return MPREG_OK;
 }
 
+/* A pause travels as this internal code until mp_frame_decoder_feed_some
+ * turns it back into MPREG_OK; it never escapes this file. */
+#define MP_FRAME_PAUSED ((mpreg_err)-1)
+
+static mpreg_err mp_frame_stop_err(int stop) {
+    if (stop == MP_FRAME_GO) {
+        return MPREG_OK;
+    }
+    return stop == MP_FRAME_PAUSE ? MP_FRAME_PAUSED : MPREG_E_CLOSED;
+}
+
 /* Hands the assembled frame to cb and resets the buffer for the next one.
  * The buffer is cleared only after cb returns: cb reads from it. */
 static mpreg_err mp_frame_deliver_partial(mp_frame_decoder *d, mp_frame_cb cb, void *ud) {
@@ -116,7 +127,7 @@ static mpreg_err mp_frame_deliver_partial(mp_frame_decoder *d, mp_frame_cb cb, v
         mp_buf_clear(&d->partial);
     }
     d->body_len = 0;
-    return stop ? MPREG_E_CLOSED : MPREG_OK;
+    return mp_frame_stop_err(stop);
 }
 
 /* Continues (or starts) the frame held in the partial buffer with bytes from
@@ -167,8 +178,8 @@ static mpreg_err mp_frame_feed_whole(mp_frame_decoder *d, const uint8_t *data, s
         }
         int stop = cb(ud, data + off + MP_FRAME_HEADER, n);
         off += MP_FRAME_HEADER + (size_t)n;
-        if (stop) {
-            err = MPREG_E_CLOSED;
+        if (stop != MP_FRAME_GO) {
+            err = mp_frame_stop_err(stop);
             break;
         }
     }
@@ -178,6 +189,23 @@ static mpreg_err mp_frame_feed_whole(mp_frame_decoder *d, const uint8_t *data, s
 
 mpreg_err mp_frame_decoder_feed(mp_frame_decoder *d, const uint8_t *data, size_t len,
                                 mp_frame_cb cb, void *ud) {
+    size_t consumed;
+    return mp_frame_decoder_feed_some(d, data, len, cb, ud, &consumed);
+}
+
+/* A pause ends the feed with what was consumed; any other error poisons. */
+static mpreg_err mp_frame_feed_end(mp_frame_decoder *d, mpreg_err err, size_t off,
+                                   size_t *consumed) {
+    if (err == MP_FRAME_PAUSED) {
+        *consumed = off;
+        return MPREG_OK;
+    }
+    return mp_frame_poison(d, err);
+}
+
+mpreg_err mp_frame_decoder_feed_some(mp_frame_decoder *d, const uint8_t *data, size_t len,
+                                     mp_frame_cb cb, void *ud, size_t *consumed) {
+    *consumed = 0;
     if (d->error) {
         return d->error;
     }
@@ -194,26 +222,28 @@ mpreg_err mp_frame_decoder_feed(mp_frame_decoder *d, const uint8_t *data, size_t
     if (d->partial.len > 0) {
         err = mp_frame_feed_partial(d, data, len, cb, ud, &used);
         if (err) {
-            return mp_frame_poison(d, err);
+            return mp_frame_feed_end(d, err, used, consumed);
         }
         off = used;
         if (d->partial.len > 0) {
+            *consumed = len;
             return MPREG_OK; /* still incomplete: all of data went into it */
         }
     }
     /* 2. Frames wholly inside this chunk: zero-copy. */
     err = mp_frame_feed_whole(d, data + off, len - off, cb, ud, &used);
     if (err) {
-        return mp_frame_poison(d, err);
+        return mp_frame_feed_end(d, err, off + used, consumed);
     }
     off += used;
     /* 3. The tail starts a frame that a later feed completes. */
     if (off < len) {
         err = mp_frame_feed_partial(d, data + off, len - off, cb, ud, &used);
         if (err) {
-            return mp_frame_poison(d, err);
+            return mp_frame_feed_end(d, err, off + used, consumed);
         }
     }
+    *consumed = len;
     return MPREG_OK;
 }
 

@@ -36,9 +36,15 @@
 /* Receives one complete frame body (len >= 1). `frame` points either into the
  * caller's fed chunk or into the decoder's own buffer, so it is valid only
  * until the callback returns: copy what must outlive it (decoded envelopes
- * borrow from it, so finish with them inside the callback). Return 0 to go on;
- * non-zero means "the connection is being closed": feeding stops at once. */
+ * borrow from it, so finish with them inside the callback). Return
+ * MP_FRAME_GO to go on, MP_FRAME_PAUSE to stop after this frame with the
+ * decoder intact (mp_frame_decoder_feed_some says how much was consumed, so
+ * the caller can keep the rest for later), or anything else for "the
+ * connection is being closed": feeding stops at once. */
 typedef int (*mp_frame_cb)(void *ud, const uint8_t *frame, size_t len);
+#define MP_FRAME_GO 0
+#define MP_FRAME_CLOSE 1
+#define MP_FRAME_PAUSE 2
 
 typedef struct mp_frame_decoder {
     /* The frame that straddles feeds: its header bytes, then the body bytes
@@ -84,6 +90,16 @@ void mp_frame_decoder_free(mp_frame_decoder *d);
  * the same decoder. */
 mpreg_err mp_frame_decoder_feed(mp_frame_decoder *d, const uint8_t *data, size_t len,
                                 mp_frame_cb cb, void *ud);
+
+/* mp_frame_decoder_feed that honours MP_FRAME_PAUSE: when cb pauses, feeding
+ * stops right after that frame and returns MPREG_OK with *consumed < len
+ * (the bytes up to the end of the paused frame); data[*consumed..len) has
+ * not been looked at and must be fed again, first, to carry on. Without a
+ * pause *consumed == len on MPREG_OK. This is how a reader stops reading a
+ * connection between two frames of one read (docs/PROTOCOL.md §7.7): the
+ * rest of the chunk waits instead of being dispatched. */
+mpreg_err mp_frame_decoder_feed_some(mp_frame_decoder *d, const uint8_t *data, size_t len,
+                                     mp_frame_cb cb, void *ud, size_t *consumed);
 
 /* Bytes held for an incomplete frame (header included); 0 on a frame
  * boundary or after an error. Lets the runtime account per-connection memory. */

@@ -60,6 +60,11 @@ typedef struct mp_node_io {
     /* The connection's pending output: the node appends whole frames
      * (mp_envelope_encode_frame). NULL when the connection is gone. */
     mp_buf *(*output)(void *ud, uint64_t conn);
+    /* Optional: the connection's output even past the driver's hard limit,
+     * for the one ERROR the node sends before closing a connection whose
+     * output is full (NULL when the connection is gone). Without it such a
+     * connection is closed without that ERROR. */
+    mp_buf *(*output_final)(void *ud, uint64_t conn);
     /* Tells the driver `frames` frames were appended (stats, flushing). */
     void (*output_commit)(void *ud, uint64_t conn, uint32_t frames);
     /* True when the connection's pending output is above its high-water

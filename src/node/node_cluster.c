@@ -784,7 +784,9 @@ static void mp_cluster_flush(mp_node *n) {
         mp_envelope env;
         mp_envelope_init(&env, MP_KIND_GOSSIP);
         env.payload = (mp_bytes){s.payload, s.len};
-        mp_node_send(n, c->id, &env);
+        /* Gossip is datagram-like: a message lost to a full link is one
+         * SWIM's timeouts and retransmits already cover. */
+        mp_node_send_droppable(n, c->id, &env);
     }
     mp_cluster_check_epoch(n);
 }

@@ -25,11 +25,8 @@ mp_conn *mp_conn_get(const mp_node *n, uint64_t id) {
 
 /* --- sending --------------------------------------------------------------- */
 
-mpreg_err mp_node_send(mp_node *n, uint64_t conn, mp_envelope *env) {
-    mp_buf *out = n->io.output(n->io.ud, conn);
-    if (!out) {
-        return MPREG_E_CLOSED;
-    }
+/* Encodes env as one frame at the end of out and commits it. */
+static mpreg_err mp_node_frame_into(mp_node *n, uint64_t conn, mp_buf *out, mp_envelope *env) {
     if (mp_id_is_zero(&env->id)) {
         env->id = mp_id_new(n->rng);
     }
@@ -54,6 +51,69 @@ mpreg_err mp_node_send(mp_node *n, uint64_t conn, mp_envelope *env) {
     }
     n->io.output_commit(n->io.ud, conn, 1);
     return MPREG_OK;
+}
+
+mpreg_err mp_node_send_droppable(mp_node *n, uint64_t conn, mp_envelope *env) {
+    mp_buf *out = n->io.output(n->io.ud, conn);
+    if (!out) {
+        const mp_conn *c = mp_conn_get(n, conn);
+        /* Open here but refused by the driver: its output is at the hard
+         * limit. Gone or closing: nobody is owed anything any more. */
+        return c && c->state != MP_CONN_CLOSING ? MPREG_E_BACKPRESSURE : MPREG_E_CLOSED;
+    }
+    return mp_node_frame_into(n, conn, out, env);
+}
+
+/* The connection's output is at its hard limit and the node has an answer
+ * for it that must not be lost. Buffering on would let a client that does
+ * not read grow the node without bound; dropping the answer would leave it
+ * waiting for ever. So it is closed, after one last ERROR that says why
+ * (the driver takes that frame past the limit), and the client knows that
+ * what it did not get is lost with the connection. */
+static void mp_conn_overflow(mp_node *n, mp_conn *c, mp_kind kind) {
+    mp_buf *out = n->io.output_final ? n->io.output_final(n->io.ud, c->id) : NULL;
+    if (out) {
+        n->counters.overflow_closes++;
+        mp_node_log(n, MP_LOG_WARN,
+                    "conn %llu (%s): output limit reached with a %s to send; closing it "
+                    "(it does not read what it asked for)",
+                    (unsigned long long)c->id,
+                    c->name   ? c->name
+                    : c->addr ? c->addr
+                              : "?",
+                    mp_kind_name(kind));
+        char message[MP_RPC_MAX_MESSAGE];
+        snprintf(message, sizeof message,
+                 "output limit reached: the connection's unread output is at the node's hard "
+                 "limit and a %s could not be queued; closing the connection (read your replies, "
+                 "or pipeline less)",
+                 mp_kind_name(kind));
+        mp_rpc_error e = MP_RPC_ERROR_INIT;
+        mp_rpc_error_set(&e, MPREG_E_BACKPRESSURE, NULL, "%s", message);
+        mpreg_value v;
+        mp_buf payload = MP_BUF_INIT;
+        if (mp_rpc_error_to_value(&e, &v) == MPREG_OK) {
+            if (mpreg_value_encode(&v, &payload) == MPREG_OK) {
+                mp_envelope env;
+                mp_envelope_init(&env, MP_KIND_ERROR);
+                env.payload = (mp_bytes){payload.data, payload.len};
+                mp_node_frame_into(n, c->id, out, &env);
+            }
+            mpreg_value_free(&v);
+        }
+        mp_buf_free(&payload);
+        mp_rpc_error_free(&e);
+    }
+    mp_node_close_conn(n, c, MPREG_E_BACKPRESSURE);
+}
+
+mpreg_err mp_node_send(mp_node *n, uint64_t conn, mp_envelope *env) {
+    mpreg_err err = mp_node_send_droppable(n, conn, env);
+    if (err == MPREG_E_BACKPRESSURE) {
+        mp_conn_overflow(n, mp_conn_get(n, conn), env->kind);
+        return MPREG_E_CLOSED;
+    }
+    return err;
 }
 
 mpreg_err mp_node_send_value(mp_node *n, uint64_t conn, mp_kind kind, const mp_id *correlation,
@@ -486,16 +546,22 @@ void mp_node_on_frame(mp_node *n, uint64_t conn, const uint8_t *frame, size_t le
         mp_conn_on_hello(n, c, &env);
         return;
     }
-    if (mp_conn_dispatch_common(n, c, &env)) {
-        return;
-    }
-    if (n->stopping) {
-        return;
+    if (!mp_conn_dispatch_common(n, c, &env) && !n->stopping) {
+        if (c->role == MP_ROLE_CLIENT) {
+            mp_conn_dispatch_client(n, c, &env);
+        } else {
+            mp_conn_dispatch_peer(n, c, &env);
+        }
     }
     if (c->role == MP_ROLE_CLIENT) {
-        mp_conn_dispatch_client(n, c, &env);
-    } else {
-        mp_conn_dispatch_peer(n, c, &env);
+        /* Whatever it asked for, if its answers now fill its output, it is
+         * not read again until they drain (§7.7): the frames it pipelined
+         * behind this one wait in the driver, unread, rather than being
+         * answered into an output nobody reads. Peers are not paused: two
+         * nodes that each stop reading the other while full would wait for
+         * each other for ever; a peer that does not drain is closed
+         * instead (mp_conn_overflow). */
+        mp_conn_check_backpressure(n, c);
     }
 }
 

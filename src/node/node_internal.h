@@ -210,8 +210,15 @@ mp_conn *mp_conn_create(mp_node *n, uint64_t id, const char *addr);
 
 /* Fills in id (when zero), source node and cluster, encodes the frame (never
  * one over max_frame: MPREG_E_FRAME_TOO_LARGE, nothing appended) and commits
- * it. MPREG_E_CLOSED when the connection has no output any more. */
+ * it. MPREG_E_CLOSED when the connection has no output any more. What goes
+ * through here is never dropped while the connection stays open: when the
+ * driver refuses it (the output is at its hard limit) the connection is
+ * closed with an ERROR saying so, and the caller hears MPREG_E_CLOSED. */
 mpreg_err mp_node_send(mp_node *n, uint64_t conn, mp_envelope *env);
+/* The same for what may be dropped (gossip, which SWIM retransmits; a
+ * publish for a slow peer, which is counted): MPREG_E_BACKPRESSURE, nothing
+ * else done, when the output is at its hard limit. */
+mpreg_err mp_node_send_droppable(mp_node *n, uint64_t conn, mp_envelope *env);
 /* An envelope of kind whose payload is the encoding of v (NULL = empty). */
 mpreg_err mp_node_send_value(mp_node *n, uint64_t conn, mp_kind kind, const mp_id *correlation,
                              const char *topic, const mpreg_value *v);
@@ -350,12 +357,14 @@ struct mpreg_registry {
 };
 
 typedef struct mp_node_counters {
-    uint64_t rpc_requests; /* RPC_REQUESTs accepted */
-    uint64_t rpc_errors;   /* RPC_REPLYs that carried an error */
-    uint64_t published;    /* PUBLISHes accepted (routed, not refused) */
-    uint64_t shed;         /* deliveries the node dropped itself (slow consumers) */
-    uint64_t unreachable;  /* sends to other nodes that had no connection */
-    uint64_t frame_errors; /* ERRORs sent for bad frames */
+    uint64_t rpc_requests;    /* RPC_REQUESTs accepted */
+    uint64_t rpc_errors;      /* RPC_REPLYs that carried an error */
+    uint64_t published;       /* PUBLISHes accepted (routed, not refused) */
+    uint64_t shed;            /* deliveries the node dropped itself (slow consumers) */
+    uint64_t unreachable;     /* sends to other nodes that had no connection */
+    uint64_t frame_errors;    /* ERRORs sent for bad frames */
+    uint64_t overflow_closes; /* connections closed with answers owed and output full */
+    uint64_t peer_shed;       /* publishes not forwarded: the peer link's output was full */
 } mp_node_counters;
 
 struct mp_node {

@@ -382,7 +382,14 @@ static void mp_ps_forward(mp_node *n, const mp_publish_target *t, const mp_envel
             return;
         }
     }
-    mp_node_send(n, peer->id, &fwd);
+    /* A peer link whose output is full gets no more publishes until it
+     * drains: pub/sub sheds for a slow receiver, here a whole node, and
+     * counts it (status: peer_shed). Answers on that link are not shed. */
+    if (mp_node_send_droppable(n, peer->id, &fwd) == MPREG_E_BACKPRESSURE) {
+        n->counters.peer_shed++;
+        mp_node_log(n, MP_LOG_DEBUG, "publish to %.*s: link to node %s is full, not sent",
+                    (int)env->topic.len, env->topic.ptr, t->node);
+    }
 }
 
 static mp_pubsub_message mp_ps_message(const mp_envelope *env) {

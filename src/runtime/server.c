@@ -67,7 +67,10 @@ struct mp_server {
      * of them as MPREG_E_UNREACHABLE, whatever the transport's reason. */
     mp_map failed_dials;
     /* The wall clock as read once per loop iteration (see mp_server_now). */
-    uint64_t clock_mono; /* uv_now() when clock_wall was read */
+    uint64_t accept_errors;    /* accepts that failed (EMFILE, ...) */
+    uint64_t accept_logged_at; /* uv_now() of the last warning about them; 0 = never */
+    uint64_t accept_unsaid;    /* failures since that warning */
+    uint64_t clock_mono;       /* uv_now() when clock_wall was read */
     uint64_t clock_wall;
 };
 
@@ -265,6 +268,27 @@ static void mp_server_on_protocol_error(void *ud, uint64_t conn, mpreg_err err) 
     mp_server_rearm(s);
 }
 
+/* Out of file descriptors (or another accept failure): libuv has closed
+ * what was waiting, so clients see a refused connection, not a hang. Said
+ * at warn, at most once a minute, with the count of those not said. */
+#define MP_ACCEPT_LOG_EVERY_MS 60000u
+
+static void mp_server_on_accept_error(void *ud, const char *why) {
+    mp_server *s = ud;
+    s->accept_errors++;
+    uint64_t now = uv_now(&s->loop);
+    if (s->accept_logged_at != 0 && now - s->accept_logged_at < MP_ACCEPT_LOG_EVERY_MS) {
+        s->accept_unsaid++;
+        return;
+    }
+    mp_server_log(s, MP_LOG_WARN,
+                  "cannot accept connections: %s; waiting clients are closed (%llu more since "
+                  "the last report; raise the file limit, ulimit -n, or lower --limit conns)",
+                  why, (unsigned long long)s->accept_unsaid);
+    s->accept_logged_at = now == 0 ? 1 : now;
+    s->accept_unsaid = 0;
+}
+
 static void mp_server_on_writable(void *ud, uint64_t conn) {
     mp_server *s = ud;
     mp_node_on_writable(s->node, conn, mp_server_now(s));
@@ -288,6 +312,11 @@ static void mp_server_on_close(void *ud, uint64_t conn, mpreg_err reason) {
 static mp_buf *mp_io_output(void *ud, uint64_t conn) {
     mp_server *s = ud;
     return mp_transport_output(s->transport, conn);
+}
+
+static mp_buf *mp_io_output_final(void *ud, uint64_t conn) {
+    mp_server *s = ud;
+    return mp_transport_output_final(s->transport, conn);
 }
 
 static void mp_io_output_commit(void *ud, uint64_t conn, uint32_t frames) {
@@ -515,6 +544,19 @@ static mpreg_err mp_server_init_transport(mp_server *s, const mp_server_config *
     if (cfg->connect_timeout_ms != 0) {
         tcfg.connect_timeout_ms = cfg->connect_timeout_ms;
     }
+    if (cfg->output_high_water != 0) {
+        tcfg.high_water = cfg->output_high_water;
+        tcfg.low_water = 0; /* half of it */
+    }
+    if (cfg->output_hard_limit != 0) {
+        tcfg.hard_limit = cfg->output_hard_limit;
+    }
+    if (cfg->read_timeout_ms != 0) {
+        tcfg.read_timeout_ms = cfg->read_timeout_ms;
+    }
+    if (cfg->max_partial_bytes != 0) {
+        tcfg.max_partial_bytes = cfg->max_partial_bytes;
+    }
     mp_transport_callbacks cb = {
         .on_accept = mp_server_on_accept,
         .on_connected = mp_server_on_connected,
@@ -522,6 +564,7 @@ static mpreg_err mp_server_init_transport(mp_server *s, const mp_server_config *
         .on_protocol_error = mp_server_on_protocol_error,
         .on_close = mp_server_on_close,
         .on_writable = mp_server_on_writable,
+        .on_accept_error = mp_server_on_accept_error,
     };
     return mp_transport_new(&s->loop, &tcfg, &cb, s, &s->transport);
 }
@@ -546,6 +589,7 @@ mpreg_err mp_server_start(mp_server *s, const mp_node_config *cfg) {
     mp_node_io io = {
         .ud = s,
         .output = mp_io_output,
+        .output_final = mp_io_output_final,
         .output_commit = mp_io_output_commit,
         .over_high_water = mp_io_over_high_water,
         .set_reading = mp_io_set_reading,

@@ -73,6 +73,11 @@ typedef struct mp_server_config {
     mp_log_level log_level;      /* also filters the server's own log lines */
     uint32_t max_frame;          /* the transport's, and so the node's; 0 = MP_FRAME_DEFAULT_MAX */
     uint32_t connect_timeout_ms; /* outgoing connections; 0 = the transport's default */
+    /* The transport's limits (transport.h); 0 = its default. */
+    size_t output_high_water; /* a connection's unsent output at which it is not read */
+    size_t output_hard_limit; /* ... at which it is closed when an answer is owed */
+    uint32_t read_timeout_ms; /* a connection silent mid-frame this long is closed */
+    size_t max_partial_bytes; /* half-read frames over all connections */
 } mp_server_config;
 
 /* Creates the loop, the transport, the signal handles and the random source

@@ -98,6 +98,14 @@ typedef struct mp_conn {
     mp_buf out[2];
     size_t inflight; /* bytes of the write in flight */
     mp_frame_decoder dec;
+    /* Bytes read but not yet fed to the decoder: the rest of a read that the
+     * owner paused in the middle of (at most one read buffer). They are fed,
+     * first, when reading resumes; the socket is not read until they are. */
+    mp_buf held;
+    size_t held_off;      /* held.data[held_off..len) is still to be fed */
+    bool feed_queued;     /* on the transport's list of held input to feed */
+    size_t partial_count; /* this connection's share of t->partial_bytes */
+    struct mp_conn *feed_next;
     mp_dial *dial; /* outgoing connections, until connected */
     struct mp_conn *dirty_prev;
     struct mp_conn *dirty_next;
@@ -139,11 +147,21 @@ struct mp_transport {
     uint64_t closed;
     uint64_t protocol_errors;
     uint64_t backpressure;
+    uint64_t read_timeouts;
+    uint64_t partial_refused;
+    uint64_t accept_errors;
+    /* Bytes of incomplete inbound frames over every connection, against
+     * cfg.max_partial_bytes. */
+    size_t partial_bytes;
+    /* Connections whose held input waits to be fed (singly linked). */
+    mp_conn *feed_head;
     char err[512];
 };
 
 static void mp_conn_finish(mp_conn *c, mpreg_err reason);
 static void mp_conn_flush(mp_conn *c);
+static void mp_feed_held_all(mp_transport *t);
+static void mp_flushers_start(mp_transport *t);
 static void mp_dial_next(mp_conn *c);
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -267,6 +285,8 @@ void mp_transport_config_default(mp_transport_config *cfg) {
     cfg->connect_timeout_ms = MP_TRANSPORT_DEFAULT_CONNECT_TIMEOUT_MS;
     cfg->keepalive_s = MP_TRANSPORT_DEFAULT_KEEPALIVE_S;
     cfg->backlog = MP_TRANSPORT_DEFAULT_BACKLOG;
+    cfg->read_timeout_ms = MP_TRANSPORT_DEFAULT_READ_TIMEOUT_MS;
+    cfg->max_partial_bytes = MP_TRANSPORT_DEFAULT_MAX_PARTIAL;
 }
 
 static void mp_config_resolve(mp_transport_config *dst, const mp_transport_config *src) {
@@ -299,6 +319,8 @@ static void mp_config_resolve(mp_transport_config *dst, const mp_transport_confi
         src->connect_timeout_ms ? src->connect_timeout_ms : d.connect_timeout_ms;
     dst->keepalive_s = src->keepalive_s ? src->keepalive_s : d.keepalive_s;
     dst->backlog = src->backlog > 0 ? src->backlog : d.backlog;
+    dst->read_timeout_ms = src->read_timeout_ms ? src->read_timeout_ms : d.read_timeout_ms;
+    dst->max_partial_bytes = src->max_partial_bytes ? src->max_partial_bytes : d.max_partial_bytes;
 }
 
 /* ---- the flush list --------------------------------------------------------- */
@@ -339,10 +361,14 @@ static void mp_conn_mark_dirty(mp_conn *c) {
         t->dirty_tail->dirty_next = c;
     } else {
         t->dirty_head = c;
-        uv_prepare_start(&t->prepare, mp_on_prepare);
-        uv_check_start(&t->check, mp_on_check);
+        mp_flushers_start(t);
     }
     t->dirty_tail = c;
+}
+
+static void mp_flushers_start(mp_transport *t) {
+    uv_prepare_start(&t->prepare, mp_on_prepare);
+    uv_check_start(&t->check, mp_on_check);
 }
 
 static void mp_flush_all(mp_transport *t) {
@@ -353,15 +379,21 @@ static void mp_flush_all(mp_transport *t) {
         mp_dirty_unlink(t, c);
         mp_conn_flush(c);
     }
-    uv_prepare_stop(&t->prepare);
-    uv_check_stop(&t->check);
+    if (!t->feed_head) {
+        uv_prepare_stop(&t->prepare);
+        uv_check_stop(&t->check);
+    }
 }
 
+/* Held input goes first: it may produce output, which the flush then
+ * writes in the same pass. */
 static void mp_on_prepare(uv_prepare_t *h) {
+    mp_feed_held_all(h->data);
     mp_flush_all(h->data);
 }
 
 static void mp_on_check(uv_check_t *h) {
+    mp_feed_held_all(h->data);
     mp_flush_all(h->data);
 }
 
@@ -411,6 +443,7 @@ static mp_conn *mp_conn_new(mp_transport *t) {
     c->tcp.data = c;
     mp_buf_init(&c->out[0]);
     mp_buf_init(&c->out[1]);
+    mp_buf_init(&c->held);
     mp_frame_decoder_init(&c->dec, t->cfg.max_frame);
     t->nconns++;
     t->live++;
@@ -444,7 +477,16 @@ static void mp_conn_maybe_release(mp_conn *c) {
     c->stats.pending_bytes = 0;
     c->stats.buffered_in = 0;
     mp_stats_add(&t->gone, &c->stats);
+    t->partial_bytes -= c->partial_count;
+    if (c->feed_queued) {
+        mp_conn **pp = &t->feed_head;
+        while (*pp != c) {
+            pp = &(*pp)->feed_next;
+        }
+        *pp = c->feed_next;
+    }
     mp_frame_decoder_free(&c->dec);
+    mp_buf_free(&c->held);
     mp_buf_free(&c->out[0]);
     mp_buf_free(&c->out[1]);
     free(c->dial);
@@ -530,7 +572,8 @@ static void mp_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static bool mp_conn_wants_read(const mp_conn *c) {
     switch (c->state) {
     case MP_CONN_OPEN:
-        return !c->paused && !c->proto_error && !c->peer_eof;
+        /* Held input is fed before the socket is read again: order. */
+        return !c->paused && !c->proto_error && !c->peer_eof && c->held_off == c->held.len;
     case MP_CONN_DRAINING:
     case MP_CONN_SHUTDOWN:
         return !c->peer_eof;
@@ -583,18 +626,39 @@ static int mp_conn_deliver(void *ud, const uint8_t *frame, size_t len) {
     c->stats.frames_in++;
     t->cb.on_frame(t->ud, c->id, frame, len);
     /* The owner closed it from on_frame: deliver nothing more. */
-    return c->state != MP_CONN_OPEN;
+    if (c->state != MP_CONN_OPEN) {
+        return MP_FRAME_CLOSE;
+    }
+    /* The owner paused it from on_frame: the rest of this read waits. This
+     * is what makes a pause a pause: a client that pipelines a thousand
+     * requests in one write gets them answered as fast as it reads the
+     * answers, not all at once into an output it is not draining. */
+    return c->paused ? MP_FRAME_PAUSE : MP_FRAME_GO;
+}
+
+/* Errors the owner hears of through on_protocol_error, with time to queue
+ * an ERROR that says why before the connection closes. */
+static bool mp_err_is_reportable(mpreg_err err) {
+    return err == MPREG_E_FRAME_EMPTY || err == MPREG_E_FRAME_TOO_LARGE || err == MPREG_E_TIMEOUT ||
+           err == MPREG_E_LIMIT;
 }
 
 static void mp_conn_protocol_error(mp_conn *c, mpreg_err err) {
     mp_transport *t = c->t;
     mp_set_error(t, "conn %" PRIu64 ": %s", c->id, mpreg_strerror(err));
-    if (err != MPREG_E_FRAME_EMPTY && err != MPREG_E_FRAME_TOO_LARGE) {
+    if (!mp_err_is_reportable(err)) {
         mp_conn_finish(c, err); /* out of memory: nothing sensible to send */
         return;
     }
     t->protocol_errors++;
     c->proto_error = true;
+    /* Nothing more is delivered: what was half-read or held goes now, and
+     * gives its share of the partial-frame budget back. */
+    mp_frame_decoder_free(&c->dec);
+    t->partial_bytes -= c->partial_count;
+    c->partial_count = 0;
+    mp_buf_free(&c->held);
+    c->held_off = 0;
     mp_conn_update_reading(c);
     if (t->cb.on_protocol_error) {
         t->cb.on_protocol_error(t->ud, c->id, err);
@@ -602,6 +666,103 @@ static void mp_conn_protocol_error(mp_conn *c, mpreg_err err) {
     if (c->state == MP_CONN_OPEN) {
         mp_conn_drain(c, err);
     }
+}
+
+/* ---- partial frames: a deadline and a shared budget ------------------------- */
+
+static void mp_on_read_timeout(uv_timer_t *h) {
+    mp_conn *c = h->data;
+    if (c->state != MP_CONN_OPEN || c->proto_error) {
+        return;
+    }
+    c->t->read_timeouts++;
+    mp_conn_protocol_error(c, MPREG_E_TIMEOUT);
+}
+
+/* After a feed: account the partial frame against the shared budget, and
+ * keep the read deadline armed exactly while a frame is half-read and we
+ * are reading (a pause is ours, not the peer's stall). MPREG_E_LIMIT when
+ * this connection's partial frame takes the total over the budget. */
+static mpreg_err mp_conn_after_feed(mp_conn *c) {
+    mp_transport *t = c->t;
+    size_t now = mp_frame_decoder_buffered(&c->dec);
+    t->partial_bytes = t->partial_bytes - c->partial_count + now;
+    c->partial_count = now;
+    if (c->state != MP_CONN_OPEN) {
+        return MPREG_OK;
+    }
+    if (now > 0 && t->partial_bytes > t->cfg.max_partial_bytes) {
+        t->partial_refused++;
+        return MPREG_E_LIMIT;
+    }
+    if (now > 0 && !c->paused) {
+        int r = mp_conn_arm_timer(c, t->cfg.read_timeout_ms, mp_on_read_timeout);
+        if (r != 0) {
+            mp_conn_io_error(c, "timer", r);
+        }
+    } else if (c->timer_on) {
+        uv_timer_stop(&c->timer);
+    }
+    return MPREG_OK;
+}
+
+/* Feeds bytes of a read (or held ones) to the decoder. Bytes after a pause
+ * are appended to the held input. */
+static void mp_conn_feed(mp_conn *c, const uint8_t *data, size_t len, bool from_held) {
+    size_t consumed = 0;
+    mpreg_err err = mp_frame_decoder_feed_some(&c->dec, data, len, mp_conn_deliver, c, &consumed);
+    if (from_held) {
+        c->held_off += consumed;
+    } else if (err == MPREG_OK && consumed < len) {
+        if (mp_buf_append(&c->held, data + consumed, len - consumed) != MPREG_OK) {
+            mp_conn_finish(c, MPREG_E_NOMEM);
+            return;
+        }
+    }
+    if (c->held_off == c->held.len && c->held.len > 0) {
+        mp_buf_free(&c->held); /* a burst's worth: not kept */
+        c->held_off = 0;
+    }
+    /* After a close from on_frame the decoder says MPREG_E_CLOSED; that is
+     * no protocol error. */
+    if (err == MPREG_OK) {
+        err = mp_conn_after_feed(c);
+    } else {
+        mp_conn_after_feed(c);
+    }
+    if (err != MPREG_OK && c->state == MP_CONN_OPEN) {
+        mp_conn_protocol_error(c, err);
+    }
+}
+
+/* Feeds every connection's held input whose reading was resumed. Runs from
+ * the prepare and check handles, never from inside a transport call, so
+ * that resume_reading does not call the owner back. */
+static void mp_feed_held_all(mp_transport *t) {
+    while (t->feed_head) {
+        mp_conn *c = t->feed_head;
+        t->feed_head = c->feed_next;
+        c->feed_next = NULL;
+        c->feed_queued = false;
+        if (c->state == MP_CONN_OPEN && !c->paused && !c->proto_error &&
+            c->held_off < c->held.len) {
+            mp_conn_feed(c, c->held.data + c->held_off, c->held.len - c->held_off, true);
+        }
+        if (c->state == MP_CONN_OPEN) {
+            mp_conn_update_reading(c); /* the socket again, once held is done */
+        }
+    }
+}
+
+static void mp_conn_queue_feed(mp_conn *c) {
+    mp_transport *t = c->t;
+    if (c->feed_queued || t->flushers_closing) {
+        return;
+    }
+    c->feed_queued = true;
+    c->feed_next = t->feed_head;
+    t->feed_head = c;
+    mp_flushers_start(t);
 }
 
 static void mp_conn_on_eof(mp_conn *c) {
@@ -629,13 +790,7 @@ static void mp_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         if (c->state != MP_CONN_OPEN || c->proto_error) {
             return; /* closing: input is read only to be dropped */
         }
-        mpreg_err err = mp_frame_decoder_feed(&c->dec, (const uint8_t *)buf->base, (size_t)nread,
-                                              mp_conn_deliver, c);
-        /* After a close from on_frame the decoder says MPREG_E_CLOSED; that
-         * is no protocol error. */
-        if (err != MPREG_OK && c->state == MP_CONN_OPEN) {
-            mp_conn_protocol_error(c, err);
-        }
+        mp_conn_feed(c, (const uint8_t *)buf->base, (size_t)nread, false);
         /* libuv reads a busy socket up to 32 times (8 MiB with our buffer)
          * before the check handle runs. Flush what this chunk produced now,
          * so that a fast publisher's fan-out reaches the kernel chunk by
@@ -777,7 +932,15 @@ static void mp_on_connection(uv_stream_t *server, int status) {
     mp_listener *l = server->data;
     mp_transport *t = l->t;
     if (status < 0) {
+        /* Out of file descriptors, typically. libuv has already accepted
+         * and closed what was waiting (its EMFILE trick), so the clients
+         * see a closed connection rather than a hang; the owner hears of
+         * it so that a person can. */
         mp_set_error(t, "accept: %s (%s)", uv_strerror(status), uv_err_name(status));
+        t->accept_errors++;
+        if (t->cb.on_accept_error) {
+            t->cb.on_accept_error(t->ud, t->err);
+        }
         return;
     }
     mp_conn *c = mp_conn_new(t);
@@ -1344,6 +1507,15 @@ mp_buf *mp_transport_output(mp_transport *t, uint64_t conn_id) {
     return &c->out[c->cur];
 }
 
+mp_buf *mp_transport_output_final(mp_transport *t, uint64_t conn_id) {
+    mp_conn *c = mp_conn_lookup(t, conn_id);
+    if (!c || !mp_conn_accepts_output(c)) {
+        return NULL;
+    }
+    mp_conn_mark_dirty(c);
+    return &c->out[c->cur];
+}
+
 void mp_transport_output_commit(mp_transport *t, uint64_t conn_id, uint64_t frames) {
     mp_conn *c = mp_conn_lookup(t, conn_id);
     if (!c) {
@@ -1379,6 +1551,9 @@ mpreg_err mp_transport_pause_reading(mp_transport *t, uint64_t conn_id) {
     }
     c->paused = true;
     mp_conn_update_reading(c);
+    if (c->state == MP_CONN_OPEN && c->timer_on) {
+        uv_timer_stop(&c->timer); /* no read deadline while we hold it back */
+    }
     return MPREG_OK;
 }
 
@@ -1388,7 +1563,17 @@ mpreg_err mp_transport_resume_reading(mp_transport *t, uint64_t conn_id) {
         return MPREG_E_CLOSED;
     }
     c->paused = false;
-    mp_conn_update_reading(c);
+    if (c->state == MP_CONN_OPEN && c->held_off < c->held.len) {
+        mp_conn_queue_feed(c); /* fed from the loop, then the socket */
+    } else {
+        mp_conn_update_reading(c);
+    }
+    if (c->state == MP_CONN_OPEN && c->partial_count > 0 && !c->proto_error) {
+        int r = mp_conn_arm_timer(c, t->cfg.read_timeout_ms, mp_on_read_timeout);
+        if (r != 0) {
+            mp_conn_io_error(c, "timer", r);
+        }
+    }
     return MPREG_OK;
 }
 
@@ -1429,7 +1614,7 @@ void mp_transport_count_drop(mp_transport *t, uint64_t conn_id, uint64_t n) {
 static void mp_conn_snapshot(const mp_conn *c, mp_transport_conn_stats *out) {
     *out = c->stats;
     out->pending_bytes = mp_conn_pending(c);
-    out->buffered_in = mp_frame_decoder_buffered(&c->dec);
+    out->buffered_in = mp_frame_decoder_buffered(&c->dec) + (c->held.len - c->held_off);
 }
 
 mpreg_err mp_transport_get_conn_stats(const mp_transport *t, uint64_t conn_id,
@@ -1458,6 +1643,10 @@ void mp_transport_get_stats(const mp_transport *t, mp_transport_stats *out) {
     out->closed = t->closed;
     out->protocol_errors = t->protocol_errors;
     out->backpressure = t->backpressure;
+    out->read_timeouts = t->read_timeouts;
+    out->partial_refused = t->partial_refused;
+    out->accept_errors = t->accept_errors;
+    out->partial_bytes = t->partial_bytes;
     out->connections = mp_map_count(&t->conns);
     out->listeners = t->nlisteners;
 }

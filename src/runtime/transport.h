@@ -31,8 +31,10 @@
  *                 the call: they live in the transport's shared read buffer.
  *   on_protocol_error
  *                 the peer broke the framing (MPREG_E_FRAME_EMPTY,
- *                 MPREG_E_FRAME_TOO_LARGE). Reading has stopped; output
- *                 queued now (an ERROR frame) is flushed before the
+ *                 MPREG_E_FRAME_TOO_LARGE), stalled in the middle of a
+ *                 frame (MPREG_E_TIMEOUT) or its partial frame went over
+ *                 the shared budget (MPREG_E_LIMIT). Reading has stopped;
+ *                 output queued now (an ERROR frame) is flushed before the
  *                 connection is closed. Optional.
  *   on_close      the connection is gone and its id is dead. Exactly once for
  *                 every id handed out (by on_accept or mp_transport_dial),
@@ -73,6 +75,8 @@ typedef struct mp_transport mp_transport;
 #define MP_TRANSPORT_DEFAULT_CONNECT_TIMEOUT_MS 10000u
 #define MP_TRANSPORT_DEFAULT_KEEPALIVE_S 30u
 #define MP_TRANSPORT_DEFAULT_BACKLOG 511
+#define MP_TRANSPORT_DEFAULT_READ_TIMEOUT_MS 30000u
+#define MP_TRANSPORT_DEFAULT_MAX_PARTIAL (256u * 1024u * 1024u)
 
 /* Every field may be left 0 for its default. */
 typedef struct mp_transport_config {
@@ -85,6 +89,14 @@ typedef struct mp_transport_config {
     uint32_t connect_timeout_ms; /* how long a dial may take, resolution included */
     uint32_t keepalive_s;        /* TCP keepalive idle time */
     int backlog;                 /* listen backlog */
+    /* A connection in the middle of a frame that sends no byte for this
+     * long is closed (MPREG_E_TIMEOUT through on_protocol_error). Idle
+     * connections between frames never time out. */
+    uint32_t read_timeout_ms;
+    /* Bytes of incomplete inbound frames all connections may hold together;
+     * the connection whose partial frame goes over it is refused
+     * (MPREG_E_LIMIT through on_protocol_error). */
+    size_t max_partial_bytes;
 } mp_transport_config;
 
 typedef struct mp_transport_callbacks {
@@ -94,6 +106,9 @@ typedef struct mp_transport_callbacks {
     void (*on_protocol_error)(void *ud, uint64_t conn_id, mpreg_err err);
     void (*on_close)(void *ud, uint64_t conn_id, mpreg_err reason);
     void (*on_writable)(void *ud, uint64_t conn_id);
+    /* A listener could not accept (EMFILE: out of file descriptors, ...);
+     * `why` is the error text. Optional. */
+    void (*on_accept_error)(void *ud, const char *why);
 } mp_transport_callbacks;
 
 /* Counters of one connection (and, summed, of the transport). */
@@ -117,6 +132,10 @@ typedef struct mp_transport_stats {
     uint64_t closed;          /* connections gone (on_close fired) */
     uint64_t protocol_errors; /* framing errors */
     uint64_t backpressure;    /* sends refused with MPREG_E_BACKPRESSURE */
+    uint64_t read_timeouts;   /* connections closed mid-frame by the read timeout */
+    uint64_t partial_refused; /* connections refused over max_partial_bytes */
+    uint64_t accept_errors;   /* accepts that failed (EMFILE, ...) */
+    size_t partial_bytes;     /* bytes of incomplete inbound frames, right now */
     size_t connections;       /* connections alive right now */
     size_t listeners;         /* listening sockets right now */
 } mp_transport_stats;
@@ -200,6 +219,10 @@ mpreg_err mp_transport_send(mp_transport *t, uint64_t conn_id, const void *body,
  * pointer is valid until then and no longer. NULL when the connection is
  * unknown, closing, or at its hard limit (nothing may be appended then). */
 mp_buf *mp_transport_output(mp_transport *t, uint64_t conn_id);
+/* mp_transport_output even at the hard limit, for one last frame (an ERROR
+ * saying why) before the owner closes a connection it must not drop
+ * anything on: NULL only when the connection is unknown or closing. */
+mp_buf *mp_transport_output_final(mp_transport *t, uint64_t conn_id);
 /* Accounts `frames` frames appended through mp_transport_output (stats and
  * the high-water mark). Optional, but without it frames_out undercounts. */
 void mp_transport_output_commit(mp_transport *t, uint64_t conn_id, uint64_t frames);
@@ -213,9 +236,11 @@ bool mp_transport_over_high_water(mp_transport *t, uint64_t conn_id);
  * high-water mark (no callback follows). False for unknown ids. */
 bool mp_transport_over_soft_water(mp_transport *t, uint64_t conn_id);
 
-/* Stops / restarts reading from a connection (pushback). Frames already read
- * in the current read may still be delivered after a pause. MPREG_E_CLOSED
- * for unknown ids. */
+/* Stops / restarts reading from a connection (pushback). A pause takes
+ * effect at once, also from inside on_frame: the frames left in that read
+ * are held (at most one read buffer) and delivered, in order, after
+ * resume_reading and before the socket is read again. MPREG_E_CLOSED for
+ * unknown ids. */
 mpreg_err mp_transport_pause_reading(mp_transport *t, uint64_t conn_id);
 mpreg_err mp_transport_resume_reading(mp_transport *t, uint64_t conn_id);
 

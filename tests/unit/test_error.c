@@ -49,6 +49,7 @@ static const mpreg_err all_codes[] = {
     MPREG_E_NO_SUCH_QUEUE,
     MPREG_E_EXISTS,
     MPREG_E_CAS_MISMATCH,
+    MPREG_E_LIMIT,
     MPREG_E_NOMEM,
     MPREG_E_IO,
     MPREG_E_INTERNAL,
@@ -105,7 +106,7 @@ Test(error, some_names_are_pinned) {
 }
 
 Test(error, unknown_codes) {
-    const int unknown[] = {-1, 1, 99, 110, 199, 209, 299, 309, 405, 505, 899, 905, 999, 100000};
+    const int unknown[] = {-1, 1, 99, 110, 199, 209, 299, 309, 405, 506, 899, 905, 999, 100000};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         mpreg_err e = (mpreg_err)unknown[i];
         cr_assert_str_eq(mpreg_err_name(e), "unknown", "code %d", unknown[i]);

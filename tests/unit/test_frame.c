@@ -583,3 +583,106 @@ Test(frame, property_bad_tail_same_frames_and_error, .timeout = 120) {
         mp_buf_free(&stream);
     }
 }
+
+/* ---- pausing: the rest of a chunk waits, nothing is lost or repeated ------- */
+
+typedef struct pause_log {
+    frame_log log;
+    mp_rng *r;
+    size_t pauses;
+} pause_log;
+
+/* Records the frame, then pauses after about one frame in three. */
+static int log_frame_pausing(void *ud, const uint8_t *frame, size_t len) {
+    pause_log *p = ud;
+    cr_assert_eq(log_frame(&p->log, frame, len), 0);
+    if (mp_rng_below(p->r, 3) == 0) {
+        p->pauses++;
+        return MP_FRAME_PAUSE;
+    }
+    return MP_FRAME_GO;
+}
+
+/* Feeds each chunk with feed_some; after a pause the unconsumed rest of the
+ * chunk is fed again (as the transport does on resume) before the next
+ * chunk. Every frame must come out once, in order, byte for byte. */
+Test(frame, property_pause_keeps_the_rest_of_the_chunk, .timeout = 120) {
+    for (uint64_t seed = 1; seed <= 10; seed++) {
+        mp_xoshiro x;
+        mp_xoshiro_seed(&x, 0x9a05e000 + seed);
+        mp_buf stream = MP_BUF_INIT;
+        size_t nframes = 20 + (size_t)mp_rng_below(&x.rng, 60);
+        build_stream(&x.rng, &stream, nframes);
+        for (int how = 0; how < CHUNK_COUNT; how++) {
+            pause_log p = {.r = &x.rng};
+            log_init(&p.log);
+            mp_frame_decoder d;
+            mp_frame_decoder_init(&d, PROP_MAX);
+            size_t off = 0;
+            while (off < stream.len) {
+                size_t n = next_chunk(&x.rng, (chunking)how, stream.len - off);
+                size_t done = 0;
+                while (done < n) {
+                    size_t consumed = SIZE_MAX;
+                    cr_assert_eq(mp_frame_decoder_feed_some(&d, stream.data + off + done, n - done,
+                                                            log_frame_pausing, &p, &consumed),
+                                 MPREG_OK);
+                    cr_assert(consumed >= 1 && consumed <= n - done);
+                    done += consumed;
+                }
+                off += n;
+            }
+            cr_assert_eq(mp_frame_decoder_buffered(&d), 0);
+            cr_assert_eq(p.log.count, nframes, "seed %llu chunking %d", (unsigned long long)seed,
+                         how);
+            cr_assert_eq(p.log.frames.len, stream.len);
+            cr_assert(memcmp(p.log.frames.data, stream.data, stream.len) == 0);
+            cr_assert_gt(p.pauses, 0);
+            mp_frame_decoder_free(&d);
+            mp_buf_free(&p.log.frames);
+        }
+        mp_buf_free(&stream);
+    }
+}
+
+static int pause_always(void *ud, const uint8_t *frame, size_t len) {
+    cr_assert_eq(log_frame(ud, frame, len), 0);
+    return MP_FRAME_PAUSE;
+}
+
+Test(frame, a_pause_stops_right_after_its_frame) {
+    mp_buf stream = MP_BUF_INIT;
+    append_frame(&stream, "ab", 2);
+    append_frame(&stream, "cd", 2);
+    mp_frame_decoder d;
+    mp_frame_decoder_init(&d, 0);
+    frame_log l;
+    log_init(&l);
+    size_t consumed = 0;
+    cr_assert_eq(
+        mp_frame_decoder_feed_some(&d, stream.data, stream.len, pause_always, &l, &consumed),
+        MPREG_OK);
+    cr_assert_eq(consumed, MP_FRAME_HEADER + 2, "only the first frame is consumed");
+    cr_assert_eq(l.count, 1);
+    cr_assert_eq(mp_frame_decoder_feed_some(&d, stream.data + consumed, stream.len - consumed,
+                                            pause_always, &l, &consumed),
+                 MPREG_OK);
+    cr_assert_eq(consumed, MP_FRAME_HEADER + 2);
+    cr_assert_eq(l.count, 2);
+    /* A split frame completed by a feed that then pauses: the feed consumed
+     * the end of that frame only. */
+    mp_buf_clear(&stream);
+    append_frame(&stream, "efgh", 4);
+    append_frame(&stream, "ij", 2);
+    cr_assert_eq(mp_frame_decoder_feed_some(&d, stream.data, 3, pause_always, &l, &consumed),
+                 MPREG_OK);
+    cr_assert_eq(consumed, 3);
+    cr_assert_eq(mp_frame_decoder_feed_some(&d, stream.data + 3, stream.len - 3, pause_always, &l,
+                                            &consumed),
+                 MPREG_OK);
+    cr_assert_eq(consumed, MP_FRAME_HEADER + 4 - 3);
+    cr_assert_eq(l.count, 3);
+    mp_frame_decoder_free(&d);
+    mp_buf_free(&l.frames);
+    mp_buf_free(&stream);
+}

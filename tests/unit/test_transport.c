@@ -1315,3 +1315,189 @@ Test(transport, output_queued_before_connect_arrives_in_order) {
     ep_teardown(&s);
     h_finish(&h);
 }
+
+/* ---- a pause from on_frame holds the rest of the read ----------------------------- */
+
+typedef struct pause_state {
+    uint64_t conn;
+    size_t frames_when_paused;
+} pause_state;
+
+/* Pauses after the first frame: the other frames of the same read must
+ * wait for the resume. */
+static void pause_after_first(endpoint *s, uint64_t id, const uint8_t *f, size_t len) {
+    pause_state *p = s->user;
+    cr_assert_eq(mp_frame_write(&s->log, f, len, MP_FRAME_LIMIT_MAX), MPREG_OK);
+    if (s->n_frames == 0) {
+        p->conn = id;
+        cr_assert_eq(mp_transport_pause_reading(s->t, id), MPREG_OK);
+        p->frames_when_paused = s->n_frames + 1;
+    }
+}
+
+Test(transport, a_pause_from_on_frame_holds_the_rest_of_the_read) {
+    harness h;
+    endpoint s;
+    raw_peer r;
+    pause_state p = {0};
+    h_init(&h);
+    ep_init(&s, &h, NULL);
+    s.on_frame = pause_after_first;
+    s.user = &p;
+    uint16_t port = ep_listen(&s);
+    raw_connect(&r, &h, port);
+    RUN_UNTIL(&h, s.n_accepted == 1);
+    mp_buf stream = MP_BUF_INIT;
+    for (int i = 0; i < 50; i++) {
+        char body[32];
+        snprintf(body, sizeof body, "frame %d", i);
+        expect_frame(&stream, body);
+    }
+    raw_write(&r, stream.data, stream.len); /* one write: one read */
+    RUN_UNTIL(&h, s.n_frames >= 1);
+    run_for(&h, 100);
+    cr_assert_eq(s.n_frames, 1, "%zu frames delivered after the pause", s.n_frames);
+    mp_transport_conn_stats cs;
+    cr_assert_eq(mp_transport_get_conn_stats(s.t, p.conn, &cs), MPREG_OK);
+    cr_assert_gt(cs.buffered_in, 0, "the rest is held");
+    cr_assert_eq(mp_transport_resume_reading(s.t, p.conn), MPREG_OK);
+    cr_assert_eq(s.n_frames, 1, "resume calls nobody back from inside");
+    RUN_UNTIL(&h, s.n_frames == 50);
+    assert_stream_eq(&s.log, &stream);
+    cr_assert_eq(mp_transport_get_conn_stats(s.t, p.conn, &cs), MPREG_OK);
+    cr_assert_eq(cs.buffered_in, 0);
+    /* The socket is read again afterwards. */
+    mp_buf more = MP_BUF_INIT;
+    expect_frame(&more, "after");
+    raw_write(&r, more.data, more.len);
+    RUN_UNTIL(&h, s.n_frames == 51);
+    mp_buf_free(&more);
+    mp_buf_free(&stream);
+    raw_close(&r);
+    RUN_UNTIL(&h, s.n_closed == 1);
+    ep_teardown(&s);
+    h_finish(&h);
+}
+
+/* ---- partial frames: read timeout and shared budget ------------------------------- */
+
+Test(transport, a_peer_that_stalls_mid_frame_is_closed_after_the_read_timeout) {
+    harness h;
+    endpoint s;
+    raw_peer r, idle;
+    h_init(&h);
+    mp_transport_config cfg;
+    mp_transport_config_default(&cfg);
+    cfg.read_timeout_ms = 150;
+    ep_init(&s, &h, &cfg);
+    s.error_reply = "ERROR: stalled";
+    uint16_t port = ep_listen(&s);
+    raw_connect(&r, &h, port);
+    raw_connect(&idle, &h, port);
+    RUN_UNTIL(&h, s.n_accepted == 2);
+    uint8_t head[16];
+    mp_put_u32be(head, 1000); /* announces 1000 bytes, sends 12 */
+    memset(head + 4, 'a', sizeof head - 4);
+    raw_write(&r, head, sizeof head);
+    run_for(&h, 50);
+    cr_assert_eq(s.n_proto, 0, "not before the timeout");
+    RUN_UNTIL(&h, r.eof);
+    cr_assert_eq(s.n_proto, 1);
+    cr_assert_eq(s.proto_err, MPREG_E_TIMEOUT);
+    mp_buf expect = MP_BUF_INIT;
+    expect_frame(&expect, "ERROR: stalled");
+    assert_stream_eq(&r.in, &expect);
+    mp_buf_free(&expect);
+    /* A connection idle between frames is not a stall. */
+    run_for(&h, 300);
+    cr_assert_not(idle.eof, "an idle connection was closed");
+    mp_transport_stats st;
+    mp_transport_get_stats(s.t, &st);
+    cr_assert_eq(st.read_timeouts, 1);
+    raw_close(&r);
+    raw_close(&idle);
+    RUN_UNTIL(&h, s.n_closed == 2);
+    ep_teardown(&s);
+    h_finish(&h);
+}
+
+Test(transport, partial_frames_over_the_shared_budget_are_refused) {
+    harness h;
+    endpoint s;
+    raw_peer r[3];
+    h_init(&h);
+    mp_transport_config cfg;
+    mp_transport_config_default(&cfg);
+    cfg.max_partial_bytes = 100 * 1024;
+    ep_init(&s, &h, &cfg);
+    s.error_reply = "ERROR: busy";
+    uint16_t port = ep_listen(&s);
+    size_t body = 40 * 1024;
+    uint8_t *half = malloc(4 + body);
+    cr_assert_not_null(half);
+    mp_put_u32be(half, 1024 * 1024); /* a 1 MiB frame, 40 KiB of it sent */
+    memset(half + 4, 'b', body);
+    for (int i = 0; i < 3; i++) {
+        raw_connect(&r[i], &h, port);
+        RUN_UNTIL(&h, s.n_accepted == (size_t)i + 1);
+        raw_write(&r[i], half, 4 + body);
+        run_for(&h, 50);
+    }
+    /* Two fit in 100 KiB; the third does not and is refused, with an
+     * error; the first two wait on, unharmed. */
+    RUN_UNTIL(&h, r[2].eof);
+    cr_assert_eq(s.n_proto, 1);
+    cr_assert_eq(s.proto_err, MPREG_E_LIMIT);
+    cr_assert_not(r[0].eof);
+    cr_assert_not(r[1].eof);
+    mp_transport_stats st;
+    mp_transport_get_stats(s.t, &st);
+    cr_assert_eq(st.partial_refused, 1);
+    cr_assert_leq(st.partial_bytes, cfg.max_partial_bytes);
+    cr_assert_geq(st.partial_bytes, 2 * body);
+    free(half);
+    for (int i = 0; i < 3; i++) {
+        raw_close(&r[i]);
+    }
+    RUN_UNTIL(&h, s.n_closed == 3);
+    mp_transport_get_stats(s.t, &st);
+    cr_assert_eq(st.partial_bytes, 0, "the budget comes back");
+    ep_teardown(&s);
+    h_finish(&h);
+}
+
+/* ---- output_final takes one frame past the hard limit ------------------------------ */
+
+Test(transport, output_final_goes_past_the_hard_limit) {
+    harness h;
+    endpoint s;
+    raw_peer r;
+    h_init(&h);
+    mp_transport_config cfg;
+    mp_transport_config_default(&cfg);
+    cfg.high_water = 64 * 1024;
+    cfg.hard_limit = 128 * 1024;
+    ep_init(&s, &h, &cfg);
+    uint16_t port = ep_listen(&s);
+    raw_connect(&r, &h, port);
+    RUN_UNTIL(&h, s.n_accepted == 1);
+    uint64_t id = s.accepted[0];
+    /* Fill the output without running the loop: nothing is written. */
+    static uint8_t chunk[16 * 1024];
+    mp_buf *o;
+    int frames = 0;
+    while ((o = mp_transport_output(s.t, id)) != NULL) {
+        cr_assert_eq(mp_frame_write(o, chunk, sizeof chunk, 0), MPREG_OK);
+        mp_transport_output_commit(s.t, id, 1);
+        cr_assert_lt(++frames, 100, "the hard limit never came");
+    }
+    cr_assert_null(mp_transport_output(s.t, id), "at the hard limit");
+    mp_buf *out = mp_transport_output_final(s.t, id);
+    cr_assert_not_null(out, "one last frame may go");
+    cr_assert_eq(mp_frame_write(out, "bye", 3, 0), MPREG_OK);
+    mp_transport_output_commit(s.t, id, 1);
+    raw_close(&r);
+    RUN_UNTIL(&h, s.n_closed == 1);
+    ep_teardown(&s);
+    h_finish(&h);
+}
