@@ -109,6 +109,43 @@ static bool mp_config_ok(const mp_node_config *cfg, const mp_node_io *io, mp_rng
     return true;
 }
 
+void mp_node_limits_default(mp_node_limits *l) {
+    *l = (mp_node_limits){
+        .conns = 10000,
+        .subs_per_conn = 10000,
+        .subs_per_node = 100000,
+        .patterns_per_conn = 10000,
+        .patterns_per_node = 100000,
+        .functions_per_conn = 256,
+        .functions_per_node = 10000,
+        .requests_per_conn = 1024,
+        .requests_per_node = 16384,
+        .request_bytes = 16u * 1024u * 1024u,
+        .results_bytes = 256u * 1024u * 1024u,
+    };
+}
+
+void mp_node_limits_resolve(mp_node_limits *l) {
+    mp_node_limits d;
+    mp_node_limits_default(&d);
+#define MP_LIMIT_DEFAULT(f)                                                                        \
+    if (l->f == 0) {                                                                               \
+        l->f = d.f;                                                                                \
+    }
+    MP_LIMIT_DEFAULT(conns)
+    MP_LIMIT_DEFAULT(subs_per_conn)
+    MP_LIMIT_DEFAULT(subs_per_node)
+    MP_LIMIT_DEFAULT(patterns_per_conn)
+    MP_LIMIT_DEFAULT(patterns_per_node)
+    MP_LIMIT_DEFAULT(functions_per_conn)
+    MP_LIMIT_DEFAULT(functions_per_node)
+    MP_LIMIT_DEFAULT(requests_per_conn)
+    MP_LIMIT_DEFAULT(requests_per_node)
+    MP_LIMIT_DEFAULT(request_bytes)
+    MP_LIMIT_DEFAULT(results_bytes)
+#undef MP_LIMIT_DEFAULT
+}
+
 char *mp_node_strdup(const char *s) {
     if (!s) {
         return NULL;
@@ -143,6 +180,8 @@ static mpreg_err mp_node_copy_config(mp_node *n, const mp_node_config *cfg) {
     if (n->max_frame > MP_FRAME_LIMIT_MAX) {
         n->max_frame = MP_FRAME_LIMIT_MAX;
     }
+    n->limits = cfg->limits;
+    mp_node_limits_resolve(&n->limits);
     n->handshake_timeout_ms =
         cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : MP_NODE_DEFAULT_HANDSHAKE_MS;
     n->rpc_timeout_ms = cfg->rpc_timeout_ms ? cfg->rpc_timeout_ms : MP_NODE_DEFAULT_RPC_TIMEOUT_MS;

@@ -93,7 +93,35 @@ typedef struct mp_node_io {
      * already knows the connection); failure, at any time, through
      * mp_node_on_close with MPREG_E_UNREACHABLE. */
     uint64_t (*dial)(void *ud, const char *addr);
+    /* Optional: adds the driver's own figures (its limits and what they
+     * refused) to the "status" reply's map. */
+    mpreg_err (*status)(void *ud, mpreg_value *status_map);
 } mp_node_io;
+
+/* What one connection, and the node as a whole, may make the node hold
+ * (docs/PROTOCOL.md §7.7). A client that reaches one gets ERROR
+ * `505 limit` naming it, and nothing else changes; every other client is
+ * served as before. Zero fields take the defaults (mp_node_limits_default),
+ * which bound the node's memory for these inputs to a few hundred MiB at
+ * worst (the figures are in PROTOCOL §7.7). The names are mpregd's
+ * `--limit NAME=VALUE`. */
+typedef struct mp_node_limits {
+    uint32_t conns;              /* connections at once, clients and peers: 10 000 */
+    uint32_t subs_per_conn;      /* subscriptions of one connection: 10 000 */
+    uint32_t subs_per_node;      /* of all connections: 100 000 */
+    uint32_t patterns_per_conn;  /* patterns over one connection's subscriptions: 10 000 */
+    uint32_t patterns_per_node;  /* of all connections: 100 000 */
+    uint32_t functions_per_conn; /* functions one worker connection registers: 256 */
+    uint32_t functions_per_node; /* registered by all workers: 10 000 */
+    uint32_t requests_per_conn;  /* RPC requests in flight on one connection: 1024 */
+    uint32_t requests_per_node;  /* on all connections, peers' invokes included: 16 384 */
+    uint64_t request_bytes;      /* results one request may hold at once: 16 MiB */
+    uint64_t results_bytes;      /* results all requests may hold at once: 256 MiB */
+} mp_node_limits;
+
+void mp_node_limits_default(mp_node_limits *l);
+/* Fills the zero fields of l with the defaults. */
+void mp_node_limits_resolve(mp_node_limits *l);
 
 typedef struct mp_node_config {
     const char *node_id;          /* required; unique in the fabric */
@@ -123,7 +151,8 @@ typedef struct mp_node_config {
      * origin it has not vouched for this long are dropped. 0 = three
      * push-pull intervals (90 s by default). */
     uint32_t catalog_ttl_ms;
-    bool no_builtins; /* simulator: skip echo, echos, ... (small catalogs) */
+    bool no_builtins;      /* simulator: skip echo, echos, ... (small catalogs) */
+    mp_node_limits limits; /* zero fields: the defaults */
 } mp_node_config;
 
 typedef struct mp_node mp_node;

@@ -161,6 +161,17 @@ void mp_node_send_errorf(mp_node *n, uint64_t conn, const mp_id *correlation, mp
     mp_rpc_error_free(&e);
 }
 
+void mp_node_refuse_limit(mp_node *n, mp_conn *c, const mp_id *correlation, const char *op,
+                          const char *limit_name, uint64_t have, uint64_t limit) {
+    n->limit_refusals++;
+    mp_node_log(n, MP_LOG_DEBUG, "conn %llu: %s refused: limit %s (%llu)",
+                (unsigned long long)c->id, op, limit_name, (unsigned long long)limit);
+    mp_node_send_errorf(n, c->id, correlation, MPREG_E_LIMIT,
+                        "%s: limit %s reached (%llu held, at most %llu; mpregd --limit %s=N)", op,
+                        limit_name, (unsigned long long)have, (unsigned long long)limit,
+                        limit_name);
+}
+
 void mp_node_close_conn(mp_node *n, mp_conn *c, mpreg_err reason) {
     if (c->state == MP_CONN_CLOSING) {
         return;
@@ -232,6 +243,7 @@ mp_conn *mp_conn_create(mp_node *n, uint64_t id, const char *addr) {
         return NULL;
     }
     mp_list_push(&n->conn_list, &c->link);
+    n->conn_total++;
     return c;
 }
 
@@ -245,7 +257,21 @@ void mp_node_on_open(mp_node *n, uint64_t conn, const char *peer_addr, uint64_t 
         mp_node_log(n, MP_LOG_WARN, "conn %llu opened twice", (unsigned long long)conn);
         return;
     }
-    if (mp_conn_create(n, conn, peer_addr)) {
+    mp_conn *c = mp_conn_create(n, conn, peer_addr);
+    if (c && n->conn_total > n->limits.conns) {
+        /* Over the limit: told why, then closed, rather than held open or
+         * dropped without a word (file descriptors are a node's to keep). */
+        n->limit_refusals++;
+        mp_node_log(n, MP_LOG_WARN, "conn %llu from %s refused: limit conns (%u) reached",
+                    (unsigned long long)conn, peer_addr ? peer_addr : "?", n->limits.conns);
+        mp_node_send_errorf(n, conn, NULL, MPREG_E_LIMIT,
+                            "connection refused: limit conns reached (at most %u connections; "
+                            "mpregd --limit conns=N)",
+                            n->limits.conns);
+        mp_node_close_conn(n, c, MPREG_E_LIMIT);
+        return;
+    }
+    if (c) {
         mp_node_log(n, MP_LOG_DEBUG, "conn %llu open from %s", (unsigned long long)conn,
                     peer_addr ? peer_addr : "?");
     }
@@ -600,6 +626,7 @@ void mp_node_on_close(mp_node *n, uint64_t conn, mpreg_err reason, uint64_t now_
         return;
     }
     mp_list_remove(&c->link);
+    n->conn_total--;
     mp_timer_cancel(&n->timers, &c->handshake);
     mp_timer_cancel(&n->timers, &c->stall);
     mp_node_log(n, MP_LOG_INFO, "conn %llu closed (%s): %u requests, %u calls in flight",

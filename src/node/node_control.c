@@ -63,6 +63,55 @@ static mp_conn_counts mp_count_conns(const mp_node *n) {
     return k;
 }
 
+/* {"limit": L, "used": U} */
+static mpreg_err mp_limit_set(mpreg_err err, mpreg_value *map, const char *name, uint64_t limit,
+                              uint64_t used) {
+    mpreg_value one = mpreg_map();
+    err = mp_set(err, &one, "limit", mp_uint_value(limit));
+    err = mp_set(err, &one, "used", mp_uint_value(used));
+    return mp_set(err, map, name, one);
+}
+
+/* Every node-wide limit with what is held against it now; per-connection
+ * ones with the most any one connection holds. */
+static mpreg_err mp_limits_value(const mp_node *n, mpreg_value *out) {
+    uint64_t subs = 0, patterns = 0, fns = 0, reqs = 0;
+    for (const mp_link *l = n->conn_list.next; l != &n->conn_list; l = l->next) {
+        const mp_conn *c = MP_CONTAINER(l, mp_conn, link);
+        subs = c->sub_count > subs ? c->sub_count : subs;
+        patterns = c->pattern_count > patterns ? c->pattern_count : patterns;
+        fns = c->function_count > fns ? c->function_count : fns;
+        reqs = c->request_count > reqs ? c->request_count : reqs;
+    }
+    const mp_node_limits *L = &n->limits;
+    mpreg_value m = mpreg_map();
+    mpreg_err err = mp_limit_set(MPREG_OK, &m, "conns", L->conns, n->conn_total);
+    err = mp_limit_set(err, &m, "subs_per_conn", L->subs_per_conn, subs);
+    err = mp_limit_set(err, &m, "subs_per_node", L->subs_per_node, n->sub_total);
+    err = mp_limit_set(err, &m, "patterns_per_conn", L->patterns_per_conn, patterns);
+    err = mp_limit_set(err, &m, "patterns_per_node", L->patterns_per_node, n->pattern_total);
+    err = mp_limit_set(err, &m, "functions_per_conn", L->functions_per_conn, fns);
+    err = mp_limit_set(err, &m, "functions_per_node", L->functions_per_node, n->worker_fn_total);
+    err = mp_limit_set(err, &m, "requests_per_conn", L->requests_per_conn, reqs);
+    err = mp_limit_set(err, &m, "requests_per_node", L->requests_per_node, n->request_total);
+    uint64_t req_bytes = 0;
+    for (const mp_link *l = n->conn_list.next; l != &n->conn_list; l = l->next) {
+        const mp_conn *c = MP_CONTAINER(l, mp_conn, link);
+        for (const mp_link *q = c->requests.next; q != &c->requests; q = q->next) {
+            const mp_request *r = MP_CONTAINER(q, mp_request, conn_link);
+            req_bytes = r->held_bytes > req_bytes ? r->held_bytes : req_bytes;
+        }
+    }
+    err = mp_limit_set(err, &m, "request_bytes", L->request_bytes, req_bytes);
+    err = mp_limit_set(err, &m, "results_bytes", L->results_bytes, n->result_bytes);
+    if (err) {
+        mpreg_value_free(&m);
+        return err;
+    }
+    *out = m;
+    return MPREG_OK;
+}
+
 mpreg_err mp_node_status(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
     mp_conn_counts k = mp_count_conns(n);
     mp_pubsub_stats ps;
@@ -85,6 +134,11 @@ mpreg_err mp_node_status(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
     err = mp_set(err, &counters, "dropped", mp_uint_value(ps.dropped + n->counters.shed));
     err = mp_set(err, &counters, "unreachable", mp_uint_value(n->counters.unreachable));
     err = mp_set(err, &counters, "frame_errors", mp_uint_value(n->counters.frame_errors));
+    err = mp_set(err, &counters, "overflow_closes", mp_uint_value(n->counters.overflow_closes));
+    err = mp_set(err, &counters, "peer_shed", mp_uint_value(n->counters.peer_shed));
+    err = mp_set(err, &counters, "limit_refusals", mp_uint_value(n->limit_refusals));
+    mpreg_value limits = mpreg_nil();
+    err = err ? err : mp_limits_value(n, &limits);
 
     mpreg_value s = mpreg_map();
     err = mp_set(err, &s, "node", mpreg_str(n->node_id));
@@ -97,6 +151,10 @@ mpreg_err mp_node_status(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
     err = mp_set(err, &s, "functions", mp_uint_value(mp_map_count(&n->functions)));
     err = mp_set(err, &s, "subscriptions", mp_uint_value(ps.subscriptions));
     err = mp_set(err, &s, "counters", counters);
+    err = mp_set(err, &s, "limits", limits);
+    if (!err && n->io.status) {
+        err = n->io.status(n->io.ud, &s); /* the driver's own figures */
+    }
     if (err) {
         mpreg_value_free(&s);
         *out = mpreg_nil();

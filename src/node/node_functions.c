@@ -254,6 +254,7 @@ void mp_functions_conn_drop(mp_node *n, mp_conn *c) {
     while (!mp_list_empty(&c->functions)) {
         mp_functions_remove(n, MP_CONTAINER(c->functions.next, mp_provider, conn_link));
     }
+    n->worker_fn_total -= c->function_count;
     c->function_count = 0;
 }
 
@@ -419,11 +420,21 @@ static mpreg_err mp_register_check(mp_node *n, const mp_conn *c, const mpreg_val
         snprintf(fe->message, sizeof fe->message, "functions: empty");
         return fe->code;
     }
-    if (count > MP_NODE_MAX_WORKER_FUNCTIONS - c->function_count) {
-        fe->code = MPREG_E_TOO_LARGE;
+    const mp_node_limits *l = &n->limits;
+    if ((uint64_t)c->function_count + count > l->functions_per_conn) {
+        fe->code = MPREG_E_LIMIT;
         snprintf(fe->message, sizeof fe->message,
-                 "too many functions: %u registered, %zu more asked, at most %u per connection",
-                 c->function_count, count, MP_NODE_MAX_WORKER_FUNCTIONS);
+                 "REGISTER: limit functions_per_conn reached (%u registered, %zu more asked, at "
+                 "most %u; mpregd --limit functions_per_conn=N)",
+                 c->function_count, count, l->functions_per_conn);
+        return fe->code;
+    }
+    if ((uint64_t)n->worker_fn_total + count > l->functions_per_node) {
+        fe->code = MPREG_E_LIMIT;
+        snprintf(fe->message, sizeof fe->message,
+                 "REGISTER: limit functions_per_node reached (%u registered by workers, %zu more "
+                 "asked, at most %u; mpregd --limit functions_per_node=N)",
+                 n->worker_fn_total, count, l->functions_per_node);
         return fe->code;
     }
     for (size_t i = 0; i < count; i++) {
@@ -485,6 +496,7 @@ void mp_functions_on_register(mp_node *n, mp_conn *c, const mp_envelope *env) {
         }
         mp_list_push(&c->functions, &p->conn_link);
         c->function_count++;
+        n->worker_fn_total++;
     }
     if (err) {
         /* All or nothing: what this REGISTER added goes again (newest are
@@ -492,6 +504,10 @@ void mp_functions_on_register(mp_node *n, mp_conn *c, const mp_envelope *env) {
         for (size_t k = 0; k < added; k++) {
             mp_functions_remove(n, MP_CONTAINER(c->functions.prev, mp_provider, conn_link));
             c->function_count--;
+            n->worker_fn_total--;
+        }
+        if (fe.code == MPREG_E_LIMIT) {
+            n->limit_refusals++;
         }
         mp_node_send_errorf(n, c->id, &env->id, fe.code ? fe.code : err, "%s",
                             fe.message[0] ? fe.message : mpreg_strerror(err));
@@ -512,10 +528,10 @@ void mp_functions_on_unregister(mp_node *n, mp_conn *c, const mp_envelope *env) 
     const mpreg_value *list = NULL;
     mp_fn_error fe = {MPREG_OK, ""};
     mpreg_err err = mp_fn_payload(env, &root, &list, &fe);
-    if (!err && list->u.arr.len > MP_NODE_MAX_WORKER_FUNCTIONS) {
+    if (!err && list->u.arr.len > n->limits.functions_per_conn) {
         err = fe.code = MPREG_E_TOO_LARGE;
         snprintf(fe.message, sizeof fe.message, "functions: more than %u",
-                 MP_NODE_MAX_WORKER_FUNCTIONS);
+                 n->limits.functions_per_conn);
     }
     mp_fn_item it;
     for (size_t i = 0; !err && i < list->u.arr.len; i++) {
@@ -538,6 +554,7 @@ void mp_functions_on_unregister(mp_node *n, mp_conn *c, const mp_envelope *env) 
                 (!it.version || strcmp(f->version, it.version) == 0)) {
                 mp_functions_remove(n, p);
                 c->function_count--;
+                n->worker_fn_total--;
                 removed++;
             }
         }

@@ -35,10 +35,8 @@
 #include <stddef.h>
 
 /* --- limits: every input is bounded ---------------------------------------- */
-#define MP_NODE_MAX_REQUESTS_PER_CONN 1024u /* RPC requests in flight per connection */
-#define MP_NODE_MAX_WORKER_FUNCTIONS 256u   /* functions one connection may register */
-#define MP_NODE_MAX_SUBS_PER_CONN 10000u    /* subscriptions per connection */
-#define MP_NODE_MAX_RETRIES 3u              /* commands of one request retried on another node */
+/* The configurable ones are in mp_node_limits (node.h, n->limits). */
+#define MP_NODE_MAX_RETRIES 3u /* commands of one request retried on another node */
 #define MP_NODE_DEFAULT_HANDSHAKE_MS 10000u
 #define MP_NODE_DEFAULT_RPC_TIMEOUT_MS 30000u
 #define MP_NODE_MAX_SLEEP_MS 3600000 /* the sleep built-in: one hour at most */
@@ -185,12 +183,13 @@ typedef struct mp_conn {
     uint64_t *subs; /* its subscription ids, unordered */
     uint32_t sub_count;
     uint32_t sub_cap;
-    bool reading_paused;   /* we told the driver to stop reading it (RPC backpressure) */
-    bool stalled;          /* a publisher paused while a subscriber catches up */
-    mp_timer stall;        /* ends the stall */
-    bool shedding;         /* over high water: pub/sub deliveries are dropped */
-    uint64_t dropped_base; /* the subscriptions' drop count when shedding began */
-    uint64_t shed_drops;   /* deliveries the node itself dropped while shedding */
+    uint32_t pattern_count; /* over its subscriptions (limits.patterns_per_conn) */
+    bool reading_paused;    /* we told the driver to stop reading it (RPC backpressure) */
+    bool stalled;           /* a publisher paused while a subscriber catches up */
+    mp_timer stall;         /* ends the stall */
+    bool shedding;          /* over high water: pub/sub deliveries are dropped */
+    uint64_t dropped_base;  /* the subscriptions' drop count when shedding began */
+    uint64_t shed_drops;    /* deliveries the node itself dropped while shedding */
     /* Peer links (node_cluster.c). */
     char *peer_id;     /* the member at the other end; NULL until known */
     bool outbound;     /* this node dialed it (and sent the HELLO) */
@@ -226,6 +225,10 @@ mpreg_err mp_node_send_value(mp_node *n, uint64_t conn, mp_kind kind, const mp_i
 void mp_node_send_error(mp_node *n, uint64_t conn, const mp_id *correlation, const mp_rpc_error *e);
 void mp_node_send_errorf(mp_node *n, uint64_t conn, const mp_id *correlation, mpreg_err code,
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* ERROR 505 limit to the client, correlated to what it asked (`op`): which
+ * limit (its --limit name), how much it holds and the limit. Counted. */
+void mp_node_refuse_limit(mp_node *n, mp_conn *c, const mp_id *correlation, const char *op,
+                          const char *limit_name, uint64_t have, uint64_t limit);
 /* Closes after flushing; frames arriving before the driver's on_close are
  * ignored. */
 void mp_node_close_conn(mp_node *n, mp_conn *c, mpreg_err reason);
@@ -242,10 +245,11 @@ typedef struct mp_request {
     mp_rpc_plan *plan;
     uint64_t deadline_ms;
     mp_timer deadline;
-    mp_link conn_link; /* in conn->requests */
-    mp_link calls;     /* mpreg_call.req_link: its calls in flight */
-    bool advancing;    /* inside mp_request_advance: completions only record */
-    uint32_t retries;  /* commands sent elsewhere after a node could not be reached */
+    mp_link conn_link;   /* in conn->requests */
+    mp_link calls;       /* mpreg_call.req_link: its calls in flight */
+    bool advancing;      /* inside mp_request_advance: completions only record */
+    uint32_t retries;    /* commands sent elsewhere after a node could not be reached */
+    uint64_t held_bytes; /* its share of n->result_bytes */
 } mp_request;
 
 /* A peer's RPC_INVOKE that this node runs for it (node_rpc.c): one call,
@@ -375,6 +379,15 @@ struct mp_node {
     mp_strlist resources;
     uint64_t incarnation;
     uint32_t max_frame;
+    mp_node_limits limits; /* resolved: no zero fields */
+    /* What the limits count, node-wide. */
+    uint32_t conn_total;      /* connections open (limits.conns) */
+    uint32_t sub_total;       /* subscriptions */
+    uint32_t pattern_total;   /* their patterns */
+    uint32_t worker_fn_total; /* functions registered by workers */
+    uint32_t request_total;   /* RPC requests in flight, and peers' invokes served */
+    uint64_t result_bytes;    /* results held by requests in flight */
+    uint64_t limit_refusals;  /* ERROR 505 limit answers sent */
     uint32_t handshake_timeout_ms;
     uint32_t rpc_timeout_ms;
     mp_log_level log_level;

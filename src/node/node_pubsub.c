@@ -276,14 +276,49 @@ static void mp_ps_send_subscription(mp_node *n, mp_conn *c, const mp_id *id, uin
     mp_buf_free(&p);
 }
 
-void mp_ps_on_subscribe(mp_node *n, mp_conn *c, const mp_envelope *env) {
-    if (!mp_ps_client_headers_ok(n, c, env, "SUBSCRIBE", MP_MAX_HEADERS)) {
+/* Subscriptions and their patterns, per connection and node-wide, within
+ * the limits (§7.7): false, with the client told which limit, when this
+ * one would go over. Patterns are what cost memory (a trie path, a catalog
+ * entry each), so they are bounded as well as subscriptions. */
+static bool mp_ps_within_limits(mp_node *n, mp_conn *c, const mp_envelope *env, uint32_t patterns) {
+    const mp_node_limits *l = &n->limits;
+    const char *what = NULL;
+    uint64_t have = 0, limit = 0;
+    if (c->sub_count >= l->subs_per_conn) {
+        what = "subs_per_conn", have = c->sub_count, limit = l->subs_per_conn;
+    } else if (n->sub_total >= l->subs_per_node) {
+        what = "subs_per_node", have = n->sub_total, limit = l->subs_per_node;
+    } else if ((uint64_t)c->pattern_count + patterns > l->patterns_per_conn) {
+        what = "patterns_per_conn", have = c->pattern_count, limit = l->patterns_per_conn;
+    } else if ((uint64_t)n->pattern_total + patterns > l->patterns_per_node) {
+        what = "patterns_per_node", have = n->pattern_total, limit = l->patterns_per_node;
+    }
+    if (!what) {
+        return true;
+    }
+    mp_node_refuse_limit(n, c, &env->id, "SUBSCRIBE", what, have, limit);
+    return false;
+}
+
+/* Keeps the counts the limits read: a subscription added or about to go. */
+static void mp_ps_count_sub(mp_node *n, mp_conn *c, uint64_t sub, bool added) {
+    mp_pubsub_sub_stats st;
+    if (mp_pubsub_sub_stats_get(n->pubsub, sub, &st) != MPREG_OK) {
         return;
     }
-    if (c->sub_count >= MP_NODE_MAX_SUBS_PER_CONN) {
-        mp_node_send_errorf(n, c->id, &env->id, MPREG_E_TOO_LARGE,
-                            "too many subscriptions on this connection (at most %u)",
-                            MP_NODE_MAX_SUBS_PER_CONN);
+    if (added) {
+        n->sub_total++;
+        n->pattern_total += st.patterns;
+        c->pattern_count += st.patterns;
+    } else {
+        n->sub_total--;
+        n->pattern_total -= st.patterns;
+        c->pattern_count -= st.patterns;
+    }
+}
+
+void mp_ps_on_subscribe(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    if (!mp_ps_client_headers_ok(n, c, env, "SUBSCRIBE", MP_MAX_HEADERS)) {
         return;
     }
     mp_pubsub_subscribe_payload p;
@@ -292,6 +327,10 @@ void mp_ps_on_subscribe(mp_node *n, mp_conn *c, const mp_envelope *env) {
     if (err) {
         mp_node_send_errorf(n, c->id, &env->id, err, "SUBSCRIBE: %s",
                             why ? why : mpreg_strerror(err));
+        return;
+    }
+    if (!mp_ps_within_limits(n, c, env, (uint32_t)p.pattern_count)) {
+        mp_pubsub_subscribe_payload_free(&p);
         return;
     }
     mp_pubsub_sub_spec spec = mp_pubsub_spec_from_payload(&p, c->id);
@@ -305,6 +344,7 @@ void mp_ps_on_subscribe(mp_node *n, mp_conn *c, const mp_envelope *env) {
         return;
     }
     c->subs[c->sub_count++] = sub;
+    mp_ps_count_sub(n, c, sub, true);
     if (c->shedding) {
         mp_pubsub_set_accepting(n->pubsub, c->id, false);
     }
@@ -325,6 +365,7 @@ void mp_ps_on_unsubscribe(mp_node *n, mp_conn *c, const mp_envelope *env) {
                             why ? why : mpreg_strerror(err));
         return;
     }
+    mp_ps_count_sub(n, c, sub, false); /* before it goes: its pattern count */
     if (mp_pubsub_unsubscribe(n->pubsub, c->id, sub) != MPREG_OK) {
         mp_node_send_errorf(n, c->id, &env->id, MPREG_E_NOT_FOUND,
                             "no subscription %llu on this connection", (unsigned long long)sub);
@@ -338,6 +379,9 @@ void mp_ps_on_unsubscribe(mp_node *n, mp_conn *c, const mp_envelope *env) {
 }
 
 void mp_ps_conn_drop(mp_node *n, mp_conn *c) {
+    n->sub_total -= c->sub_count;
+    n->pattern_total -= c->pattern_count;
+    c->pattern_count = 0;
     mp_pubsub_remove_owner(n->pubsub, c->id);
     c->sub_count = 0;
 }

@@ -131,6 +131,32 @@ void mp_call_set_cancel(mpreg_call *call, void (*cancel)(void *ud), void *ud) {
 static void mp_served_answer(mp_node *n, mp_served *s, bool ok, mpreg_value *result,
                              mp_rpc_error *error);
 
+/* Records a command's result, within the node-wide budget for results held
+ * by requests in flight (limits.results_bytes): many requests that each
+ * stay within their own budget must not add up to an unbounded node. */
+static void mp_rpc_complete_within_budget(mp_request *r, uint32_t cmd, mpreg_value result) {
+    mp_node *n = r->node;
+    uint64_t cost = mp_rpc_value_cost(&result);
+    if (n->result_bytes + cost > n->limits.results_bytes) {
+        mpreg_value_free(&result);
+        const char *name = mp_rpc_plan_command(r->plan, cmd)->name;
+        n->limit_refusals++;
+        mp_rpc_error e = MP_RPC_ERROR_INIT;
+        mp_rpc_error_set(&e, MPREG_E_LIMIT, name,
+                         "command '%s': limit results_bytes reached: requests in flight on this "
+                         "node hold %llu bytes of results, at most %llu (mpregd --limit "
+                         "results_bytes=N)",
+                         name, (unsigned long long)n->result_bytes,
+                         (unsigned long long)n->limits.results_bytes);
+        mp_rpc_plan_fail(r->plan, cmd, &e);
+        return;
+    }
+    mp_rpc_plan_complete(r->plan, cmd, result);
+    uint64_t held = mp_rpc_plan_held_bytes(r->plan);
+    n->result_bytes = n->result_bytes - r->held_bytes + held;
+    r->held_bytes = held;
+}
+
 void mp_call_finish(mpreg_call *call, bool ok, mpreg_value result, mp_rpc_error *error) {
     if (call->served) {
         mp_served *s = call->served;
@@ -151,7 +177,7 @@ void mp_call_finish(mpreg_call *call, bool ok, mpreg_value result, mp_rpc_error 
         return;
     }
     if (ok) {
-        mp_rpc_plan_complete(r->plan, cmd, result);
+        mp_rpc_complete_within_budget(r, cmd, result);
     } else {
         mp_rpc_plan_fail(r->plan, cmd, error);
     }
@@ -183,6 +209,8 @@ static void mp_request_free(mp_request *r) {
     mp_timer_cancel(&n->timers, &r->deadline);
     mp_list_remove(&r->conn_link);
     r->conn->request_count--;
+    n->request_total--;
+    n->result_bytes -= r->held_bytes;
     mp_rpc_plan_free(r->plan);
     free(r);
 }
@@ -463,10 +491,14 @@ static uint64_t mp_request_deadline(const mp_node *n, const mp_envelope *env, ui
 
 void mp_rpc_on_request(mp_node *n, mp_conn *c, const mp_envelope *env) {
     n->counters.rpc_requests++;
-    if (c->request_count >= MP_NODE_MAX_REQUESTS_PER_CONN) {
-        mp_node_send_errorf(n, c->id, &env->id, MPREG_E_BACKPRESSURE,
-                            "too many requests in flight on this connection (at most %u)",
-                            MP_NODE_MAX_REQUESTS_PER_CONN);
+    if (c->request_count >= n->limits.requests_per_conn) {
+        mp_node_refuse_limit(n, c, &env->id, "RPC_REQUEST", "requests_per_conn", c->request_count,
+                             n->limits.requests_per_conn);
+        return;
+    }
+    if (n->request_total >= n->limits.requests_per_node) {
+        mp_node_refuse_limit(n, c, &env->id, "RPC_REQUEST", "requests_per_node", n->request_total,
+                             n->limits.requests_per_node);
         return;
     }
     mp_rpc_request req;
@@ -485,6 +517,8 @@ void mp_rpc_on_request(mp_node *n, mp_conn *c, const mp_envelope *env) {
         return;
     }
     mp_rpc_request_free(&req);
+    mp_rpc_limits limits = {.max_held_bytes = (size_t)n->limits.request_bytes};
+    mp_rpc_plan_set_limits(plan, &limits);
     if (deadline <= n->now_ms) {
         mp_rpc_plan_free(plan);
         mp_rpc_reply_errorf(n, c, &env->id, MPREG_E_DEADLINE, NULL,
@@ -506,6 +540,7 @@ void mp_rpc_on_request(mp_node *n, mp_conn *c, const mp_envelope *env) {
     mp_timer_init(&r->deadline, mp_request_expired);
     mp_list_push(&c->requests, &r->conn_link);
     c->request_count++;
+    n->request_total++;
     if (mp_timer_arm(&n->timers, &r->deadline, deadline)) {
         mp_rpc_reply_errorf(n, c, &env->id, MPREG_E_NOMEM, NULL, "out of memory");
         mp_request_free(r);

@@ -360,6 +360,35 @@ static void mp_io_log(void *ud, mp_log_level level, const char *message) {
     mp_server_log(s, level, "%s", message);
 }
 
+static mpreg_err mp_status_int(mpreg_err err, mpreg_value *map, const char *key, uint64_t v) {
+    return err ? err : mpreg_map_set(map, key, mpreg_int(v > INT64_MAX ? INT64_MAX : (int64_t)v));
+}
+
+/* "transport": the driver's limits and what they did, for status. */
+static mpreg_err mp_io_status(void *ud, mpreg_value *status) {
+    mp_server *s = ud;
+    mp_transport_stats st;
+    mp_transport_config cfg;
+    mp_transport_get_stats(s->transport, &st);
+    mp_transport_get_config(s->transport, &cfg);
+    mpreg_value t = mpreg_map();
+    mpreg_err err = mp_status_int(MPREG_OK, &t, "output_high_water", cfg.high_water);
+    err = mp_status_int(err, &t, "output_hard_limit", cfg.hard_limit);
+    err = mp_status_int(err, &t, "read_timeout_ms", cfg.read_timeout_ms);
+    err = mp_status_int(err, &t, "partial_bytes_limit", cfg.max_partial_bytes);
+    err = mp_status_int(err, &t, "partial_bytes", st.partial_bytes);
+    err = mp_status_int(err, &t, "pending_output_bytes", st.totals.pending_bytes);
+    err = mp_status_int(err, &t, "read_timeouts", st.read_timeouts);
+    err = mp_status_int(err, &t, "partial_refused", st.partial_refused);
+    err = mp_status_int(err, &t, "accept_errors", st.accept_errors);
+    err = mp_status_int(err, &t, "frames_dropped", st.totals.frames_dropped);
+    if (err) {
+        mpreg_value_free(&t);
+        return err;
+    }
+    return mpreg_map_set(status, "transport", t);
+}
+
 /* 0 when the dial cannot even start: a bad address, a stopping transport,
  * out of memory. The reason goes to the debug log; the node decides what a
  * failed dial means. */
@@ -598,6 +627,7 @@ mpreg_err mp_server_start(mp_server *s, const mp_node_config *cfg) {
         .count_drop = mp_io_count_drop,
         .log = mp_io_log,
         .dial = mp_io_dial,
+        .status = mp_io_status,
     };
     /* One max_frame for both: the node tells clients the limit in WELCOME,
      * the transport enforces it. */

@@ -1655,6 +1655,10 @@ const char *mp_transport_last_error(const mp_transport *t) {
     return t->err;
 }
 
+void mp_transport_get_config(const mp_transport *t, mp_transport_config *out) {
+    *out = t->cfg;
+}
+
 uint32_t mp_transport_max_frame(const mp_transport *t) {
     return t->cfg.max_frame;
 }

@@ -269,6 +269,9 @@ void mp_transport_get_stats(const mp_transport *t, mp_transport_stats *out);
  * failing call or inside the callback that reported the failure. */
 const char *mp_transport_last_error(const mp_transport *t);
 
+/* The configuration in force (zero fields resolved to the defaults). */
+void mp_transport_get_config(const mp_transport *t, mp_transport_config *out);
+
 /* The resolved max_frame, for callers framing in place. */
 uint32_t mp_transport_max_frame(const mp_transport *t);
 

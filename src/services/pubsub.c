@@ -1549,6 +1549,7 @@ mpreg_err mp_pubsub_sub_stats_get(const mp_pubsub *ps, uint64_t sub, mp_pubsub_s
         return MPREG_E_NOT_FOUND;
     }
     *out = s->stats;
+    out->patterns = (uint32_t)s->pattern_count;
     return MPREG_OK;
 }
 

@@ -263,6 +263,7 @@ void mp_pubsub_expire(mp_pubsub *ps, uint64_t now_ms);
 typedef struct mp_pubsub_sub_stats {
     uint64_t delivered; /* live and replayed */
     uint64_t dropped;   /* not accepting at the time */
+    uint32_t patterns;  /* its distinct patterns */
 } mp_pubsub_sub_stats;
 
 typedef struct mp_pubsub_stats {

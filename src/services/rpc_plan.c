@@ -999,7 +999,8 @@ struct mp_rpc_plan {
     uint32_t level_count;
     bool responded;
     mp_rpc_limits limits;
-    mp_rpc_error error; /* code != MPREG_OK once the request failed */
+    uint64_t held_bytes; /* mp_rpc_value_cost of the results held */
+    mp_rpc_error error;  /* code != MPREG_OK once the request failed */
 };
 
 /* A string that is a reference: target command and where the path starts. */
@@ -1490,6 +1491,16 @@ mpreg_err mp_rpc_plan_complete(mp_rpc_plan *plan, uint32_t id, mpreg_value resul
         return MPREG_E_INVALID;
     }
     mp_rpc_step *step = &plan->steps[id];
+    uint64_t cost = plan->error.code == MPREG_OK ? mp_rpc_value_cost(&result) : 0;
+    if (plan->limits.max_held_bytes && plan->held_bytes + cost > plan->limits.max_held_bytes) {
+        mpreg_value_free(&result);
+        mp_rpc_error e = MP_RPC_ERROR_INIT;
+        mp_rpc_error_set(&e, MPREG_E_TOO_LARGE, step->cmd.name,
+                         "command '%s': its result (%llu bytes) would take the request's results "
+                         "over their budget of %zu bytes (mpregd --limit request_bytes)",
+                         step->cmd.name, (unsigned long long)cost, plan->limits.max_held_bytes);
+        return mp_plan_fail_step(plan, id, &e);
+    }
     step->state = MP_RPC_COMPLETE;
     plan->running--;
     plan->completed++;
@@ -1497,6 +1508,7 @@ mpreg_err mp_rpc_plan_complete(mp_rpc_plan *plan, uint32_t id, mpreg_value resul
         mpreg_value_free(&result); /* nobody will read it */
         return MPREG_OK;
     }
+    plan->held_bytes += cost;
     step->result = result;
     for (uint32_t k = 0; k < step->user_count; k++) {
         mp_rpc_step *user = &plan->steps[step->users[k]];
@@ -1506,6 +1518,46 @@ mpreg_err mp_rpc_plan_complete(mp_rpc_plan *plan, uint32_t id, mpreg_value resul
         }
     }
     return MPREG_OK;
+}
+
+/* Walks at most this deep; deeper parts (which no decoder lets in) count
+ * as one cell each. */
+#define MP_RPC_COST_DEPTH 64
+
+static uint64_t mp_value_cost_at(const mpreg_value *v, uint32_t depth) {
+    switch (v->type) {
+    case MPREG_STR:
+        return v->u.str.len;
+    case MPREG_BIN:
+        return v->u.bin.len;
+    case MPREG_ARRAY:
+    case MPREG_MAP: {
+        bool is_map = v->type == MPREG_MAP;
+        size_t n = is_map ? v->u.map.len : v->u.arr.len;
+        uint64_t cost = 16u * (uint64_t)n;
+        if (depth >= MP_RPC_COST_DEPTH) {
+            return cost;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (is_map) {
+                cost += v->u.map.items[i].key.u.str.len;
+            }
+            cost +=
+                mp_value_cost_at(is_map ? &v->u.map.items[i].val : &v->u.arr.items[i], depth + 1);
+        }
+        return cost;
+    }
+    default:
+        return 0;
+    }
+}
+
+uint64_t mp_rpc_value_cost(const mpreg_value *v) {
+    return mp_value_cost_at(v, 0);
+}
+
+uint64_t mp_rpc_plan_held_bytes(const mp_rpc_plan *plan) {
+    return plan->held_bytes;
 }
 
 bool mp_rpc_plan_done(const mp_rpc_plan *plan) {
@@ -1528,11 +1580,18 @@ typedef struct mp_measure {
     size_t bytes;
     size_t max_items;
     size_t max_bytes;
+    bool budget_bound; /* max_bytes is the rest of the request's budget */
     mp_rpc_error *err;
 } mp_measure;
 
+/* Against the request's budget an argument costs what mp_rpc_value_cost
+ * says its copy will: bytes plus 16 per cell. */
+static size_t mp_measure_bytes(const mp_measure *m) {
+    return m->budget_bound ? m->bytes + 16u * m->items : m->bytes;
+}
+
 static bool mp_measure_over(const mp_measure *m) {
-    return m->items > m->max_items || m->bytes > m->max_bytes;
+    return m->items > m->max_items || mp_measure_bytes(m) > m->max_bytes;
 }
 
 /* Counts v (a copy of which lands `depth` containers deep); false when over a
@@ -1563,6 +1622,14 @@ static bool mp_measure_copy(mp_measure *m, const mpreg_value *v, uint32_t depth)
 
 static mpreg_err mp_measure_fail_size(mp_measure *m, bool deep) {
     const char *name = m->plan->steps[m->id].cmd.name;
+    if (!deep && m->budget_bound && mp_measure_bytes(m) > m->max_bytes) {
+        return mp_rpc_error_set(m->err, MPREG_E_TOO_LARGE, name,
+                                "command '%s': its arguments would take the request's results "
+                                "over their budget of %zu bytes, %llu already held (mpregd "
+                                "--limit request_bytes); not run",
+                                name, m->plan->limits.max_held_bytes,
+                                (unsigned long long)m->plan->held_bytes);
+    }
     if (deep) {
         return mp_rpc_error_set(m->err, MPREG_E_TOO_DEEP, name,
                                 "command '%s': arguments nest deeper than %d levels once "
@@ -1689,6 +1756,17 @@ mpreg_err mp_rpc_plan_resolve_args(mp_rpc_plan *plan, uint32_t id, mpreg_value *
                 plan->limits.max_arg_bytes ? plan->limits.max_arg_bytes : MPREG_VALUE_DEFAULT_BYTES,
             .err = &e,
         };
+        /* Arguments are built from results: a copy no bigger than what the
+         * request may still hold, so a chain that doubles is stopped before
+         * the copy that would go over, not after. */
+        uint64_t budget = plan->limits.max_held_bytes;
+        if (budget) {
+            uint64_t rest = budget > plan->held_bytes ? budget - plan->held_bytes : 0;
+            if (rest < m.max_bytes) {
+                m.max_bytes = (size_t)rest;
+                m.budget_bound = true;
+            }
+        }
         rc = mp_measure_arg(&m, &step->cmd.args, 0);
         if (!rc) {
             rc = mp_measure_arg(&m, &step->cmd.kwargs, 0);

@@ -200,7 +200,19 @@ typedef enum mp_rpc_state {
 typedef struct mp_rpc_limits {
     size_t max_arg_items; /* array elements + map entries in args + kwargs */
     size_t max_arg_bytes; /* string, binary and key bytes in args + kwargs */
+    /* What the request's results may hold at once, by mp_rpc_value_cost
+     * (0 = unbounded): a command whose arguments would take the request over
+     * it is failed before they are built, and a result that takes it over
+     * fails its command, in both cases with MPREG_E_TOO_LARGE naming the
+     * command and the budget. */
+    size_t max_held_bytes;
 } mp_rpc_limits;
+
+/* What a value costs a request that holds it: its string, binary and key
+ * bytes, plus 16 per element or entry (the value cells). */
+uint64_t mp_rpc_value_cost(const mpreg_value *v);
+/* The sum of the costs of the results the plan holds right now. */
+uint64_t mp_rpc_plan_held_bytes(const mp_rpc_plan *plan);
 
 /* Builds the plan of a request. Takes req's commands (always: on error too;
  * req is left empty but for timeout_ms). Finds every reference, refuses a

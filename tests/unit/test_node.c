@@ -1005,7 +1005,7 @@ Test(node, request_limit_per_connection) {
     }
     expect_nothing(c);
     mp_id id = rpc(c, "[{\"name\": \"a\", \"fun\": \"sleep\", \"args\": [100]}]");
-    expect_error(c, &id, MPREG_E_BACKPRESSURE);
+    expect_error(c, &id, MPREG_E_LIMIT);
     advance(100);
     cr_assert_eq(pending(c), 1024);
     skip_all(c);
@@ -1357,7 +1357,7 @@ Test(node, worker_register_errors) {
     }
     mp_buf_append(&b, "]}", 3);
     id = send_json(w, MP_KIND_REGISTER, NULL, (const char *)b.data);
-    expect_error(w, &id, MPREG_E_TOO_LARGE);
+    expect_error(w, &id, MPREG_E_LIMIT);
     mp_buf_free(&b);
     cr_assert_not(F.c[w].closed);
 }
@@ -2007,4 +2007,199 @@ Test(node, bad_config) {
     cfg.resource_count = 1;
     cr_assert_null(mp_node_new(&cfg, &IO, &r.rng, T0));
     cr_assert_str_eq(mp_log_level_name(MP_LOG_WARN), "warn");
+}
+
+/* ---- limits: every client-held resource is bounded (PROTOCOL §7.7) ------------ */
+
+static void limited_node(const mp_node_limits *limits) {
+    mp_node_config cfg = {.node_id = "n1",
+                          .name = "alpha",
+                          .cluster = "c1",
+                          .incarnation = 1,
+                          .log_level = MP_LOG_DEBUG,
+                          .limits = *limits};
+    start_node(&cfg);
+}
+
+/* The next frame is ERROR 505 whose message names the limit. */
+static void expect_limit(uint64_t conn, const mp_id *id, const char *name) {
+    frame fr = expect(conn, MP_KIND_ERROR, id);
+    cr_assert_eq(get_int(&fr.payload, "code"), MPREG_E_LIMIT);
+    const mpreg_value *m = mpreg_map_get(&fr.payload, "message");
+    cr_assert(m && m->type == MPREG_STR && strstr(m->u.str.ptr, name), "message %s names no %s",
+              m ? m->u.str.ptr : "(none)", name);
+    frame_free(&fr);
+}
+
+static int64_t limit_used(const char *name) {
+    uint64_t c = client();
+    mpreg_value st = control(c, "status");
+    const mpreg_value *limits = mpreg_map_get(&st, "limits");
+    cr_assert_not_null(limits, "status has no limits");
+    const mpreg_value *one = mpreg_map_get(limits, name);
+    cr_assert_not_null(one, "status.limits has no %s", name);
+    int64_t used = get_int(one, "used");
+    mpreg_value_free(&st);
+    close_conn(c);
+    return used;
+}
+
+Test(node, subscriptions_and_patterns_are_bounded_per_connection_and_node, .fini = teardown) {
+    mp_node_limits l = {
+        .subs_per_conn = 3, .subs_per_node = 5, .patterns_per_conn = 4, .patterns_per_node = 6};
+    limited_node(&l);
+    uint64_t a = client();
+    subscribe(a, "{\"patterns\": [\"a.1\"], \"tag\": \"\"}");
+    subscribe(a, "{\"patterns\": [\"a.2\", \"a.3\"], \"tag\": \"\"}");
+    /* 3 patterns held; two more would make 5 > 4. */
+    mp_id id =
+        send_json(a, MP_KIND_SUBSCRIBE, NULL, "{\"patterns\": [\"a.4\", \"a.5\"], \"tag\": \"\"}");
+    expect_limit(a, &id, "patterns_per_conn");
+    uint64_t third = subscribe(a, "{\"patterns\": [\"a.4\"], \"tag\": \"\"}");
+    id = send_json(a, MP_KIND_SUBSCRIBE, NULL, "{\"patterns\": [\"x\"], \"tag\": \"\"}");
+    expect_limit(a, &id, "subs_per_conn");
+    /* Node-wide: 4 patterns held by a; b may add 2 more, not 3. */
+    uint64_t b = client();
+    id = send_json(b, MP_KIND_SUBSCRIBE, NULL,
+                   "{\"patterns\": [\"b.1\", \"b.2\", \"b.3\"], \"tag\": \"\"}");
+    expect_limit(b, &id, "patterns_per_node");
+    subscribe(b, "{\"patterns\": [\"b.1\", \"b.2\"], \"tag\": \"\"}");
+    cr_assert_eq(limit_used("patterns_per_node"), 6);
+    cr_assert_eq(limit_used("subs_per_node"), 4);
+    /* An unsubscribe gives its share back. */
+    char unsub[64];
+    snprintf(unsub, sizeof unsub, "{\"subscription\": %llu}", (unsigned long long)third);
+    id = send_json(a, MP_KIND_UNSUBSCRIBE, NULL, unsub);
+    expect(a, MP_KIND_OK, &id);
+    cr_assert_eq(limit_used("patterns_per_node"), 5);
+    /* A closed connection gives everything back. */
+    close_conn(a);
+    cr_assert_eq(limit_used("patterns_per_node"), 2);
+    cr_assert_eq(limit_used("subs_per_node"), 1);
+    /* The refused ones were told; nothing else changed for b. */
+    subscribe(b, "{\"patterns\": [\"b.9\"], \"tag\": \"\"}");
+}
+
+Test(node, worker_functions_are_bounded_per_node, .fini = teardown) {
+    mp_node_limits l = {.functions_per_node = 3};
+    limited_node(&l);
+    uint64_t w1 = client();
+    mp_id id = send_json(w1, MP_KIND_REGISTER, NULL,
+                         "{\"functions\": [{\"name\": \"f1\"}, {\"name\": \"f2\"}]}");
+    expect(w1, MP_KIND_OK, &id);
+    uint64_t w2 = client();
+    id = send_json(w2, MP_KIND_REGISTER, NULL,
+                   "{\"functions\": [{\"name\": \"g1\"}, {\"name\": \"g2\"}]}");
+    expect_limit(w2, &id, "functions_per_node");
+    id = send_json(w2, MP_KIND_REGISTER, NULL, "{\"functions\": [{\"name\": \"g1\"}]}");
+    expect(w2, MP_KIND_OK, &id);
+    cr_assert_eq(limit_used("functions_per_node"), 3);
+    close_conn(w1);
+    cr_assert_eq(limit_used("functions_per_node"), 1);
+}
+
+Test(node, requests_in_flight_are_bounded_per_node, .fini = teardown) {
+    mp_node_limits l = {.requests_per_node = 4};
+    limited_node(&l);
+    uint64_t a = client(), b = client();
+    for (int i = 0; i < 3; i++) {
+        rpc(a, "[{\"name\": \"s\", \"fun\": \"sleep\", \"args\": [100]}]");
+    }
+    rpc(b, "[{\"name\": \"s\", \"fun\": \"sleep\", \"args\": [100]}]");
+    expect_nothing(a);
+    mp_id id = rpc(b, "[{\"name\": \"s\", \"fun\": \"sleep\", \"args\": [100]}]");
+    expect_limit(b, &id, "requests_per_node");
+    advance(100);
+    cr_assert_eq(pending(a), 3);
+    skip_all(a);
+    skip_all(b);
+    id = rpc(b, "[{\"name\": \"e\", \"fun\": \"echo\", \"args\": [1]}]");
+    expect_results(b, &id, "{\"e\": 1}");
+}
+
+/* c0 = echo(1000 x's), c_i = echos(c_{i-1}, c_{i-1}): doubles each step. */
+static mp_id doubling(uint64_t conn, int levels) {
+    char *json = malloc(4096);
+    int n = snprintf(json, 4096, "[{\"name\": \"c0\", \"fun\": \"echo\", \"args\": [\"");
+    memset(json + n, 'x', 1000);
+    n += 1000;
+    n += snprintf(json + n, 4096 - (size_t)n, "\"]}");
+    for (int i = 1; i <= levels; i++) {
+        n += snprintf(json + n, 4096 - (size_t)n,
+                      ", {\"name\": \"c%d\", \"fun\": \"echos\", \"args\": [\"c%d\", \"c%d\"]}", i,
+                      i - 1, i - 1);
+    }
+    snprintf(json + n, 4096 - (size_t)n, "]");
+    mp_id id = rpc(conn, json);
+    free(json);
+    return id;
+}
+
+Test(node, a_request_that_doubles_its_results_is_refused_before_building, .fini = teardown) {
+    mp_node_limits l = {.request_bytes = 1024 * 1024};
+    limited_node(&l);
+    uint64_t c = client();
+    /* Results held: about 1000 * (2^(k+1) - 1) bytes after level k, plus
+     * their cells; at 1 MiB the arguments of c9 (2 x 256 000 bytes and
+     * 2 x 255 cells) would take it over: c9 is refused before it runs, so
+     * nothing bigger than c8's 256 KB is ever built. */
+    mp_id id = doubling(c, 16);
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_TOO_LARGE);
+    cr_assert_str_eq(e.command, "c9");
+    cr_assert(strstr(mp_rpc_error_message(&e), "request_bytes"), "%s", mp_rpc_error_message(&e));
+    cr_assert(strstr(mp_rpc_error_message(&e), "not run"), "%s", mp_rpc_error_message(&e));
+    mp_rpc_error_free(&e);
+    /* Within the budget it runs. */
+    id = doubling(c, 5);
+    frame fr = expect(c, MP_KIND_RPC_REPLY, &id);
+    cr_assert_not_null(mpreg_map_get(&fr.payload, "results"));
+    frame_free(&fr);
+    cr_assert_eq(limit_used("results_bytes"), 0, "nothing is held once requests are done");
+}
+
+Test(node, results_held_by_all_requests_are_bounded, .fini = teardown) {
+    mp_node_limits l = {.results_bytes = 300 * 1000};
+    limited_node(&l);
+    uint64_t c = client();
+    /* Each holds ~100 KB while it sleeps; the fourth would go over. */
+    /* A string argument of 100 000 bytes, built in the test. */
+    mp_buf big = MP_BUF_INIT;
+    const char *head = "[{\"name\": \"big\", \"fun\": \"echo\", \"args\": [\"";
+    mp_buf_append(&big, head, strlen(head));
+    for (int i = 0; i < 100000; i++) {
+        mp_buf_append(&big, "y", 1);
+    }
+    const char *tail = "\"]}, {\"name\": \"s\", \"fun\": \"sleep\", \"args\": [100]},"
+                       " {\"name\": \"r\", \"fun\": \"echos\", \"args\": [\"s\", 1]}]";
+    mp_buf_append(&big, tail, strlen(tail) + 1);
+    for (int i = 0; i < 3; i++) {
+        rpc(c, (const char *)big.data);
+    }
+    expect_nothing(c);
+    mp_id id = rpc(c, (const char *)big.data);
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_LIMIT);
+    cr_assert_str_eq(e.command, "big");
+    cr_assert(strstr(mp_rpc_error_message(&e), "results_bytes"));
+    mp_rpc_error_free(&e);
+    advance(100);
+    cr_assert_eq(limit_used("results_bytes"), 0);
+    mp_buf_free(&big);
+}
+
+Test(node, connections_over_the_limit_are_told_and_closed, .fini = teardown) {
+    mp_node_limits l = {.conns = 2};
+    limited_node(&l);
+    uint64_t a = client();
+    uint64_t b = client();
+    uint64_t c = open_conn();
+    frame fr = expect(c, MP_KIND_ERROR, NULL);
+    cr_assert_eq(get_int(&fr.payload, "code"), MPREG_E_LIMIT);
+    frame_free(&fr);
+    cr_assert(F.c[c].closed);
+    cr_assert_not(F.c[a].closed);
+    cr_assert_not(F.c[b].closed);
+    close_conn(c);
+    close_conn(b);
+    uint64_t d = client(); /* room again */
+    cr_assert_not(F.c[d].closed);
 }
