@@ -63,6 +63,85 @@ typedef struct mp_list {
     bool set; /* given at all (an empty list in a config file counts) */
 } mp_list;
 
+/* ---- limits ----------------------------------------------------------------- */
+
+/* Everything a client can make the node hold is bounded (docs/PROTOCOL.md
+ * §7.7); these are the bounds, by the name --limit and the config file's
+ * "limits" use. The node's own and the transport's, in one table. */
+typedef struct mp_limits {
+    mp_node_limits node;
+    uint64_t output_high_water;
+    uint64_t output_hard_limit;
+    uint64_t read_timeout_ms;
+    uint64_t partial_bytes;
+} mp_limits;
+
+typedef struct mp_limit_field {
+    const char *name;
+    size_t offset;     /* in mp_limits */
+    size_t size;       /* 4 or 8 */
+    uint64_t min, max; /* allowed values */
+    bool bytes;        /* accepts K, M, G suffixes */
+    const char *help;  /* the default and what it bounds, for --help */
+} mp_limit_field;
+
+#define MP_LIMIT_NODE(f, lo, hi, is_bytes, text)                                                   \
+    {                                                                                              \
+#f, offsetof(mp_limits, node) + offsetof(mp_node_limits, f),                               \
+            sizeof(((mp_node_limits *)0)->f), lo, hi, is_bytes, text                               \
+    }
+#define MP_LIMIT_DRIVER(f, lo, hi, is_bytes, text)                                                 \
+    { #f, offsetof(mp_limits, f), sizeof(uint64_t), lo, hi, is_bytes, text }
+static const mp_limit_field mp_limit_fields[] = {
+    MP_LIMIT_NODE(conns, 1, 1000000, false, "10000: connections at once"),
+    MP_LIMIT_NODE(subs_per_conn, 1, UINT32_MAX, false, "10000: subscriptions, one conn."),
+    MP_LIMIT_NODE(subs_per_node, 1, UINT32_MAX, false, "100000: subscriptions, all"),
+    MP_LIMIT_NODE(patterns_per_conn, 1, UINT32_MAX, false, "10000: patterns, one connection"),
+    MP_LIMIT_NODE(patterns_per_node, 1, UINT32_MAX, false, "100000: patterns, all"),
+    MP_LIMIT_NODE(functions_per_conn, 1, UINT32_MAX, false, "256: functions, one worker"),
+    MP_LIMIT_NODE(functions_per_node, 1, UINT32_MAX, false, "10000: functions, all workers"),
+    MP_LIMIT_NODE(requests_per_conn, 1, UINT32_MAX, false, "1024: RPCs in flight, one conn."),
+    MP_LIMIT_NODE(requests_per_node, 1, UINT32_MAX, false, "16384: RPCs in flight, all"),
+    MP_LIMIT_NODE(request_bytes, 1024, UINT64_MAX / 4, true, "16M: results one RPC holds"),
+    MP_LIMIT_NODE(results_bytes, 1024, UINT64_MAX / 4, true, "256M: results all RPCs hold"),
+    MP_LIMIT_DRIVER(output_high_water, 4096, UINT64_MAX / 8, true,
+                    "8M: unsent output: stop reading"),
+    MP_LIMIT_DRIVER(output_hard_limit, 4096, UINT64_MAX / 8, true, "64M: unsent output: close"),
+    MP_LIMIT_DRIVER(read_timeout_ms, 100, UINT32_MAX, false, "30000: silence inside a frame"),
+    MP_LIMIT_DRIVER(partial_bytes, 65536, UINT64_MAX / 8, true, "256M: half-read frames, all"),
+};
+#define MP_LIMIT_COUNT (sizeof mp_limit_fields / sizeof mp_limit_fields[0])
+
+static const mp_limit_field *mp_limit_field_find(const char *name, size_t len) {
+    for (size_t i = 0; i < MP_LIMIT_COUNT; i++) {
+        if (strlen(mp_limit_fields[i].name) == len &&
+            strncmp(mp_limit_fields[i].name, name, len) == 0) {
+            return &mp_limit_fields[i];
+        }
+    }
+    return NULL;
+}
+
+/* The names, comma separated, for messages. */
+static const char *mp_limit_names(void) {
+    static char buf[512];
+    if (buf[0] == '\0') {
+        size_t n = 0;
+        for (size_t i = 0; i < MP_LIMIT_COUNT; i++) {
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", i ? ", " : "",
+                                  mp_limit_fields[i].name);
+        }
+    }
+    return buf;
+}
+
+static void mp_usage_limits(FILE *out) {
+    for (size_t i = 0; i < MP_LIMIT_COUNT; i++) {
+        fprintf(out, "                            %-19s %s\n", mp_limit_fields[i].name,
+                mp_limit_fields[i].help);
+    }
+}
+
 /* Everything a user can set, as text, from one source (the flags or the
  * config file). NULL / unset = not given there. */
 typedef struct mp_settings {
@@ -80,7 +159,8 @@ typedef struct mp_settings {
     char *log_level;
     mp_list peers;
     char *advertise;
-    mp_list swim; /* "FIELD=VALUE", applied in order: the file's, then the flags' */
+    mp_list swim;   /* "FIELD=VALUE", applied in order: the file's, then the flags' */
+    mp_list limits; /* "NAME=VALUE" (--limit), the same way */
     char *max_peer_conns;
     char *catalog_ttl;
 } mp_settings;
@@ -106,6 +186,7 @@ typedef struct mp_options {
     mp_swim_config swim;
     uint32_t max_peer_conns; /* 0 = the node's default */
     uint32_t catalog_ttl_ms; /* 0 = the node's default */
+    mp_limits limits;
 } mp_options;
 
 static void mp_oom(void) {
@@ -156,6 +237,7 @@ static void mp_settings_free(mp_settings *s) {
     mp_list_free(&s->plugins);
     mp_list_free(&s->peers);
     mp_list_free(&s->swim);
+    mp_list_free(&s->limits);
 }
 
 /* ---- usage ------------------------------------------------------------------ */
@@ -188,6 +270,14 @@ static void mp_usage(FILE *out) {
             "      --retain N          keep the last N messages of each topic, for\n"
             "                          subscribers that ask for a replay (default 0: none)\n"
             "      --log-level LEVEL   error, warn, info or debug (default info)\n"
+            "      --limit NAME=VALUE  what clients may make the node hold (repeatable);\n"
+            "                          a client over one gets ERROR 505 limit naming it;\n"
+            "                          a client that does not read its answers is not read\n"
+            "                          (stop reading), then closed with an ERROR (close).\n"
+            "                          Sizes take K, M, G. NAME (default: what it bounds):\n",
+            mp_prog);
+    mp_usage_limits(out);
+    fprintf(out,
             "  -h, --help              show this help and exit\n"
             "  -V, --version           show the version and exit\n"
             "\n"
@@ -225,10 +315,11 @@ static void mp_usage(FILE *out) {
             "The config file is a JSON object with the keys listen, port_file, name,\n"
             "cluster, data_dir, token, log_level, advertise (strings), max_frame (a\n"
             "number or a string like \"1M\"), retain, max_peer_conns and catalog_ttl_ms\n"
-            "(numbers), resources, plugins and peers (arrays of strings) and swim (an\n"
-            "object of the --swim fields, numbers); '-' may stand for '_'. A setting\n"
-            "given as a flag replaces the file's (a list too); --swim fields override\n"
-            "the file's one by one. Relative paths are relative to the working\n"
+            "(numbers), resources, plugins and peers (arrays of strings), swim (an\n"
+            "object of the --swim fields, numbers) and limits (an object of the --limit\n"
+            "names: numbers, or strings like \"16M\"); '-' may stand for '_'. A setting\n"
+            "given as a flag replaces the file's (a list too); --swim and --limit\n"
+            "fields override the file's one by one. Relative paths are relative to the working\n"
             "directory. For example:\n"
             "  {\"listen\": \"0.0.0.0:6464\", \"name\": \"n1\", \"resources\": [\"gpu\"],\n"
             "   \"plugins\": [\"./hello_plugin.so\"], \"log_level\": \"debug\",\n"
@@ -247,7 +338,7 @@ static void mp_usage(FILE *out) {
             "  %s --name n3 --listen 127.0.0.1:6466 --data-dir /tmp/mpreg/n3 \\\n"
             "         --peer 127.0.0.1:6464\n"
             "  mpreg --url 127.0.0.1:6466 members   # n1, n2 and n3, all alive\n",
-            mp_prog, mp_prog, mp_prog, mp_prog, mp_prog, mp_prog, mp_prog);
+            mp_prog, mp_prog, mp_prog, mp_prog, mp_prog, mp_prog);
 }
 
 /* A usage error: the problem, a hint, exit 2. */
@@ -277,6 +368,7 @@ enum {
     MP_OPT_SWIM,
     MP_OPT_MAX_PEER_CONNS,
     MP_OPT_CATALOG_TTL,
+    MP_OPT_LIMIT,
 };
 
 static const struct option mp_long_options[] = {
@@ -297,6 +389,7 @@ static const struct option mp_long_options[] = {
     {"swim", required_argument, NULL, MP_OPT_SWIM},
     {"max-peer-conns", required_argument, NULL, MP_OPT_MAX_PEER_CONNS},
     {"catalog-ttl", required_argument, NULL, MP_OPT_CATALOG_TTL},
+    {"limit", required_argument, NULL, MP_OPT_LIMIT},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -370,6 +463,9 @@ static void mp_parse_flags(int argc, char **argv, mp_settings *f) {
             break;
         case MP_OPT_CATALOG_TTL:
             mp_set(&f->catalog_ttl, optarg);
+            break;
+        case MP_OPT_LIMIT:
+            mp_list_push(&f->limits, optarg);
             break;
         case 'h':
             mp_usage(stdout);
@@ -498,6 +594,38 @@ static void mp_config_swim(const char *path, const char *key, json_t *v, mp_list
     }
 }
 
+/* "limits": {"subs_per_conn": 100, "request_bytes": "4M", ...}, kept as
+ * NAME=VALUE like --limit and checked with the flags. */
+static void mp_config_limits(const char *path, const char *key, json_t *v, mp_list *l) {
+    if (!json_is_object(v)) {
+        mp_usage_error("config %s: \"%s\" must be an object of limits, e.g. "
+                       "{\"subs_per_conn\": 100}",
+                       path, key);
+    }
+    l->set = true;
+    const char *field;
+    json_t *value;
+    json_object_foreach(v, field, value) {
+        char buf[64];
+        const char *name = mp_config_key(field, buf, sizeof buf);
+        if (name == NULL || mp_limit_field_find(name, strlen(name)) == NULL) {
+            mp_usage_error("config %s: \"%s\": unknown limit \"%s\" (known: %s)", path, key, field,
+                           mp_limit_names());
+        }
+        char item[128];
+        if (json_is_integer(value) && json_integer_value(value) >= 0) {
+            snprintf(item, sizeof item, "%s=%lld", name, (long long)json_integer_value(value));
+        } else if (json_is_string(value) && strlen(json_string_value(value)) < 32) {
+            snprintf(item, sizeof item, "%s=%s", name, json_string_value(value));
+        } else {
+            mp_usage_error("config %s: \"%s\".\"%s\" must be a number (sizes may be a string "
+                           "such as \"16M\")",
+                           path, key, field);
+        }
+        mp_list_push(l, item);
+    }
+}
+
 static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp_settings *c) {
     char buf[32];
     const char *key = mp_config_key(raw_key, buf, sizeof buf);
@@ -531,10 +659,12 @@ static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp
         mp_config_number(path, raw_key, v, &c->catalog_ttl);
     } else if (key != NULL && strcmp(key, "swim") == 0) {
         mp_config_swim(path, raw_key, v, &c->swim);
+    } else if (key != NULL && strcmp(key, "limits") == 0) {
+        mp_config_limits(path, raw_key, v, &c->limits);
     } else {
         mp_usage_error("config %s: unknown key \"%s\" (known: listen, port_file, name, cluster, "
                        "data_dir, resources, plugins, token, max_frame, retain, log_level, "
-                       "peers, advertise, swim, max_peer_conns, catalog_ttl_ms)",
+                       "peers, advertise, swim, limits, max_peer_conns, catalog_ttl_ms)",
                        path, raw_key);
     }
 }
@@ -601,6 +731,12 @@ static void mp_merge(mp_settings *flags, mp_settings *file) {
     mp_list_free(&flags->swim);
     flags->swim = file->swim;
     file->swim = (mp_list){0};
+    for (size_t i = 0; i < flags->limits.len; i++) {
+        mp_list_push(&file->limits, flags->limits.items[i]);
+    }
+    mp_list_free(&flags->limits);
+    flags->limits = file->limits;
+    file->limits = (mp_list){0};
 }
 
 /* ---- checking ------------------------------------------------------------- */
@@ -850,6 +986,73 @@ static void mp_check_catalog_ttl(const char *text, uint32_t *out) {
     *out = (uint32_t)v;
 }
 
+/* "16M", "512K", "2G", "1000": a number with an optional binary suffix
+ * (sizes only). false when it does not parse or overflows. */
+static bool mp_parse_amount(const char *text, bool bytes, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (end == text || text[0] == '-' || errno != 0) {
+        return false;
+    }
+    uint64_t mult = 1;
+    if (bytes && (*end == 'k' || *end == 'K')) {
+        mult = 1024;
+        end++;
+    } else if (bytes && (*end == 'm' || *end == 'M')) {
+        mult = 1024 * 1024;
+        end++;
+    } else if (bytes && (*end == 'g' || *end == 'G')) {
+        mult = 1024ull * 1024 * 1024;
+        end++;
+    }
+    if (*end != '\0' || v > UINT64_MAX / mult) {
+        return false;
+    }
+    *out = (uint64_t)v * mult;
+    return true;
+}
+
+/* Each NAME=VALUE over the defaults, in order (the file's, then the
+ * flags'), then the two that tie together: the hard limit above high water. */
+static void mp_check_limits(const mp_list *l, mp_options *o) {
+    mp_node_limits_default(&o->limits.node);
+    o->limits.output_high_water = 8u * 1024 * 1024;
+    o->limits.output_hard_limit = 64u * 1024 * 1024;
+    o->limits.read_timeout_ms = 30000;
+    o->limits.partial_bytes = 256u * 1024 * 1024;
+    for (size_t i = 0; i < l->len; i++) {
+        const char *item = l->items[i];
+        const char *eq = strchr(item, '=');
+        if (eq == NULL) {
+            mp_usage_error("--limit '%s': expected NAME=VALUE, e.g. subs_per_conn=1000", item);
+        }
+        const mp_limit_field *f = mp_limit_field_find(item, (size_t)(eq - item));
+        if (f == NULL) {
+            mp_usage_error("--limit '%s': unknown limit '%.*s' (known: %s)", item, (int)(eq - item),
+                           item, mp_limit_names());
+        }
+        uint64_t v = 0;
+        uint64_t max = f->size == 4 && f->max > UINT32_MAX ? UINT32_MAX : f->max;
+        if (!mp_parse_amount(eq + 1, f->bytes, &v) || v < f->min || v > max) {
+            mp_usage_error("--limit '%s': %s must be %s from %llu to %llu", item, f->name,
+                           f->bytes ? "a size (K, M, G allowed)" : "a number",
+                           (unsigned long long)f->min, (unsigned long long)max);
+        }
+        if (f->size == 4) {
+            uint32_t u = (uint32_t)v;
+            memcpy((char *)&o->limits + f->offset, &u, sizeof u);
+        } else {
+            memcpy((char *)&o->limits + f->offset, &v, sizeof v);
+        }
+    }
+    if (o->limits.output_hard_limit <= o->limits.output_high_water) {
+        mp_usage_error("--limit: output_hard_limit (%llu) must be above output_high_water (%llu)",
+                       (unsigned long long)o->limits.output_hard_limit,
+                       (unsigned long long)o->limits.output_high_water);
+    }
+}
+
 static void mp_check(const mp_settings *s, mp_options *o) {
     mp_check_listen(s->listen != NULL ? s->listen : MP_DEFAULT_LISTEN, o);
     if (s->port_file != NULL && s->port_file[0] == '\0') {
@@ -902,6 +1105,7 @@ static void mp_check(const mp_settings *s, mp_options *o) {
     if (s->catalog_ttl != NULL) {
         mp_check_catalog_ttl(s->catalog_ttl, &o->catalog_ttl_ms);
     }
+    mp_check_limits(&s->limits, o);
 }
 
 /* ---- start-up failures ------------------------------------------------------ */
@@ -1262,6 +1466,10 @@ static int mp_start(mp_daemon *d) {
         .node_id = o->name,
         .log_level = o->log_level,
         .max_frame = o->max_frame,
+        .output_high_water = (size_t)o->limits.output_high_water,
+        .output_hard_limit = (size_t)o->limits.output_hard_limit,
+        .read_timeout_ms = (uint32_t)o->limits.read_timeout_ms,
+        .max_partial_bytes = (size_t)o->limits.partial_bytes,
     };
     if (mp_server_new(&scfg, &d->server) != MPREG_OK) {
         return -1;
@@ -1293,6 +1501,7 @@ static int mp_start(mp_daemon *d) {
         .swim = o->swim,
         .max_peer_conns = o->max_peer_conns,
         .catalog_ttl_ms = o->catalog_ttl_ms,
+        .limits = o->limits.node,
     };
     /* A zeroed pubsub config means "all defaults" to the node; with one field
      * set, the others must be filled in too. */
