@@ -105,9 +105,16 @@ typedef struct mpreg_call_options {
 } mpreg_call_options;
 
 typedef struct mpreg_subscribe_options {
-    const char *group;        /* queue group: one member gets each message; NULL = none */
-    uint64_t replay_last;     /* first deliver up to this many retained messages; 0 = none */
-    uint64_t replay_since_ms; /* ... published at or after this Unix time (ms); 0 = any */
+    const char *group;    /* queue group: one member gets each message; NULL = none */
+    uint64_t replay_last; /* first deliver up to this many retained messages; 0 = none */
+    /* Replay the retained messages published at or after replay_since_ms
+     * (Unix time, ms) when has_replay_since is set: 0 then means "from the
+     * start of retention". 0 is a time, not "absent", so presence is its
+     * own flag; a nonzero replay_since_ms without the flag is honoured too,
+     * as before the flag existed. With replay_last as well: the last N of
+     * those. */
+    bool has_replay_since;
+    uint64_t replay_since_ms;
 } mpreg_subscribe_options;
 
 /* ---- messages and worker functions ----------------------------------------- */

@@ -129,7 +129,8 @@ static const char *const usage_sub =
     "  --count N             exit after N messages\n"
     "  --group G             join queue group G: each message goes to one member\n"
     "  --replay-last N       first replay up to N retained messages\n"
-    "  --replay-since MS     ... published at or after this Unix time in ms\n"
+    "  --replay-since MS     ... published at or after this Unix time in ms;\n"
+    "                        0 replays everything the node retains (mpregd --retain)\n"
     "  --timeout MS          stop after MS milliseconds (an error if --count\n"
     "                        messages did not arrive by then)\n"
     "\n"
@@ -285,6 +286,7 @@ typedef struct cli {
     uint64_t count; /* 0 = no limit */
     const char *group;
     uint64_t replay_last;
+    bool has_replay_since; /* --replay-since 0 is a time: the start of retention */
     uint64_t replay_since;
     unsigned kinds;   /* catalog kinds asked for, bit i = catalog_kinds[i]; 0 = all */
     const char **pos; /* positional arguments after the command */
@@ -409,14 +411,18 @@ static int apply_opt(cli *c, const cli_opt_spec *o, const char *val) {
         c->group = val;
         return 0;
     case OPT_REPLAY_LAST:
-        if (!parse_u64(val, UINT64_MAX, &c->replay_last) || c->replay_last == 0) {
+        if (!parse_u64(val, INT64_MAX, &c->replay_last) || c->replay_last == 0) {
             return usage_error(c, "--replay-last: expected a number (1 or more), got '%s'", val);
         }
         return 0;
     case OPT_REPLAY_SINCE:
-        if (!parse_u64(val, UINT64_MAX, &c->replay_since)) {
-            return usage_error(c, "--replay-since: expected Unix milliseconds, got '%s'", val);
+        if (!parse_u64(val, INT64_MAX, &c->replay_since)) {
+            return usage_error(c,
+                               "--replay-since: expected Unix milliseconds (0 = everything "
+                               "retained), got '%s'",
+                               val);
         }
+        c->has_replay_since = true;
         return 0;
     case OPT_KIND:
         return parse_kinds(c, val);
@@ -715,8 +721,10 @@ static int cmd_sub(const cli *c, mpreg_client *client) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sub_state s = {.c = c};
-    mpreg_subscribe_options o = {
-        .group = c->group, .replay_last = c->replay_last, .replay_since_ms = c->replay_since};
+    mpreg_subscribe_options o = {.group = c->group,
+                                 .replay_last = c->replay_last,
+                                 .has_replay_since = c->has_replay_since,
+                                 .replay_since_ms = c->replay_since};
     mpreg_error err = {0};
     mpreg_err rc = mpreg_subscribe_ex(client, c->pos, c->npos, &o, on_message, &s, NULL, &err);
     if (rc != MPREG_OK) {

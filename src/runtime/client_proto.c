@@ -854,7 +854,7 @@ mpreg_err mp_client_subscribe_payload(const char *const *patterns, size_t n,
         p.replay.has_last = true;
         p.replay.last = opts->replay_last;
     }
-    if (opts && opts->replay_since_ms) {
+    if (opts && (opts->has_replay_since || opts->replay_since_ms)) {
         p.replay.has_since = true;
         p.replay.since_ms = opts->replay_since_ms;
     }

@@ -710,3 +710,41 @@ Test(cli, sub_in_a_queue_group, .init = node_up, .fini = node_down) {
         cr_assert(in1 != in2, "%s went to %s", want, in1 ? "both" : "neither");
     }
 }
+
+/* ---- replay ------------------------------------------------------------------ */
+
+static void retaining_node_up(void) {
+    signal(SIGPIPE, SIG_IGN);
+    const char *extra[] = {"--retain", "4", NULL};
+    node = mp_harness_start(extra);
+    cr_assert_not_null(node, "mpregd did not start");
+}
+
+/* 0 is a time, the start of retention: it used to be read as "no replay
+ * asked for", and the subscriber saw nothing. */
+Test(cli, sub_replay_since_zero_replays_everything_retained, .init = retaining_node_up,
+     .fini = node_down) {
+    result r;
+    const char *p1[] = {"pub", "news.a", "first", NULL};
+    const char *p2[] = {"pub", "news.b", "second", NULL};
+    run_url(p1, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    run_url(p2, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    const char *sub[] = {"sub", "news.*",    "--replay-since", "0", "--count",
+                         "2",   "--timeout", "5000",           NULL};
+    run_url(sub, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    char *second = strchr(r.out, '\n');
+    cr_assert_not_null(second, "%s", r.out);
+    cr_assert(strstr(r.out, "\"first\"") < second && strstr(r.out, "\"first\"") != NULL, "%s",
+              r.out);
+    cr_assert(strstr(second, "\"second\"") != NULL, "%s", r.out);
+    cr_assert(strstr(second, "\"replay\":true") != NULL, "%s", r.out);
+    /* A time after both: nothing to replay. */
+    const char *later[] = {"sub", "news.*", "--replay-since", "99999999999999", "--timeout",
+                           "300", NULL};
+    run_url(later, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_eq(r.out_len, 0, "%s", r.out);
+}

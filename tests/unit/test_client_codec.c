@@ -565,6 +565,14 @@ Test(client_pubsub, subscribe_payload) {
     mp_pubsub_subscribe_payload_free(&p);
     mp_buf_free(&b);
 
+    /* Since 0 is the start of retention, not "no replay". */
+    mpreg_subscribe_options from_start = {.has_replay_since = true, .replay_since_ms = 0};
+    cr_assert_eq(mp_client_subscribe_payload(pats, 1, &from_start, &b, &err), MPREG_OK);
+    cr_assert_eq(mp_pubsub_subscribe_decode(b.data, b.len, &p, NULL), MPREG_OK);
+    cr_assert(p.replay.has_since && p.replay.since_ms == 0 && !p.replay.has_last);
+    mp_pubsub_subscribe_payload_free(&p);
+    mp_buf_free(&b);
+
     const char *bad[] = {"a.b*"};
     cr_assert_eq(mp_client_subscribe_payload(bad, 1, NULL, &b, &err), MPREG_E_TOPIC);
     cr_assert(strstr(err.message, "a.b*") != NULL);
