@@ -43,7 +43,7 @@ static const char *const usage_main =
     "\n"
     "commands:\n"
     "  call FUN [ARG...]     call a function and print its result\n"
-    "  request FILE|-        send a request of several commands (a JSON list)\n"
+    "  request FILE|-        send a request of several commands (JSON)\n"
     "  pub TOPIC DATA        publish a message\n"
     "  sub PATTERN...        print messages published to matching topics\n"
     "  status                print the node's status\n"
@@ -93,6 +93,8 @@ static const char *const usage_request =
     "\n"
     "Sends the commands in FILE (or standard input for -), a JSON list of\n"
     "  {\"name\", \"fun\", \"args\"?, \"kwargs\"?, \"locs\"?, \"function_id\"?, \"version\"?}\n"
+    "or the request object of docs/PROTOCOL.md 8.6, {\"commands\": [...], \"timeout_ms\"?: N}\n"
+    "(--timeout wins over its timeout_ms).\n"
     "A string argument equal to another command's name (or name.field.0) stands\n"
     "for that command's result. Prints the results of the commands no other\n"
     "command used, keyed by name.\n"
@@ -635,26 +637,69 @@ static char *read_all(const char *path, size_t *len) {
     return buf;
 }
 
+/* A request file holds either the bare list of commands or the RPC_REQUEST
+ * payload as PROTOCOL 8.6 shows it, {"commands": [...], "timeout_ms"?: N}:
+ * people copy that example. The list is moved out of *doc into *cmds. */
+static int request_commands(const char *path, mpreg_value *doc, mpreg_value *cmds,
+                            uint32_t *timeout_ms) {
+    if (doc->type != MPREG_MAP) {
+        *cmds = *doc;
+        *doc = mpreg_nil();
+        return 0;
+    }
+    mpreg_value *list = NULL;
+    for (size_t i = 0; i < doc->u.map.len; i++) {
+        mpreg_kv *kv = &doc->u.map.items[i];
+        const char *key = kv->key.u.str.ptr;
+        if (strcmp(key, "commands") == 0) {
+            list = &kv->val;
+        } else if (strcmp(key, "timeout_ms") == 0) {
+            if (kv->val.type != MPREG_INT || kv->val.u.i < 1 || kv->val.u.i > UINT32_MAX) {
+                return fail_msg(MPREG_E_RANGE, "%s: timeout_ms must be milliseconds, 1 to %u", path,
+                                UINT32_MAX);
+            }
+            *timeout_ms = (uint32_t)kv->val.u.i;
+        } else {
+            return fail_msg(MPREG_E_INVALID,
+                            "%s: unknown key '%s' (a request is a list of commands or "
+                            "{\"commands\": [...], \"timeout_ms\": N})",
+                            path, key);
+        }
+    }
+    if (list == NULL) {
+        return fail_msg(MPREG_E_MISSING_FIELD, "%s: no \"commands\" list", path);
+    }
+    *cmds = *list;
+    *list = mpreg_nil();
+    return 0;
+}
+
 static int cmd_request(const cli *c, mpreg_client *client) {
     size_t len = 0;
     char *text = read_all(c->pos[0], &len);
     if (text == NULL) {
         return fail_msg(MPREG_E_IO, "cannot read %s: %s", c->pos[0], strerror(errno));
     }
-    mpreg_value cmds, results;
+    mpreg_value doc, cmds, results;
     char why[256] = "";
-    mpreg_err rc = mpreg_value_from_json(text, len, &cmds, why, sizeof why);
+    mpreg_err rc = mpreg_value_from_json(text, len, &doc, why, sizeof why);
     free(text);
     if (rc != MPREG_OK) {
         return fail_msg(rc, "%s: %s", c->pos[0], why[0] ? why : mpreg_strerror(rc));
     }
+    uint32_t timeout_ms = 0; /* the file's, unless --timeout says otherwise */
+    int status = request_commands(c->pos[0], &doc, &cmds, &timeout_ms);
+    mpreg_value_free(&doc);
+    if (status != 0) {
+        return status;
+    }
     mpreg_error err = {0};
-    rc = mpreg_request(client, &cmds, c->has_timeout ? c->timeout_ms : 0, &results, &err);
+    rc = mpreg_request(client, &cmds, c->has_timeout ? c->timeout_ms : timeout_ms, &results, &err);
     mpreg_value_free(&cmds);
     if (rc != MPREG_OK) {
         return fail(&err);
     }
-    int status = print_value(c, &results, pretty_output(c));
+    status = print_value(c, &results, pretty_output(c));
     mpreg_value_free(&results);
     return status;
 }

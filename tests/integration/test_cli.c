@@ -228,6 +228,27 @@ Test(cli, request_from_stdin, .init = node_up, .fini = node_down) {
                      "{\"second\":\"hi there!\",\"third\":[\"hi there!\",\"AND ME TOO\"]}\n");
 }
 
+/* PROTOCOL 8.6 writes a request as {"commands": [...]}: the CLI takes
+ * that as well as the bare list. */
+Test(cli, request_in_the_protocol_object_form, .init = node_up, .fini = node_down) {
+    char text[sizeof canonical + 64];
+    snprintf(text, sizeof text, "{\"commands\": %s, \"timeout_ms\": 5000}", canonical);
+    result r;
+    const char *args[] = {"request", "-", NULL};
+    run_url(args, text, &r);
+    cr_assert_eq(r.status, 0, "stderr: %s", r.err);
+    assert_stdout_json(&r, "{\"second\":\"hi there!\",\"third\":[\"hi there!\",\"AND ME TOO\"]}");
+    run_url(args, "{\"commands\": [], \"timeot_ms\": 1}", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "unknown key 'timeot_ms'") != NULL, "%s", r.err);
+    run_url(args, "{\"cmds\": []}", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "unknown key 'cmds'") != NULL, "%s", r.err);
+    run_url(args, "{}", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "no \"commands\" list") != NULL, "%s", r.err);
+}
+
 Test(cli, request_from_a_file, .init = node_up, .fini = node_down) {
     char path[] = "/tmp/mpreg-cli-XXXXXX";
     int fd = mkstemp(path);
