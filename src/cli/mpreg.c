@@ -54,7 +54,8 @@ static const char *const usage_main =
     "  --url HOST:PORT       the node to talk to (default: $MPREG_URL, else " MPREG_DEFAULT_URL
     ")\n"
     "  --json                compact JSON output (the default when stdout is not a terminal)\n"
-    "  --token TOKEN         when the node requires one (default: $MPREG_TOKEN)\n"
+    "  --token TOKEN         when the node requires one (default: $MPREG_TOKEN);\n"
+    "                        other users see a flag in ps: prefer $MPREG_TOKEN\n"
     "  --timeout MS          how long to wait (see each command)\n"
     "  -h, --help            help; 'mpreg COMMAND --help' for a command's\n"
     "  --version             print the version (before the command)\n"

@@ -182,7 +182,10 @@ static void mp_usage(FILE *out) {
             "                          locs (repeatable; default: none)\n"
             "  -p, --plugin PATH       load a plugin .so, which registers functions through\n"
             "                          mpreg_plugin_init (repeatable; default: none)\n"
-            "      --token TOKEN       clients must present TOKEN in HELLO (default: none)\n"
+            "      --token TOKEN       clients must present TOKEN in HELLO (default:\n"
+            "                          $MPREG_TOKEN, else none); a flag is visible to\n"
+            "                          other users in ps: prefer $MPREG_TOKEN or the\n"
+            "                          config file's \"token\"\n"
             "      --max-frame BYTES   largest frame received or sent; K and M suffixes\n"
             "                          (1K to 64M; default 8M)\n"
             "      --retain N          keep the last N messages of each topic, for\n"
@@ -573,6 +576,16 @@ static void mp_take_list(mp_list *flag, mp_list *file) {
         mp_list_free(flag);
         *flag = *file;
         *file = (mp_list){0};
+    }
+}
+
+/* $MPREG_TOKEN stands in for --token: a flag's value is visible to every
+ * user in ps, the environment only to the owner. The flag still wins; the
+ * environment wins over the config file, as a flag would. */
+static void mp_token_from_env(mp_settings *flags) {
+    const char *env = getenv("MPREG_TOKEN");
+    if (flags->token == NULL && env != NULL && env[0] != '\0') {
+        mp_set(&flags->token, env);
     }
 }
 
@@ -1319,6 +1332,7 @@ int main(int argc, char **argv) {
     if (d.flags.config != NULL) {
         mp_load_config(d.flags.config, &d.file);
     }
+    mp_token_from_env(&d.flags);
     mp_merge(&d.flags, &d.file);
     mp_check(&d.flags, &d.opts);
     if (sodium_init() < 0) {

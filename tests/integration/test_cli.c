@@ -769,3 +769,29 @@ Test(cli, sub_replay_since_zero_replays_everything_retained, .init = retaining_n
     cr_assert_eq(r.status, 0, "%s", r.err);
     cr_assert_eq(r.out_len, 0, "%s", r.out);
 }
+
+/* ---- tokens ------------------------------------------------------------------ */
+
+static void token_node_up(void) {
+    signal(SIGPIPE, SIG_IGN);
+    const char *extra[] = {"--token", "s3cret", NULL};
+    node = mp_harness_start(extra);
+    cr_assert_not_null(node, "mpregd did not start");
+}
+
+/* $MPREG_TOKEN keeps the token out of ps; --token still wins over it. */
+Test(cli, token_from_the_environment, .init = token_node_up, .fini = node_down) {
+    result r;
+    const char *status[] = {"status", NULL};
+    unsetenv("MPREG_TOKEN");
+    run_url(status, NULL, &r);
+    cr_assert_eq(r.status, 1, "%s", r.out);
+    cr_assert(strstr(r.err, "error: auth:") != NULL, "%s", r.err);
+    setenv("MPREG_TOKEN", "s3cret", 1);
+    run_url(status, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    const char *wrong[] = {"--token", "wrong", "status", NULL};
+    run_url(wrong, NULL, &r);
+    cr_assert_eq(r.status, 1, "%s", r.out);
+    unsetenv("MPREG_TOKEN");
+}

@@ -373,6 +373,26 @@ Test(daemon, token_is_checked) {
     stop(d);
 }
 
+/* The token can stay out of ps: $MPREG_TOKEN stands in for --token, and
+ * the flag still wins over it. */
+Test(daemon, token_from_the_environment) {
+    setenv("MPREG_TOKEN", "from-env", 1);
+    mp_harness_daemon *d = start("n1", NULL);
+    int fd = track(mp_harness_connect(d->port));
+    cr_assert_eq(mp_harness_hello(fd, NULL), MP_KIND_ERROR);
+    fd = track(mp_harness_connect(d->port));
+    cr_assert_eq(mp_harness_hello(fd, "from-env"), MP_KIND_WELCOME);
+    stop(d);
+    const char *extra[] = {"--token", "from-flag", NULL};
+    d = start("n2", extra);
+    fd = track(mp_harness_connect(d->port));
+    cr_assert_eq(mp_harness_hello(fd, "from-env"), MP_KIND_ERROR);
+    fd = track(mp_harness_connect(d->port));
+    cr_assert_eq(mp_harness_hello(fd, "from-flag"), MP_KIND_WELCOME);
+    stop(d);
+    unsetenv("MPREG_TOKEN");
+}
+
 Test(daemon, rpc_echo_and_dependencies) {
     mp_harness_daemon *d = start("n1", NULL);
     int fd = client(d);
