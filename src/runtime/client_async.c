@@ -368,6 +368,11 @@ static void mp_ac_on_frame(void *ud, uint64_t conn, const uint8_t *frame, size_t
     mp_envelope e;
     const char *why = NULL;
     mpreg_err rc = mp_envelope_decode(frame, len, &e, &why);
+    if (rc != MPREG_OK && !c->ready_once && c->down_err.code == MPREG_OK) {
+        mp_client_not_mpreg(&c->down_err, frame, len, "is not an envelope");
+        mp_transport_close(c->t, c->conn, false, MPREG_E_HANDSHAKE);
+        return;
+    }
     if (rc != MPREG_OK) {
         if (c->down_err.code == MPREG_OK) {
             mp_client_error_set(&c->down_err, rc, "the node sent an invalid envelope (%s)",
@@ -424,8 +429,14 @@ static void mp_ac_on_close(void *ud, uint64_t conn, mpreg_err reason) {
     c->conn_live = false;
     bool was_ready = c->state == MP_AC_READY;
     c->state = MP_AC_DOWN;
+    bool bad_framing = reason == MPREG_E_FRAME_TOO_LARGE || reason == MPREG_E_FRAME_EMPTY;
     if (c->down_err.code == MPREG_OK && c->closing) {
         mp_client_error_set(&c->down_err, MPREG_E_CLOSED, "closed by the application");
+    } else if (c->down_err.code == MPREG_OK && bad_framing && !c->ready_once) {
+        /* The first bytes back were no mpreg frame: a stranger on the port. */
+        mp_client_not_mpreg(&c->down_err, NULL, 0,
+                            reason == MPREG_E_FRAME_EMPTY ? "is an empty frame"
+                                                          : "has an absurd frame length");
     } else if (c->down_err.code == MPREG_OK) {
         mp_client_error_set(&c->down_err, reason, "%s", mpreg_strerror(reason));
     }

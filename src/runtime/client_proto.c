@@ -204,6 +204,30 @@ mpreg_err mp_client_error_set(mpreg_error *err, mpreg_err code, const char *fmt,
     return code;
 }
 
+mpreg_err mp_client_not_mpreg(mpreg_error *err, const uint8_t *first, size_t len, const char *why) {
+    /* Printable ASCII as is, the rest escaped, at most 40 bytes' worth. */
+    char quoted[40 * 4 + 8];
+    size_t q = 0;
+    for (size_t i = 0; first != NULL && i < len && i < 40; i++) {
+        unsigned char b = first[i];
+        if (b == '\r' || b == '\n') {
+            q += (size_t)snprintf(quoted + q, sizeof quoted - q, "\\%c", b == '\r' ? 'r' : 'n');
+        } else if (b >= 0x20 && b < 0x7f && b != '"' && b != '\\') {
+            quoted[q++] = (char)b;
+        } else {
+            q += (size_t)snprintf(quoted + q, sizeof quoted - q, "\\x%02x", b);
+        }
+    }
+    quoted[q] = '\0';
+    if (first == NULL || len == 0) {
+        return mp_client_error_set(err, MPREG_E_HANDSHAKE,
+                                   "not an mpreg node: its answer to HELLO %s", why);
+    }
+    return mp_client_error_set(err, MPREG_E_HANDSHAKE,
+                               "not an mpreg node: its answer to HELLO %s (it began \"%s\"%s)", why,
+                               quoted, len > 40 ? "..." : "");
+}
+
 mpreg_err mp_client_error_from_rpc(mpreg_error *err, mp_rpc_error *e) {
     mpreg_err code = e->code ? e->code : MPREG_E_INTERNAL;
     if (err) {

@@ -51,6 +51,13 @@ uint32_t mp_client_reply_wait(uint32_t timeout_ms);
 /* Frees *err and fills it (err may be NULL). Returns code. */
 mpreg_err mp_client_error_set(mpreg_error *err, mpreg_err code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The first answer to our HELLO was not an mpreg frame (an HTTP server, a
+ * Redis, a port that says something else): MPREG_E_HANDSHAKE, "not an mpreg
+ * node", quoting the first bytes it sent (first may be NULL when they are
+ * not at hand) and saying what was wrong with them (`why`). Without this a
+ * text reply reads as an absurd frame length and the user is told
+ * "frame_too_large". */
+mpreg_err mp_client_not_mpreg(mpreg_error *err, const uint8_t *first, size_t len, const char *why);
 /* Moves an error shape into *err (details are taken, e is left empty). */
 mpreg_err mp_client_error_from_rpc(mpreg_error *err, mp_rpc_error *e);
 /* Copies *src into *dst (details cloned). */

@@ -14,11 +14,13 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -794,4 +796,55 @@ Test(cli, token_from_the_environment, .init = token_node_up, .fini = node_down) 
     run_url(wrong, NULL, &r);
     cr_assert_eq(r.status, 1, "%s", r.out);
     unsetenv("MPREG_TOKEN");
+}
+
+/* ---- a stranger on the port ------------------------------------------------------ */
+
+/* A listener on a free port that answers the first connection with `reply`
+ * and closes: an HTTP server, a Redis, anything that is not mpreg. Returns
+ * the port; *pid is the listening child. */
+static uint16_t stranger_start(const char *reply, size_t len, pid_t *pid) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(s, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    cr_assert_eq(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(s, 4), 0);
+    cr_assert_eq(getsockname(s, (struct sockaddr *)&a, &alen), 0);
+    *pid = fork();
+    cr_assert_geq(*pid, 0);
+    if (*pid == 0) {
+        int c = accept(s, NULL, NULL);
+        char buf[512];
+        (void)!read(c, buf, sizeof buf); /* the HELLO, unread */
+        (void)!write(c, reply, len);
+        close(c);
+        _exit(0);
+    }
+    close(s);
+    return ntohs(a.sin_port);
+}
+
+static void assert_not_mpreg(const char *reply, size_t len) {
+    pid_t pid;
+    uint16_t port = stranger_start(reply, len, &pid);
+    char url[32];
+    snprintf(url, sizeof url, "127.0.0.1:%u", (unsigned)port);
+    const char *args[] = {"--url", url, "status", NULL};
+    result r;
+    run(args, NULL, &r);
+    waitpid(pid, NULL, 0);
+    cr_assert_eq(r.status, 1, "%s", r.out);
+    cr_assert(strstr(r.err, "not an mpreg node") != NULL, "stderr: %s", r.err);
+    cr_assert(strstr(r.err, "frame_too_large") == NULL, "stderr: %s", r.err);
+}
+
+Test(cli, a_port_that_does_not_speak_mpreg_is_named_so) {
+    static const char http[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    assert_not_mpreg(http, sizeof http - 1);
+    static const char redis[] = "-ERR unknown command\r\n";
+    assert_not_mpreg(redis, sizeof redis - 1);
+    /* A plausible length, then bytes that are no envelope. */
+    static const char garbage[] = "\0\0\0\5hello";
+    assert_not_mpreg(garbage, sizeof garbage - 1);
 }
