@@ -186,7 +186,8 @@ static const char *const usage_catalog =
     "\n"
     "On a terminal it prints tables; with --json or when piped, the node's\n"
     "answer as JSON (a map from kind to its entries, one per node), keeping\n"
-    "only the kinds asked for.\n"
+    "only the kinds asked for. A catalog too big for one frame comes from the\n"
+    "node in pages; all of them are fetched and printed as one.\n"
     "\n"
     "examples:\n"
     "  mpreg catalog\n"
@@ -1217,9 +1218,18 @@ static mpreg_err filter_kinds(const cli *c, const mpreg_value *v, mpreg_value *o
 }
 
 static int cmd_catalog(const cli *c, mpreg_client *client) {
+    /* The node leaves out the kinds not asked for, and pages a catalog too
+     * big for one frame; the library fetches every page. */
+    const char *kinds[N_KINDS];
+    mpreg_catalog_options o = {.kinds = kinds};
+    for (size_t k = 0; k < N_KINDS && c->kinds != 0; k++) {
+        if (kind_wanted(c, k)) {
+            kinds[o.kinds_count++] = catalog_kinds[k];
+        }
+    }
     mpreg_value out;
     mpreg_error err = {0};
-    if (mpreg_catalog(client, &out, &err) != MPREG_OK) {
+    if (mpreg_catalog_ex(client, &o, &out, &err) != MPREG_OK) {
         return fail(&err);
     }
     int status = 0;

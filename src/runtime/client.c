@@ -906,19 +906,21 @@ mpreg_err mpreg_register(mpreg_client *c, const mpreg_worker_function *def, mpre
     return rc;
 }
 
-static mpreg_err mp_cl_control(mpreg_client *c, const char *op, mpreg_value *out,
-                               mpreg_error *err) {
+static mpreg_err mp_cl_control_payload(mpreg_client *c, const char *op, const mpreg_bytes *payload,
+                                       mpreg_value *out, mpreg_error *err) {
     *out = mpreg_nil();
     if (c == NULL) {
         return mp_client_error_set(err, MPREG_E_INVALID, "no client");
     }
-    static const uint8_t empty_map[1] = {0x80};
-    mp_cl_req r = {.kind = MP_KIND_CONTROL,
-                   .topic = op,
-                   .payload = empty_map,
-                   .payload_len = sizeof empty_map,
-                   .wait_ms = c->timeout_ms};
+    mp_cl_req r = mp_cl_simple(MP_KIND_CONTROL, op, payload, c->timeout_ms);
     return mp_cl_request(c, &r, out, err);
+}
+
+static mpreg_err mp_cl_control(mpreg_client *c, const char *op, mpreg_value *out,
+                               mpreg_error *err) {
+    static uint8_t empty_map[1] = {0x80};
+    mpreg_bytes p = {.data = empty_map, .len = sizeof empty_map};
+    return mp_cl_control_payload(c, op, &p, out, err);
 }
 
 mpreg_err mpreg_status(mpreg_client *c, mpreg_value *out, mpreg_error *err) {
@@ -926,7 +928,34 @@ mpreg_err mpreg_status(mpreg_client *c, mpreg_value *out, mpreg_error *err) {
 }
 
 mpreg_err mpreg_catalog(mpreg_client *c, mpreg_value *out, mpreg_error *err) {
-    return mp_cl_control(c, "catalog", out, err);
+    return mpreg_catalog_ex(c, NULL, out, err);
+}
+
+/* Page after page until the node has no `next`. */
+mpreg_err mpreg_catalog_ex(mpreg_client *c, const mpreg_catalog_options *opts, mpreg_value *out,
+                           mpreg_error *err) {
+    *out = mpreg_nil();
+    mpreg_value acc = mpreg_nil(), next = mpreg_nil();
+    mpreg_err rc;
+    do {
+        mpreg_bytes payload = {0};
+        rc = mp_client_catalog_payload(opts, &next, &payload);
+        mpreg_value_free(&next);
+        if (rc != MPREG_OK) {
+            mp_client_error_set(err, rc, "cannot ask for the catalog: %s", mpreg_strerror(rc));
+            break;
+        }
+        mpreg_value page;
+        rc = mp_cl_control_payload(c, "catalog", &payload, &page, err);
+        mpreg_bytes_free(&payload);
+        rc = rc ? rc : mp_client_catalog_merge(&acc, &page, &next, err);
+    } while (rc == MPREG_OK && next.type != MPREG_NIL);
+    if (rc != MPREG_OK) {
+        mpreg_value_free(&acc);
+        return rc;
+    }
+    *out = acc;
+    return MPREG_OK;
 }
 
 mpreg_err mpreg_members(mpreg_client *c, mpreg_value *out, mpreg_error *err) {

@@ -204,6 +204,76 @@ mpreg_err mp_client_error_set(mpreg_error *err, mpreg_err code, const char *fmt,
     return code;
 }
 
+/* ==== catalog pages ==================================================== */
+
+mpreg_err mp_client_catalog_payload(const mpreg_catalog_options *opts, const mpreg_value *after,
+                                    mpreg_bytes *out) {
+    mpreg_value p = mpreg_map();
+    mpreg_err rc = MPREG_OK;
+    if (opts && opts->kinds && opts->kinds_count) {
+        mpreg_value kinds = mpreg_array();
+        for (size_t i = 0; i < opts->kinds_count && !rc; i++) {
+            rc = mpreg_array_push(&kinds, mpreg_str(opts->kinds[i] ? opts->kinds[i] : ""));
+        }
+        rc = rc ? (mpreg_value_free(&kinds), rc) : mpreg_map_set(&p, "kinds", kinds);
+    }
+    if (!rc && after && after->type != MPREG_NIL) {
+        mpreg_value copy;
+        rc = mpreg_value_clone(after, &copy);
+        rc = rc ? rc : mpreg_map_set(&p, "after", copy);
+    }
+    if (!rc && opts && opts->page_limit) {
+        rc = mpreg_map_set(&p, "limit", mpreg_int(opts->page_limit));
+    }
+    rc = rc ? rc : mpreg_value_encode(&p, out);
+    mpreg_value_free(&p);
+    return rc;
+}
+
+mpreg_err mp_client_catalog_merge(mpreg_value *acc, mpreg_value *page, mpreg_value *next,
+                                  mpreg_error *err) {
+    *next = mpreg_nil();
+    if (page->type != MPREG_MAP) {
+        mpreg_value_free(page);
+        return mp_client_error_set(err, MPREG_E_DECODE, "the node's catalog is not a map");
+    }
+    if (acc->type != MPREG_MAP) {
+        *acc = mpreg_map();
+    }
+    size_t entries = 0;
+    mpreg_err rc = MPREG_OK;
+    for (size_t i = 0; i < page->u.map.len && !rc; i++) {
+        mpreg_kv *kv = &page->u.map.items[i];
+        const char *key = kv->key.u.str.ptr;
+        mpreg_value *have = (mpreg_value *)mpreg_map_get(acc, key);
+        if (strcmp(key, "next") == 0) {
+            *next = kv->val;
+        } else if (kv->val.type == MPREG_ARRAY && have && have->type == MPREG_ARRAY) {
+            for (size_t k = 0; k < kv->val.u.arr.len && !rc; k++) {
+                rc = mpreg_array_push(have, kv->val.u.arr.items[k]);
+                kv->val.u.arr.items[k] = mpreg_nil();
+            }
+            entries += kv->val.u.arr.len;
+            mpreg_value_free(&kv->val);
+        } else {
+            entries += kv->val.type == MPREG_ARRAY ? kv->val.u.arr.len : 0;
+            rc = mpreg_map_set(acc, key, kv->val);
+        }
+        kv->val = mpreg_nil();
+    }
+    mpreg_value_free(page);
+    if (rc) {
+        mpreg_value_free(next);
+        return mp_client_error_set(err, rc, "out of memory");
+    }
+    if (next->type != MPREG_NIL && entries == 0) {
+        mpreg_value_free(next);
+        return mp_client_error_set(err, MPREG_E_DECODE,
+                                   "the node's catalog page promises more but holds nothing");
+    }
+    return MPREG_OK;
+}
+
 mpreg_err mp_client_not_mpreg(mpreg_error *err, const uint8_t *first, size_t len, const char *why) {
     /* Printable ASCII as is, the rest escaped, at most 40 bytes' worth. */
     char quoted[40 * 4 + 8];

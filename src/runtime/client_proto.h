@@ -51,6 +51,19 @@ uint32_t mp_client_reply_wait(uint32_t timeout_ms);
 /* Frees *err and fills it (err may be NULL). Returns code. */
 mpreg_err mp_client_error_set(mpreg_error *err, mpreg_err code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* ---- catalog pages ---------------------------------------------------------- */
+
+/* The CONTROL "catalog" payload: {"kinds"?, "after"?, "limit"?} from opts
+ * (may be NULL) and the previous page's next (NULL or NIL for the first). */
+mpreg_err mp_client_catalog_payload(const mpreg_catalog_options *opts, const mpreg_value *after,
+                                    mpreg_bytes *out);
+/* Puts a page (taken) into *acc (NIL before the first page): each kind's
+ * entries are appended to what came before. *next gets the page's "next"
+ * (NIL when it was the last page). A page that promises more but brings
+ * no entry is MPREG_E_DECODE: following it could go on for ever. */
+mpreg_err mp_client_catalog_merge(mpreg_value *acc, mpreg_value *page, mpreg_value *next,
+                                  mpreg_error *err);
+
 /* The first answer to our HELLO was not an mpreg frame (an HTTP server, a
  * Redis, a port that says something else): MPREG_E_HANDSHAKE, "not an mpreg
  * node", quoting the first bytes it sent (first may be NULL when they are

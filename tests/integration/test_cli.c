@@ -848,3 +848,59 @@ Test(cli, a_port_that_does_not_speak_mpreg_is_named_so) {
     static const char garbage[] = "\0\0\0\5hello";
     assert_not_mpreg(garbage, sizeof garbage - 1);
 }
+
+/* ---- a catalog bigger than a frame ----------------------------------------------- */
+
+static void ignore_message(const mpreg_message *msg, void *ud) {
+    (void)msg;
+    (void)ud;
+}
+
+static void small_frame_node_up(void) {
+    signal(SIGPIPE, SIG_IGN);
+    const char *extra[] = {"--max-frame", "1K", NULL};
+    node = mp_harness_start(extra);
+    cr_assert_not_null(node, "mpregd did not start");
+}
+
+/* 64 topic interests make a catalog of several KiB, far over a 1 KiB frame:
+ * the node used to answer too_large, even to --kind nodes. It pages now,
+ * and the CLI prints every entry. */
+Test(cli, catalog_larger_than_a_frame_is_printed_whole, .init = small_frame_node_up,
+     .fini = node_down) {
+    char pats[64][48];
+    const char *patterns[64];
+    for (int i = 0; i < 64; i++) {
+        snprintf(pats[i], sizeof pats[i], "a.fairly.long.topic.pattern.number.%02d.#", i);
+        patterns[i] = pats[i];
+    }
+    /* spawn_cli takes at most 30 arguments: subscribe through the library. */
+    mpreg_client *s = mpreg_connect(mp_harness_url(node), NULL, NULL);
+    cr_assert_not_null(s);
+    mpreg_error err = {0};
+    for (int i = 0; i < 64; i += 8) { /* eight at a time: a SUBSCRIBE must fit in 1K too */
+        cr_assert_eq(mpreg_subscribe(s, patterns + i, 8, NULL, ignore_message, NULL, NULL, &err),
+                     MPREG_OK, "%s", err.message);
+    }
+    result r;
+    const char *all[] = {"catalog", "--json", NULL};
+    run_url(all, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    mpreg_value v;
+    cr_assert_eq(mpreg_value_from_json(r.out, r.out_len, &v, NULL, 0), MPREG_OK, "%s", r.out);
+    const mpreg_value *topics = mpreg_map_get(&v, "topics");
+    cr_assert(topics && topics->type == MPREG_ARRAY);
+    cr_assert_eq(topics->u.arr.len, 64, "%zu topics", topics->u.arr.len);
+    for (int i = 0; i < 64; i++) {
+        cr_assert_str_eq(mpreg_map_get(&topics->u.arr.items[i], "pattern")->u.str.ptr, pats[i]);
+    }
+    cr_assert_null(mpreg_map_get(&v, "next"), "the CLI must follow the pages");
+    mpreg_value_free(&v);
+    cr_assert_gt(r.out_len, 2048);
+    const char *nodes[] = {"catalog", "--kind", "nodes", "--json", NULL};
+    run_url(nodes, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strncmp(r.out, "{\"nodes\":[{", 11) == 0, "%s", r.out);
+    cr_assert(strstr(r.out, "pattern") == NULL, "%s", r.out);
+    mpreg_close(s);
+}

@@ -389,6 +389,18 @@ Test(client_worker, a_second_client_calls_it, .init = node_up, .fini = node_down
     cr_assert(strstr(text, "\"add\"") != NULL, "catalog: %s", text);
     free(text);
     mpreg_value_free(&cat);
+    /* Page by page (one entry each), only the kinds asked for: the same
+     * functions, in the node's order, and no cursor left in the answer. */
+    const char *kinds[] = {"functions"};
+    mpreg_catalog_options one = {.kinds = kinds, .kinds_count = 1, .page_limit = 1};
+    cr_assert_eq(mpreg_catalog_ex(c, &one, &cat, &err), MPREG_OK, "%s", err.message);
+    text = mpreg_value_to_json(&cat, false);
+    static const char head[] = "{\"functions\":[{\"name\":\"add\"";
+    cr_assert(strncmp(text, head, sizeof head - 1) == 0, "catalog: %s", text);
+    cr_assert(strstr(text, "\"whoami\"") != NULL && strstr(text, "next") == NULL, "%s", text);
+    cr_assert(strstr(text, "\"nodes\"") == NULL, "%s", text);
+    free(text);
+    mpreg_value_free(&cat);
     cr_assert_geq(status_number(c, "connections", "workers"), 1);
     mpreg_value_free(&args);
     mpreg_error_free(&err);
@@ -779,6 +791,7 @@ typedef struct async_test {
     bool registered;
     mpreg_value worker_result;
     mpreg_value status;
+    mpreg_value catalog;
     mpreg_value members;
     bool closed_all;
 } async_test;
@@ -803,12 +816,22 @@ static void a_on_members(mpreg_async_client *c, const mpreg_value *v, const mpre
     a_finish(t);
 }
 
+static void a_on_catalog(mpreg_async_client *c, const mpreg_value *v, const mpreg_error *err,
+                         void *ud) {
+    async_test *t = ud;
+    cr_assert_null(err, "catalog: %s", err ? err->message : "");
+    mpreg_value_clone(v, &t->catalog);
+    cr_assert_eq(mpreg_async_members(c, a_on_members, t), MPREG_OK);
+}
+
 static void a_on_status(mpreg_async_client *c, const mpreg_value *v, const mpreg_error *err,
                         void *ud) {
     async_test *t = ud;
     cr_assert_null(err, "status: %s", err ? err->message : "");
     mpreg_value_clone(v, &t->status);
-    cr_assert_eq(mpreg_async_members(c, a_on_members, t), MPREG_OK);
+    /* Two entries a page: the client follows the pages on the loop. */
+    mpreg_catalog_options o = {.page_limit = 2};
+    cr_assert_eq(mpreg_async_catalog_ex(c, &o, a_on_catalog, t), MPREG_OK);
 }
 
 static void a_on_worker_call(mpreg_async_client *c, const mpreg_value *v, const mpreg_error *err,
@@ -911,6 +934,10 @@ Test(client_async, everything_on_one_loop, .init = node_up, .fini = node_down) {
     cr_assert(t.registered);
     assert_json_eq(&t.worker_result, "{\"via\": \"loop\"}");
     cr_assert_not_null(mpreg_map_get(&t.status, "node"));
+    const mpreg_value *fns = mpreg_map_get(&t.catalog, "functions");
+    cr_assert(fns && fns->type == MPREG_ARRAY && fns->u.arr.len >= 6, "the whole catalog");
+    cr_assert_null(mpreg_map_get(&t.catalog, "next"));
+    mpreg_value_free(&t.catalog);
     assert_members_self(&t.members);
     mpreg_value_free(&t.members);
     mpreg_value_free(&t.call_result);
