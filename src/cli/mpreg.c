@@ -42,7 +42,9 @@ static const char *const usage_main =
     "The command-line client of an mpreg fabric.\n"
     "\n"
     "commands:\n"
-    "  call FUN [ARG...]     call a function and print its result\n"
+    "  call FUN [ARG...]     call a function and print its result; an ARG is JSON\n"
+    "                        when it parses as JSON (kept exact, or refused), else\n"
+    "                        a string: see 'mpreg call --help'\n"
     "  request FILE|-        send a request of several commands (JSON)\n"
     "  pub TOPIC DATA        publish a message\n"
     "  sub PATTERN...        print messages published to matching topics\n"
@@ -74,7 +76,11 @@ static const char *const usage_call =
     "\n"
     "Calls FUN somewhere in the fabric and prints its result as JSON. Each ARG\n"
     "is read as JSON when it parses as JSON (3, true, [1,2], {\"a\":1}, \"quoted\"),\n"
-    "else taken as a string. Use -- before arguments that start with '--'.\n"
+    "else taken as a string (hi, {, 007). JSON is kept exact or refused (exit 2):\n"
+    "an integer must fit in int64 (-9223372036854775808..9223372036854775807),\n"
+    "any other number in a double (1e400 is refused), object keys must be\n"
+    "unique, nesting at most 28 levels. Quote to send text: '\"1e400\"'.\n"
+    "Use -- before arguments that start with '--'.\n"
     "\n"
     "options:\n"
     "  --kw KEY=VALUE        a keyword argument (VALUE read like ARG); repeatable\n"
@@ -283,6 +289,7 @@ typedef struct cli {
     bool has_timeout;
     uint32_t timeout_ms;
     mpreg_value kwargs; /* MAP, or NIL when no --kw */
+    mpreg_value args;   /* call's ARGs as values (call_args) */
     const char *locs;
     const char *function_id;
     const char *version;
@@ -565,15 +572,27 @@ static int fail_msg(mpreg_err code, const char *fmt, ...) {
 
 /* ==== commands ====================================================================== */
 
-static int cmd_call(const cli *c, mpreg_client *client) {
-    mpreg_value args = mpreg_array(), locs = mpreg_nil(), result;
+/* call's ARGs as values, before anything is sent: one that has no exact
+ * value is a bad command line, named by its position. */
+static int call_args(cli *c) {
+    c->args = mpreg_array();
     for (size_t i = 1; i < c->npos; i++) {
         mpreg_value v;
-        if (mp_client_arg_value(c->pos[i], &v) != MPREG_OK || mpreg_array_push(&args, v)) {
-            mpreg_value_free(&args);
+        char why[256] = "";
+        mpreg_err rc = mp_client_arg_value(c->pos[i], &v, why, sizeof why);
+        if (rc == MPREG_E_NOMEM || (rc == MPREG_OK && mpreg_array_push(&c->args, v))) {
             return fail_msg(MPREG_E_NOMEM, "out of memory");
         }
+        if (rc != MPREG_OK) {
+            return usage_error(c, "call: argument %zu ('%.40s%s'): %s", i, c->pos[i],
+                               strlen(c->pos[i]) > 40 ? "..." : "", why);
+        }
     }
+    return 0;
+}
+
+static int cmd_call(const cli *c, mpreg_client *client) {
+    mpreg_value locs = mpreg_nil(), result;
     mpreg_call_options o = {.function_id = c->function_id,
                             .version = c->version,
                             .timeout_ms = c->has_timeout ? c->timeout_ms : 0};
@@ -588,10 +607,9 @@ static int cmd_call(const cli *c, mpreg_client *client) {
     }
     mpreg_error err = {0};
     const mpreg_value *kw = c->kwargs.type == MPREG_MAP ? &c->kwargs : NULL;
-    mpreg_err rc = mpreg_call(client, c->pos[0], &args, kw, &o, &result, &err);
+    mpreg_err rc = mpreg_call(client, c->pos[0], &c->args, kw, &o, &result, &err);
     free(loc_ptrs);
     mpreg_value_free(&locs);
-    mpreg_value_free(&args);
     if (rc != MPREG_OK) {
         return fail(&err);
     }
@@ -1343,10 +1361,14 @@ int main(int argc, char **argv) {
             }
         } else {
             status = check_arity(&c);
+            if (status == 0 && c.command->cmd == CMD_CALL) {
+                status = call_args(&c);
+            }
             status = status ? status : run(&c);
         }
     }
     mpreg_value_free(&c.kwargs);
+    mpreg_value_free(&c.args);
     free(c.pos);
     return status;
 }

@@ -4,6 +4,7 @@
 
 #include "core/frame.h"
 #include "core/topic.h"
+#include "core/value_json.h"
 #include "services/pubsub.h"
 
 #include <errno.h>
@@ -991,10 +992,12 @@ mpreg_err mp_client_message_read(const mp_envelope *e, char topic_buf[MP_MAX_TOP
 /* ==== command-line helpers ======================================================================
  */
 
-mpreg_err mp_client_arg_value(const char *arg, mpreg_value *out) {
+mpreg_err mp_client_arg_value(const char *arg, mpreg_value *out, char *errbuf, size_t errbuf_len) {
     const char *a = arg ? arg : "";
-    if (mpreg_value_from_json(a, strlen(a), out, NULL, 0) == MPREG_OK) {
-        return MPREG_OK;
+    bool is_json = false;
+    mpreg_err rc = mp_value_from_json_exact(a, strlen(a), out, &is_json, errbuf, errbuf_len);
+    if (rc == MPREG_OK || is_json) {
+        return rc;
     }
     *out = mpreg_str(a);
     return out->type == MPREG_STR ? MPREG_OK : MPREG_E_NOMEM;
@@ -1009,13 +1012,14 @@ mpreg_err mp_client_kw_arg(const char *arg, mpreg_value *map, char *errbuf, size
         return MPREG_E_INVALID;
     }
     mpreg_value v;
-    mpreg_err rc = mp_client_arg_value(eq + 1, &v);
+    char why[256] = "";
+    mpreg_err rc = mp_client_arg_value(eq + 1, &v, why, sizeof why);
     if (rc == MPREG_OK) {
         rc = mpreg_map_setn(map, arg, (size_t)(eq - arg), v);
     }
     if (rc != MPREG_OK && errbuf && errbuf_len) {
         snprintf(errbuf, errbuf_len, "keyword '%.*s': %s", (int)(eq - arg), arg,
-                 mpreg_strerror(rc));
+                 why[0] ? why : mpreg_strerror(rc));
     }
     return rc;
 }

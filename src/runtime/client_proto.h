@@ -214,10 +214,15 @@ mpreg_err mp_client_message_read(const mp_envelope *e, char topic_buf[MP_MAX_TOP
 
 /* An argument as the CLI reads it: JSON when it parses as JSON, else the
  * text itself as a string ("hi" -> "hi", "3" -> 3, "[1,2]" -> [1, 2],
- * "{" -> "{"). */
-mpreg_err mp_client_arg_value(const char *arg, mpreg_value *out);
-/* "KEY=JSON" (the value read as mp_client_arg_value reads it) into map.
- * MPREG_E_INVALID with a reason in errbuf when there is no '=' or no key. */
+ * "{" -> "{"). JSON that has no exact value is refused, not turned into
+ * something else (core/value_json.h): an integer outside int64 or a number
+ * beyond double range (MPREG_E_RANGE), a duplicate key (MPREG_E_JSON), over
+ * 32 levels (MPREG_E_TOO_DEEP); errbuf (may be NULL) says why. */
+mpreg_err mp_client_arg_value(const char *arg, mpreg_value *out, char *errbuf, size_t errbuf_len);
+/* "KEY=JSON" (the value read as mp_client_arg_value reads it) into map; a
+ * key given again replaces the earlier value (the last flag wins).
+ * MPREG_E_INVALID with a reason in errbuf when there is no '=' or no key,
+ * and mp_client_arg_value's refusals, naming the keyword. */
 mpreg_err mp_client_kw_arg(const char *arg, mpreg_value *map, char *errbuf, size_t errbuf_len);
 /* A message as the CLI prints it: {"topic", "data", "subscription"} plus
  * "replay": true for replayed ones; data is a string when the bytes are

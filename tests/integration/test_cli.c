@@ -207,6 +207,34 @@ Test(cli, call_arguments_are_json_or_strings, .init = node_up, .fini = node_down
     cr_assert_str_eq(r.out, "[1,[2,{\"a\":null}],\"hi there\",\"--x\"]\n");
 }
 
+/* An argument that is JSON without an exact value is refused, named by
+ * its position, before anything is sent; it used to go out as a string
+ * (duplicate keys, 1e400) or a float (beyond int64). */
+Test(cli, call_arguments_without_an_exact_value_are_refused) {
+    static const struct {
+        const char *arg;
+        const char *says;
+    } cases[] = {
+        {"{\"a\":1,\"a\":2}", "argument 2 ('{\"a\":1,\"a\":2}'): duplicate object key"},
+        {"1e400", "argument 2 ('1e400'): number out of range"},
+        {"9223372036854775808", "argument 2 ('9223372036854775808'): number out of range"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        /* No node: the line is refused before any connection. */
+        const char *args[] = {"--url", "127.0.0.1:1", "call", "echos", "ok", cases[i].arg, NULL};
+        result r;
+        run(args, NULL, &r);
+        cr_assert_eq(r.status, 2, "%s: %s", cases[i].arg, r.err);
+        cr_assert(strstr(r.err, cases[i].says) != NULL, "stderr: %s", r.err);
+        cr_assert_eq(r.out_len, 0);
+    }
+    const char *kw[] = {"--url", "127.0.0.1:1", "call", "f", "--kw", "n=1e400", NULL};
+    result r;
+    run(kw, NULL, &r);
+    cr_assert_eq(r.status, 2, "%s", r.err);
+    cr_assert(strstr(r.err, "--kw: keyword 'n': number out of range") != NULL, "%s", r.err);
+}
+
 Test(cli, url_from_the_environment, .init = node_up, .fini = node_down) {
     const char *args[] = {"call", "echo", "7", NULL};
     child c = spawn_cli(args, false, mp_harness_url(node));
