@@ -2120,3 +2120,42 @@ Test(node, catalog_request_is_checked) {
     assert_json_eq(&end, "{\"functions\": [], \"topics\": [], \"nodes\": []}");
     mpreg_value_free(&end);
 }
+
+/* --- argument depth ------------------------------------------------------------------------------
+ */
+
+/* An RPC_REQUEST payload whose command "deep" has args `levels` deep,
+ * byte by byte (over 32 levels in all cannot be encoded). */
+static size_t deep_args_request(uint8_t *out, int levels) {
+    static const uint8_t head[] = {0x81, 0xa8, 'c',  'o',  'm',  'm', 'a', 'n', 'd',
+                                   's',  0x91, 0x83, 0xa4, 'n',  'a', 'm', 'e', 0xa4,
+                                   'd',  'e',  'e',  'p',  0xa3, 'f', 'u', 'n', 0xa4,
+                                   'e',  'c',  'h',  'o',  0xa4, 'a', 'r', 'g', 's'};
+    size_t n = sizeof head;
+    memcpy(out, head, n);
+    for (int i = 1; i < levels; i++) {
+        out[n++] = 0x91;
+    }
+    out[n++] = 0x90;
+    return n;
+}
+
+/* PROTOCOL 8.1: args nest at most 29 levels, each argument 28. The node
+ * runs that, and answers one level more with an error naming the command. */
+Test(node, argument_depth_limit_names_the_command) {
+    uint64_t c = client();
+    uint8_t buf[128];
+    size_t len = deep_args_request(buf, 29);
+    mp_id id = send_bytes(c, MP_KIND_RPC_REQUEST, NULL, buf, len);
+    frame fr = expect(c, MP_KIND_RPC_REPLY, &id);
+    cr_assert_not_null(mpreg_map_get(&fr.payload, "results"));
+    frame_free(&fr);
+    len = deep_args_request(buf, 30);
+    id = send_bytes(c, MP_KIND_RPC_REQUEST, NULL, buf, len);
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_TOO_DEEP);
+    cr_assert_str_eq(e.command, "deep");
+    cr_assert(strstr(mp_rpc_error_message(&e), "command 'deep': 'args' nests deeper than 29") !=
+                  NULL,
+              "%s", mp_rpc_error_message(&e));
+    mp_rpc_error_free(&e);
+}
