@@ -508,15 +508,18 @@ static bool mp_depth_within(const mpreg_value *v, uint32_t limit) {
 }
 
 /* The one wording of a too-deep args or kwargs, for the parser and for a
- * payload that did not decode (mp_blame_deep). Static: one thread parses. */
-static const char *mp_too_deep_text(const char *field, uint32_t limit) {
-    static char text[160];
-    snprintf(text, sizeof text,
+ * payload that did not decode (mp_blame_deep). */
+typedef struct mp_deep_text {
+    char text[160];
+} mp_deep_text;
+
+static const char *mp_too_deep_text(mp_deep_text *t, const char *field, uint32_t limit) {
+    snprintf(t->text, sizeof t->text,
              "'%s' nests deeper than %u levels (the %s itself is level 1, so each value "
              "in it at most %u)",
              field, (unsigned)limit, strcmp(field, "args") == 0 ? "array" : "map",
              (unsigned)limit - 1);
-    return text;
+    return t->text;
 }
 
 /* args or kwargs: checks type and depth, then moves or copies it. */
@@ -531,7 +534,8 @@ static mpreg_err mp_parse_container(mp_parse_ctx *c, const char *field, mpreg_va
     uint32_t limit =
         c->mode == MP_CALL_REQUEST ? MP_RPC_MAX_REQUEST_ARG_DEPTH : MP_RPC_MAX_ARG_DEPTH;
     if (!mp_depth_within(v, limit)) {
-        return mp_parse_fail(c, MPREG_E_TOO_DEEP, "%s", mp_too_deep_text(field, limit));
+        mp_deep_text t;
+        return mp_parse_fail(c, MPREG_E_TOO_DEEP, "%s", mp_too_deep_text(&t, field, limit));
     }
     if (c->take) {
         *out = *v;
@@ -885,18 +889,19 @@ static mpreg_err mp_blame_deep(const void *data, size_t len, mp_rpc_error *err) 
             if (!mp_deep_command(&r, &name, &field)) {
                 return MPREG_E_TOO_DEEP;
             }
+            mp_deep_text t;
             if (field != NULL && name.len > 0 && name.len <= MP_RPC_MAX_NAME &&
                 !memchr(name.ptr, '\0', name.len) && mpreg_utf8_valid(name.ptr, name.len)) {
                 char cmd[MP_RPC_MAX_NAME + 1];
                 memcpy(cmd, name.ptr, name.len);
                 cmd[name.len] = '\0';
                 return mp_rpc_error_set(err, MPREG_E_TOO_DEEP, cmd, "command '%s': %s", cmd,
-                                        mp_too_deep_text(field, MP_RPC_MAX_REQUEST_ARG_DEPTH));
+                                        mp_too_deep_text(&t, field, MP_RPC_MAX_REQUEST_ARG_DEPTH));
             }
             if (field != NULL) {
                 return mp_rpc_error_set(err, MPREG_E_TOO_DEEP, NULL, "commands[%u]: %s",
                                         (unsigned)k,
-                                        mp_too_deep_text(field, MP_RPC_MAX_REQUEST_ARG_DEPTH));
+                                        mp_too_deep_text(&t, field, MP_RPC_MAX_REQUEST_ARG_DEPTH));
             }
         }
         return MPREG_E_TOO_DEEP;
