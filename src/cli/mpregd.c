@@ -211,7 +211,8 @@ static void mp_usage(FILE *out) {
             "                          dead_keep_ms (60000), max_piggyback_bytes (16384),\n"
             "                          reconnect_timeout_ms (21600000: how long a dead\n"
             "                          member is still tried), reconnect_interval_ms\n"
-            "                          (10000: how often one is tried)\n"
+            "                          (10000: how often one is tried); probe_timeout_ms\n"
+            "                          must stay below probe_interval_ms\n"
             "      --max-peer-conns N  peer connections kept open at most (default 64)\n"
             "      --catalog-ttl MS    other nodes' catalog entries expire this long after\n"
             "                          the membership last listed their node alive or\n"
@@ -825,17 +826,10 @@ static void mp_check_swim(const mp_list *l, mp_options *o) {
         memcpy((char *)&o->swim + f->offset, &u, sizeof u);
     }
     const char *why = NULL;
-    mpreg_err err = mp_swim_config_check(&o->swim, &why);
+    char msg[256] = "";
+    mpreg_err err = mp_swim_config_explain(&o->swim, &why, msg, sizeof msg);
     if (err != MPREG_OK) {
-        why = why != NULL ? why : "?";
-        const mp_swim_field *f = mp_swim_field_find(why, strlen(why));
-        if (f != NULL) {
-            uint32_t v;
-            memcpy(&v, (const char *)&o->swim + f->offset, sizeof v);
-            mp_usage_error("--swim: %s=%u is not allowed: %s", why, (unsigned)v,
-                           mpreg_strerror(err));
-        }
-        mp_usage_error("--swim: bad membership setting: %s (%s)", why, mpreg_strerror(err));
+        mp_usage_error("--swim: %s", msg[0] ? msg : mpreg_strerror(err));
     }
 }
 
