@@ -18,6 +18,8 @@
 #define _GNU_SOURCE
 #include "mpreg/client.h"
 #include "mpreg/value.h"
+
+#include "core/value_json.h"
 #include "runtime/client_proto.h"
 
 #include <errno.h>
@@ -101,7 +103,9 @@ static const char *const usage_request =
     "Sends the commands in FILE (or standard input for -), a JSON list of\n"
     "  {\"name\", \"fun\", \"args\"?, \"kwargs\"?, \"locs\"?, \"function_id\"?, \"version\"?}\n"
     "or the request object of docs/PROTOCOL.md 8.6, {\"commands\": [...], \"timeout_ms\"?: N}\n"
-    "(--timeout wins over its timeout_ms).\n"
+    "(--timeout wins over its timeout_ms). The JSON is read exactly, as call's\n"
+    "ARGs are: an integer beyond int64, a number beyond a double or a duplicate\n"
+    "key is refused, not approximated.\n"
     "A string argument equal to another command's name (or name.field.0) stands\n"
     "for that command's result. Prints the results of the commands no other\n"
     "command used, keyed by name.\n"
@@ -702,7 +706,8 @@ static int cmd_request(const cli *c, mpreg_client *client) {
     }
     mpreg_value doc, cmds, results;
     char why[256] = "";
-    mpreg_err rc = mpreg_value_from_json(text, len, &doc, why, sizeof why);
+    bool is_json = false; /* a request is JSON either way: the flag is not needed */
+    mpreg_err rc = mp_value_from_json_exact(text, len, &doc, &is_json, why, sizeof why);
     free(text);
     if (rc != MPREG_OK) {
         return fail_msg(rc, "%s: %s", c->pos[0], why[0] ? why : mpreg_strerror(rc));

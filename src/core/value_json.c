@@ -499,15 +499,18 @@ static mpreg_err mp_exact_refusal(const json_error_t *e, bool *is_json, char *er
     *is_json = true;
     switch (json_error_code(e)) {
     case json_error_numeric_overflow:
-        mp_errf(errbuf, errbuf_len,
-                "number out of range: an integer must be within int64 "
-                "(-9223372036854775808 to 9223372036854775807), any other number within a "
-                "double (about 1.8e308)");
+        if (errbuf && errbuf_len) {
+            snprintf(errbuf, errbuf_len,
+                     "number out of range (line %d column %d): an integer must be within int64 "
+                     "(-9223372036854775808 to 9223372036854775807), any other number within "
+                     "a double (about 1.8e308)",
+                     e->line, e->column);
+        }
         return MPREG_E_RANGE;
     case json_error_duplicate_key:
     case json_error_null_byte_in_key:
         if (errbuf && errbuf_len) {
-            snprintf(errbuf, errbuf_len, "%s (column %d)", e->text, e->column);
+            snprintf(errbuf, errbuf_len, "%s (line %d column %d)", e->text, e->line, e->column);
         }
         return MPREG_E_JSON;
     case json_error_stack_overflow:

@@ -277,6 +277,14 @@ Test(cli, request_in_the_protocol_object_form, .init = node_up, .fini = node_dow
     run_url(args, "{}", &r);
     cr_assert_eq(r.status, 1);
     cr_assert(strstr(r.err, "no \"commands\" list") != NULL, "%s", r.err);
+    /* A request file is read exactly too: no integer turned into a float. */
+    run_url(args, "[{\"name\": \"a\", \"fun\": \"echo\",\n  \"args\": [9223372036854775808]}]", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "error: range: -: number out of range (line 2 column") != NULL, "%s",
+              r.err);
+    run_url(args, "[{\"name\": \"a\", \"name\": \"b\", \"fun\": \"echo\"}]", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "duplicate object key") != NULL, "%s", r.err);
 }
 
 Test(cli, request_from_a_file, .init = node_up, .fini = node_down) {
