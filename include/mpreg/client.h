@@ -105,9 +105,16 @@ typedef struct mpreg_call_options {
 } mpreg_call_options;
 
 typedef struct mpreg_subscribe_options {
-    const char *group;        /* queue group: one member gets each message; NULL = none */
-    uint64_t replay_last;     /* first deliver up to this many retained messages; 0 = none */
-    uint64_t replay_since_ms; /* ... published at or after this Unix time (ms); 0 = any */
+    const char *group;    /* queue group: one member gets each message; NULL = none */
+    uint64_t replay_last; /* first deliver up to this many retained messages; 0 = none */
+    /* Replay the retained messages published at or after replay_since_ms
+     * (Unix time, ms) when has_replay_since is set: 0 then means "from the
+     * start of retention". 0 is a time, not "absent", so presence is its
+     * own flag; a nonzero replay_since_ms without the flag is honoured too,
+     * as before the flag existed. With replay_last as well: the last N of
+     * those. */
+    bool has_replay_since;
+    uint64_t replay_since_ms;
 } mpreg_subscribe_options;
 
 /* ---- messages and worker functions ----------------------------------------- */
@@ -220,9 +227,24 @@ mpreg_err mpreg_register(mpreg_client *c, const mpreg_worker_function *def, mpre
  * use the client (publish, call, unsubscribe, ...) but must not close it. */
 int mpreg_poll(mpreg_client *c, int timeout_ms);
 
-/* The node's status / catalog, as the CONTROL_REPLY map the node sends. */
+/* What mpreg_catalog_ex asks for. A node answers a large catalog in pages
+ * that each fit in a frame; the client fetches them all. */
+typedef struct mpreg_catalog_options {
+    /* Only these kinds ("functions", "topics", "nodes"); NULL = all. A kind
+     * the node does not know is absent from the answer. */
+    const char *const *kinds;
+    size_t kinds_count;
+    /* At most this many entries per page; 0 = as many as fit in a frame. */
+    uint32_t page_limit;
+} mpreg_catalog_options;
+
+/* The node's status, as the CONTROL_REPLY map the node sends. */
 mpreg_err mpreg_status(mpreg_client *c, mpreg_value *out, mpreg_error *err);
+/* The node's catalog: {"functions": [...], "topics": [...], "nodes": [...]}
+ * (docs/PROTOCOL.md 13.2), every page of it put together. */
 mpreg_err mpreg_catalog(mpreg_client *c, mpreg_value *out, mpreg_error *err);
+mpreg_err mpreg_catalog_ex(mpreg_client *c, const mpreg_catalog_options *opts, mpreg_value *out,
+                           mpreg_error *err);
 /* The cluster's members as the node sees them: {"self": id, "members":
  * [{"id", "addr", "state" ("alive", "suspect", "dead", "left"),
  * "generation", "incarnation", "since_ms"}...], "stats": {...}}. */
@@ -291,6 +313,9 @@ mpreg_err mpreg_async_register(mpreg_async_client *c, const mpreg_worker_functio
                                mpreg_done_cb done, void *ud);
 mpreg_err mpreg_async_status(mpreg_async_client *c, mpreg_reply_cb cb, void *ud);
 mpreg_err mpreg_async_catalog(mpreg_async_client *c, mpreg_reply_cb cb, void *ud);
+/* All pages, put together, then cb once; opts may be NULL (copied). */
+mpreg_err mpreg_async_catalog_ex(mpreg_async_client *c, const mpreg_catalog_options *opts,
+                                 mpreg_reply_cb cb, void *ud);
 mpreg_err mpreg_async_members(mpreg_async_client *c, mpreg_reply_cb cb, void *ud);
 
 /* Closes the connection (after saying GOODBYE and flushing) and releases

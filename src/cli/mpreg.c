@@ -18,6 +18,8 @@
 #define _GNU_SOURCE
 #include "mpreg/client.h"
 #include "mpreg/value.h"
+
+#include "core/value_json.h"
 #include "runtime/client_proto.h"
 
 #include <errno.h>
@@ -42,8 +44,10 @@ static const char *const usage_main =
     "The command-line client of an mpreg fabric.\n"
     "\n"
     "commands:\n"
-    "  call FUN [ARG...]     call a function and print its result\n"
-    "  request FILE|-        send a request of several commands (a JSON list)\n"
+    "  call FUN [ARG...]     call a function and print its result; an ARG is JSON\n"
+    "                        when it parses as JSON (kept exact, or refused), else\n"
+    "                        a string: see 'mpreg call --help'\n"
+    "  request FILE|-        send a request of several commands (JSON)\n"
     "  pub TOPIC DATA        publish a message\n"
     "  sub PATTERN...        print messages published to matching topics\n"
     "  status                print the node's status\n"
@@ -54,7 +58,8 @@ static const char *const usage_main =
     "  --url HOST:PORT       the node to talk to (default: $MPREG_URL, else " MPREG_DEFAULT_URL
     ")\n"
     "  --json                compact JSON output (the default when stdout is not a terminal)\n"
-    "  --token TOKEN         when the node requires one (default: $MPREG_TOKEN)\n"
+    "  --token TOKEN         when the node requires one (default: $MPREG_TOKEN);\n"
+    "                        other users see a flag in ps: prefer $MPREG_TOKEN\n"
     "  --timeout MS          how long to wait (see each command)\n"
     "  -h, --help            help; 'mpreg COMMAND --help' for a command's\n"
     "  --version             print the version (before the command)\n"
@@ -73,7 +78,11 @@ static const char *const usage_call =
     "\n"
     "Calls FUN somewhere in the fabric and prints its result as JSON. Each ARG\n"
     "is read as JSON when it parses as JSON (3, true, [1,2], {\"a\":1}, \"quoted\"),\n"
-    "else taken as a string. Use -- before arguments that start with '--'.\n"
+    "else taken as a string (hi, {, 007). JSON is kept exact or refused (exit 2):\n"
+    "an integer must fit in int64 (-9223372036854775808..9223372036854775807),\n"
+    "any other number in a double (1e400 is refused), object keys must be\n"
+    "unique, nesting at most 28 levels. Quote to send text: '\"1e400\"'.\n"
+    "Use -- before arguments that start with '--'.\n"
     "\n"
     "options:\n"
     "  --kw KEY=VALUE        a keyword argument (VALUE read like ARG); repeatable\n"
@@ -93,6 +102,10 @@ static const char *const usage_request =
     "\n"
     "Sends the commands in FILE (or standard input for -), a JSON list of\n"
     "  {\"name\", \"fun\", \"args\"?, \"kwargs\"?, \"locs\"?, \"function_id\"?, \"version\"?}\n"
+    "or the request object of docs/PROTOCOL.md 8.6, {\"commands\": [...], \"timeout_ms\"?: N}\n"
+    "(--timeout wins over its timeout_ms). The JSON is read exactly, as call's\n"
+    "ARGs are: an integer beyond int64, a number beyond a double or a duplicate\n"
+    "key is refused, not approximated.\n"
     "A string argument equal to another command's name (or name.field.0) stands\n"
     "for that command's result. Prints the results of the commands no other\n"
     "command used, keyed by name.\n"
@@ -129,7 +142,8 @@ static const char *const usage_sub =
     "  --count N             exit after N messages\n"
     "  --group G             join queue group G: each message goes to one member\n"
     "  --replay-last N       first replay up to N retained messages\n"
-    "  --replay-since MS     ... published at or after this Unix time in ms\n"
+    "  --replay-since MS     ... published at or after this Unix time in ms;\n"
+    "                        0 replays everything the node retains (mpregd --retain)\n"
     "  --timeout MS          stop after MS milliseconds (an error if --count\n"
     "                        messages did not arrive by then)\n"
     "\n"
@@ -182,7 +196,8 @@ static const char *const usage_catalog =
     "\n"
     "On a terminal it prints tables; with --json or when piped, the node's\n"
     "answer as JSON (a map from kind to its entries, one per node), keeping\n"
-    "only the kinds asked for.\n"
+    "only the kinds asked for. A catalog too big for one frame comes from the\n"
+    "node in pages; all of them are fetched and printed as one.\n"
     "\n"
     "examples:\n"
     "  mpreg catalog\n"
@@ -278,6 +293,7 @@ typedef struct cli {
     bool has_timeout;
     uint32_t timeout_ms;
     mpreg_value kwargs; /* MAP, or NIL when no --kw */
+    mpreg_value args;   /* call's ARGs as values (call_args) */
     const char *locs;
     const char *function_id;
     const char *version;
@@ -285,6 +301,7 @@ typedef struct cli {
     uint64_t count; /* 0 = no limit */
     const char *group;
     uint64_t replay_last;
+    bool has_replay_since; /* --replay-since 0 is a time: the start of retention */
     uint64_t replay_since;
     unsigned kinds;   /* catalog kinds asked for, bit i = catalog_kinds[i]; 0 = all */
     const char **pos; /* positional arguments after the command */
@@ -409,14 +426,18 @@ static int apply_opt(cli *c, const cli_opt_spec *o, const char *val) {
         c->group = val;
         return 0;
     case OPT_REPLAY_LAST:
-        if (!parse_u64(val, UINT64_MAX, &c->replay_last) || c->replay_last == 0) {
+        if (!parse_u64(val, INT64_MAX, &c->replay_last) || c->replay_last == 0) {
             return usage_error(c, "--replay-last: expected a number (1 or more), got '%s'", val);
         }
         return 0;
     case OPT_REPLAY_SINCE:
-        if (!parse_u64(val, UINT64_MAX, &c->replay_since)) {
-            return usage_error(c, "--replay-since: expected Unix milliseconds, got '%s'", val);
+        if (!parse_u64(val, INT64_MAX, &c->replay_since)) {
+            return usage_error(c,
+                               "--replay-since: expected Unix milliseconds (0 = everything "
+                               "retained), got '%s'",
+                               val);
         }
+        c->has_replay_since = true;
         return 0;
     case OPT_KIND:
         return parse_kinds(c, val);
@@ -555,15 +576,27 @@ static int fail_msg(mpreg_err code, const char *fmt, ...) {
 
 /* ==== commands ====================================================================== */
 
-static int cmd_call(const cli *c, mpreg_client *client) {
-    mpreg_value args = mpreg_array(), locs = mpreg_nil(), result;
+/* call's ARGs as values, before anything is sent: one that has no exact
+ * value is a bad command line, named by its position. */
+static int call_args(cli *c) {
+    c->args = mpreg_array();
     for (size_t i = 1; i < c->npos; i++) {
         mpreg_value v;
-        if (mp_client_arg_value(c->pos[i], &v) != MPREG_OK || mpreg_array_push(&args, v)) {
-            mpreg_value_free(&args);
+        char why[256] = "";
+        mpreg_err rc = mp_client_arg_value(c->pos[i], &v, why, sizeof why);
+        if (rc == MPREG_E_NOMEM || (rc == MPREG_OK && mpreg_array_push(&c->args, v))) {
             return fail_msg(MPREG_E_NOMEM, "out of memory");
         }
+        if (rc != MPREG_OK) {
+            return usage_error(c, "call: argument %zu ('%.40s%s'): %s", i, c->pos[i],
+                               strlen(c->pos[i]) > 40 ? "..." : "", why);
+        }
     }
+    return 0;
+}
+
+static int cmd_call(const cli *c, mpreg_client *client) {
+    mpreg_value locs = mpreg_nil(), result;
     mpreg_call_options o = {.function_id = c->function_id,
                             .version = c->version,
                             .timeout_ms = c->has_timeout ? c->timeout_ms : 0};
@@ -578,10 +611,9 @@ static int cmd_call(const cli *c, mpreg_client *client) {
     }
     mpreg_error err = {0};
     const mpreg_value *kw = c->kwargs.type == MPREG_MAP ? &c->kwargs : NULL;
-    mpreg_err rc = mpreg_call(client, c->pos[0], &args, kw, &o, &result, &err);
+    mpreg_err rc = mpreg_call(client, c->pos[0], &c->args, kw, &o, &result, &err);
     free(loc_ptrs);
     mpreg_value_free(&locs);
-    mpreg_value_free(&args);
     if (rc != MPREG_OK) {
         return fail(&err);
     }
@@ -629,26 +661,70 @@ static char *read_all(const char *path, size_t *len) {
     return buf;
 }
 
+/* A request file holds either the bare list of commands or the RPC_REQUEST
+ * payload as PROTOCOL 8.6 shows it, {"commands": [...], "timeout_ms"?: N}:
+ * people copy that example. The list is moved out of *doc into *cmds. */
+static int request_commands(const char *path, mpreg_value *doc, mpreg_value *cmds,
+                            uint32_t *timeout_ms) {
+    if (doc->type != MPREG_MAP) {
+        *cmds = *doc;
+        *doc = mpreg_nil();
+        return 0;
+    }
+    mpreg_value *list = NULL;
+    for (size_t i = 0; i < doc->u.map.len; i++) {
+        mpreg_kv *kv = &doc->u.map.items[i];
+        const char *key = kv->key.u.str.ptr;
+        if (strcmp(key, "commands") == 0) {
+            list = &kv->val;
+        } else if (strcmp(key, "timeout_ms") == 0) {
+            if (kv->val.type != MPREG_INT || kv->val.u.i < 1 || kv->val.u.i > UINT32_MAX) {
+                return fail_msg(MPREG_E_RANGE, "%s: timeout_ms must be milliseconds, 1 to %u", path,
+                                UINT32_MAX);
+            }
+            *timeout_ms = (uint32_t)kv->val.u.i;
+        } else {
+            return fail_msg(MPREG_E_INVALID,
+                            "%s: unknown key '%s' (a request is a list of commands or "
+                            "{\"commands\": [...], \"timeout_ms\": N})",
+                            path, key);
+        }
+    }
+    if (list == NULL) {
+        return fail_msg(MPREG_E_MISSING_FIELD, "%s: no \"commands\" list", path);
+    }
+    *cmds = *list;
+    *list = mpreg_nil();
+    return 0;
+}
+
 static int cmd_request(const cli *c, mpreg_client *client) {
     size_t len = 0;
     char *text = read_all(c->pos[0], &len);
     if (text == NULL) {
         return fail_msg(MPREG_E_IO, "cannot read %s: %s", c->pos[0], strerror(errno));
     }
-    mpreg_value cmds, results;
+    mpreg_value doc, cmds, results;
     char why[256] = "";
-    mpreg_err rc = mpreg_value_from_json(text, len, &cmds, why, sizeof why);
+    bool is_json = false; /* a request is JSON either way: the flag is not needed */
+    mpreg_err rc = mp_value_from_json_exact(text, len, &doc, &is_json, why, sizeof why);
     free(text);
     if (rc != MPREG_OK) {
         return fail_msg(rc, "%s: %s", c->pos[0], why[0] ? why : mpreg_strerror(rc));
     }
+    uint32_t timeout_ms = 0; /* the file's, unless --timeout says otherwise */
+    int status = request_commands(c->pos[0], &doc, &cmds, &timeout_ms);
+    mpreg_value_free(&doc);
+    if (status != 0) {
+        return status;
+    }
     mpreg_error err = {0};
-    rc = mpreg_request(client, &cmds, c->has_timeout ? c->timeout_ms : 0, &results, &err);
+    rc = mpreg_request(client, &cmds, c->has_timeout ? c->timeout_ms : timeout_ms, &results, &err);
     mpreg_value_free(&cmds);
     if (rc != MPREG_OK) {
         return fail(&err);
     }
-    int status = print_value(c, &results, pretty_output(c));
+    status = print_value(c, &results, pretty_output(c));
     mpreg_value_free(&results);
     return status;
 }
@@ -715,8 +791,10 @@ static int cmd_sub(const cli *c, mpreg_client *client) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sub_state s = {.c = c};
-    mpreg_subscribe_options o = {
-        .group = c->group, .replay_last = c->replay_last, .replay_since_ms = c->replay_since};
+    mpreg_subscribe_options o = {.group = c->group,
+                                 .replay_last = c->replay_last,
+                                 .has_replay_since = c->has_replay_since,
+                                 .replay_since_ms = c->replay_since};
     mpreg_error err = {0};
     mpreg_err rc = mpreg_subscribe_ex(client, c->pos, c->npos, &o, on_message, &s, NULL, &err);
     if (rc != MPREG_OK) {
@@ -1163,9 +1241,18 @@ static mpreg_err filter_kinds(const cli *c, const mpreg_value *v, mpreg_value *o
 }
 
 static int cmd_catalog(const cli *c, mpreg_client *client) {
+    /* The node leaves out the kinds not asked for, and pages a catalog too
+     * big for one frame; the library fetches every page. */
+    const char *kinds[N_KINDS];
+    mpreg_catalog_options o = {.kinds = kinds};
+    for (size_t k = 0; k < N_KINDS && c->kinds != 0; k++) {
+        if (kind_wanted(c, k)) {
+            kinds[o.kinds_count++] = catalog_kinds[k];
+        }
+    }
     mpreg_value out;
     mpreg_error err = {0};
-    if (mpreg_catalog(client, &out, &err) != MPREG_OK) {
+    if (mpreg_catalog_ex(client, &o, &out, &err) != MPREG_OK) {
         return fail(&err);
     }
     int status = 0;
@@ -1279,10 +1366,14 @@ int main(int argc, char **argv) {
             }
         } else {
             status = check_arity(&c);
+            if (status == 0 && c.command->cmd == CMD_CALL) {
+                status = call_args(&c);
+            }
             status = status ? status : run(&c);
         }
     }
     mpreg_value_free(&c.kwargs);
+    mpreg_value_free(&c.args);
     free(c.pos);
     return status;
 }

@@ -264,7 +264,10 @@ static void mp_usage(FILE *out) {
             "                          locs (repeatable; default: none)\n"
             "  -p, --plugin PATH       load a plugin .so, which registers functions through\n"
             "                          mpreg_plugin_init (repeatable; default: none)\n"
-            "      --token TOKEN       clients must present TOKEN in HELLO (default: none)\n"
+            "      --token TOKEN       clients must present TOKEN in HELLO (default:\n"
+            "                          $MPREG_TOKEN, else none); a flag is visible to\n"
+            "                          other users in ps: prefer $MPREG_TOKEN or the\n"
+            "                          config file's \"token\"\n"
             "      --max-frame BYTES   largest frame received or sent; K and M suffixes\n"
             "                          (1K to 64M; default 8M)\n"
             "      --retain N          keep the last N messages of each topic, for\n"
@@ -298,7 +301,8 @@ static void mp_usage(FILE *out) {
             "                          dead_keep_ms (60000), max_piggyback_bytes (16384),\n"
             "                          reconnect_timeout_ms (21600000: how long a dead\n"
             "                          member is still tried), reconnect_interval_ms\n"
-            "                          (10000: how often one is tried)\n"
+            "                          (10000: how often one is tried); probe_timeout_ms\n"
+            "                          must stay below probe_interval_ms\n"
             "      --max-peer-conns N  peer connections kept open at most (default 64)\n"
             "      --catalog-ttl MS    other nodes' catalog entries expire this long after\n"
             "                          the membership last listed their node alive or\n"
@@ -706,6 +710,16 @@ static void mp_take_list(mp_list *flag, mp_list *file) {
     }
 }
 
+/* $MPREG_TOKEN stands in for --token: a flag's value is visible to every
+ * user in ps, the environment only to the owner. The flag still wins; the
+ * environment wins over the config file, as a flag would. */
+static void mp_token_from_env(mp_settings *flags) {
+    const char *env = getenv("MPREG_TOKEN");
+    if (flags->token == NULL && env != NULL && env[0] != '\0') {
+        mp_set(&flags->token, env);
+    }
+}
+
 /* Flags win: a setting given on the command line replaces the file's. */
 static void mp_merge(mp_settings *flags, mp_settings *file) {
     mp_take(&flags->listen, &file->listen);
@@ -948,17 +962,10 @@ static void mp_check_swim(const mp_list *l, mp_options *o) {
         memcpy((char *)&o->swim + f->offset, &u, sizeof u);
     }
     const char *why = NULL;
-    mpreg_err err = mp_swim_config_check(&o->swim, &why);
+    char msg[256] = "";
+    mpreg_err err = mp_swim_config_explain(&o->swim, &why, msg, sizeof msg);
     if (err != MPREG_OK) {
-        why = why != NULL ? why : "?";
-        const mp_swim_field *f = mp_swim_field_find(why, strlen(why));
-        if (f != NULL) {
-            uint32_t v;
-            memcpy(&v, (const char *)&o->swim + f->offset, sizeof v);
-            mp_usage_error("--swim: %s=%u is not allowed: %s", why, (unsigned)v,
-                           mpreg_strerror(err));
-        }
-        mp_usage_error("--swim: bad membership setting: %s (%s)", why, mpreg_strerror(err));
+        mp_usage_error("--swim: %s", msg[0] ? msg : mpreg_strerror(err));
     }
 }
 
@@ -1528,6 +1535,7 @@ int main(int argc, char **argv) {
     if (d.flags.config != NULL) {
         mp_load_config(d.flags.config, &d.file);
     }
+    mp_token_from_env(&d.flags);
     mp_merge(&d.flags, &d.file);
     mp_check(&d.flags, &d.opts);
     if (sodium_init() < 0) {

@@ -7,6 +7,7 @@
 #include "mpreg/value.h"
 
 #include "core/buf.h"
+#include "core/value_json.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -484,6 +485,62 @@ mpreg_err mpreg_value_from_json(const char *text, size_t len, mpreg_value *out, 
             return MPREG_E_JSON;
         }
     }
+    mpreg_err err = mp_from_json(root, out, 0, errbuf, errbuf_len);
+    json_decref(root);
+    if (err) {
+        mpreg_value_free(out);
+    }
+    return err;
+}
+
+/* jansson's failure, as mp_value_from_json_exact reports it. */
+static mpreg_err mp_exact_refusal(const json_error_t *e, bool *is_json, char *errbuf,
+                                  size_t errbuf_len) {
+    *is_json = true;
+    switch (json_error_code(e)) {
+    case json_error_numeric_overflow:
+        if (errbuf && errbuf_len) {
+            snprintf(errbuf, errbuf_len,
+                     "number out of range (line %d column %d): an integer must be within int64 "
+                     "(-9223372036854775808 to 9223372036854775807), any other number within "
+                     "a double (about 1.8e308)",
+                     e->line, e->column);
+        }
+        return MPREG_E_RANGE;
+    case json_error_duplicate_key:
+    case json_error_null_byte_in_key:
+        if (errbuf && errbuf_len) {
+            snprintf(errbuf, errbuf_len, "%s (line %d column %d)", e->text, e->line, e->column);
+        }
+        return MPREG_E_JSON;
+    case json_error_stack_overflow:
+        mp_errf(errbuf, errbuf_len, "nesting deeper than 32 levels");
+        return MPREG_E_TOO_DEEP;
+    case json_error_out_of_memory:
+        mp_errf(errbuf, errbuf_len, "out of memory");
+        return MPREG_E_NOMEM;
+    default:
+        *is_json = false;
+        if (errbuf && errbuf_len) {
+            snprintf(errbuf, errbuf_len, "line %d column %d: %s", e->line, e->column, e->text);
+        }
+        return MPREG_E_JSON;
+    }
+}
+
+mpreg_err mp_value_from_json_exact(const char *text, size_t len, mpreg_value *out, bool *is_json,
+                                   char *errbuf, size_t errbuf_len) {
+    *out = mpreg_nil();
+    *is_json = false;
+    mp_errf(errbuf, errbuf_len, "");
+    json_error_t e;
+    /* No widening: an integer jansson cannot hold is out of range here. */
+    size_t flags = JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES;
+    json_t *root = json_loadb(text ? text : "", text ? len : 0, flags, &e);
+    if (!root) {
+        return mp_exact_refusal(&e, is_json, errbuf, errbuf_len);
+    }
+    *is_json = true;
     mpreg_err err = mp_from_json(root, out, 0, errbuf, errbuf_len);
     json_decref(root);
     if (err) {

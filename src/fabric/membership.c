@@ -189,10 +189,12 @@ void mp_swim_config_default(mp_swim_config *cfg) {
 #define MP_HOUR_MS 3600000u
 #define MP_DAY_MS 86400000u
 
-mpreg_err mp_swim_config_check(const mp_swim_config *cfg, const char **why) {
+mpreg_err mp_swim_config_explain(const mp_swim_config *cfg, const char **why, char *msg,
+                                 size_t msg_len) {
     const char *dummy;
     why = why ? why : &dummy;
     *why = NULL;
+    msg_len = msg ? msg_len : 0;
     static const struct {
         size_t off;
         uint32_t min, max;
@@ -221,15 +223,30 @@ mpreg_err mp_swim_config_check(const mp_swim_config *cfg, const char **why) {
         uint32_t v = *(const uint32_t *)((const char *)cfg + rules[i].off);
         if (v < rules[i].min || v > rules[i].max) {
             *why = rules[i].name;
+            if (msg_len) {
+                snprintf(msg, msg_len, "%s=%u is out of range: it must be from %u to %u",
+                         rules[i].name, (unsigned)v, (unsigned)rules[i].min,
+                         (unsigned)rules[i].max);
+            }
             return MPREG_E_RANGE;
         }
     }
     if (cfg->probe_timeout_ms >= cfg->probe_interval_ms) {
         /* The indirect probes need the rest of the interval. */
         *why = "probe_timeout_ms";
+        if (msg_len) {
+            snprintf(msg, msg_len,
+                     "probe_timeout_ms=%u must be below probe_interval_ms=%u (the indirect "
+                     "probes need the rest of the interval)",
+                     (unsigned)cfg->probe_timeout_ms, (unsigned)cfg->probe_interval_ms);
+        }
         return MPREG_E_RANGE;
     }
     return MPREG_OK;
+}
+
+mpreg_err mp_swim_config_check(const mp_swim_config *cfg, const char **why) {
+    return mp_swim_config_explain(cfg, why, NULL, 0);
 }
 
 /* --- decoding ----------------------------------------------------------------- */

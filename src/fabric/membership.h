@@ -134,6 +134,12 @@ void mp_swim_config_default(mp_swim_config *cfg);
  * mp_swim_config_default first (a config from before the reconnect fields
  * existed, with them 0, is refused, not silently given a default). */
 mpreg_err mp_swim_config_check(const mp_swim_config *cfg, const char **why);
+/* The same, and msg (msg_len bytes, may be NULL) says what the field must
+ * satisfy: its range ("... must be from 1 to 3600000"), or the other field
+ * it is tied to ("probe_timeout_ms=2000 must be below probe_interval_ms=1000
+ * ..."), so that an operator can fix the setting without the source. */
+mpreg_err mp_swim_config_explain(const mp_swim_config *cfg, const char **why, char *msg,
+                                 size_t msg_len);
 
 /* A member as the table holds it (borrowed view). */
 typedef struct mp_member {

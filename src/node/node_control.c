@@ -2,13 +2,15 @@
  *
  * A CONTROL envelope names its operation in the topic and gets one
  * CONTROL_REPLY (or an ERROR). "status" is the node's vital signs,
- * "catalog" what the node knows about the fabric, "subscriptions" the
+ * "catalog" what the node knows about the fabric (in pages that each fit
+ * in a frame, of the kinds asked for), "subscriptions" the
  * asking connection's own subscriptions with their counts, "members" the
  * cluster's members as this node sees them (node_cluster.c), all as plain
  * values so that the CLI can print them as JSON. Lists are sorted, so two nodes with
  * the same catalog print the same text. */
 #include "node/node_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -252,39 +254,314 @@ static mpreg_value mp_node_value(const mp_entry *e) {
     return v;
 }
 
-/* The live entries of one kind, sorted, each made a value. */
-static mpreg_err mp_catalog_list(const mp_node *n, mp_entry_kind kind,
-                                 int (*cmp)(const void *, const void *),
-                                 mpreg_value (*to_value)(const mp_entry *), mpreg_value *out) {
+/* --- catalog pages -------------------------------------------------------------
+ *
+ * A catalog can outgrow a frame (thousands of worker functions, one topic
+ * interest per subscription), so a reply is a page: the node adds entries,
+ * kind after kind and each kind sorted, while the reply still fits in
+ * max_frame (and the request's `limit`), and names the last one it added
+ * in `next`. The client sends that back as `after` and gets the entries
+ * that sort after it. A cursor is a key rather than an offset, so entries
+ * added or removed between pages neither shift the rest nor repeat. The
+ * request may also name the kinds it wants: `mpreg catalog --kind nodes`
+ * needs no function list built, sent and thrown away. PROTOCOL 13.2. */
+
+/* The kinds in the order a reply lists them and pages walk them. */
+typedef struct mp_cat_kind {
+    const char *name;
+    mp_entry_kind kind;
+    size_t nkey; /* strings in its sort key */
+    void (*key)(const mp_entry *e, const char *out[4]);
+    int (*cmp)(const void *, const void *);
+    mpreg_value (*to_value)(const mp_entry *);
+} mp_cat_kind;
+
+/* Sort keys, in the order of the comparators above. */
+static void mp_function_sort_key(const mp_entry *e, const char *k[4]) {
+    const mp_function_key *f = &e->u.function.key;
+    k[0] = f->name;
+    k[1] = f->node;
+    k[2] = f->function_id;
+    k[3] = f->version;
+}
+
+static void mp_topic_sort_key(const mp_entry *e, const char *k[4]) {
+    const mp_topic_key *t = &e->u.topic.key;
+    k[0] = t->pattern;
+    k[1] = t->node;
+    k[2] = t->group ? t->group : "";
+}
+
+static void mp_node_sort_key(const mp_entry *e, const char *k[4]) {
+    k[0] = e->u.node.key.node;
+}
+
+static const mp_cat_kind mp_cat_kinds[] = {
+    {"functions", MP_ENTRY_FUNCTION, 4, mp_function_sort_key, mp_cmp_function, mp_function_value},
+    {"topics", MP_ENTRY_TOPIC, 3, mp_topic_sort_key, mp_cmp_topic, mp_topic_value},
+    {"nodes", MP_ENTRY_NODE, 1, mp_node_sort_key, mp_cmp_node, mp_node_value},
+};
+#define MP_CAT_KINDS (sizeof mp_cat_kinds / sizeof mp_cat_kinds[0])
+
+/* What a catalog request asks for. Strings are borrowed from its payload. */
+typedef struct mp_cat_query {
+    unsigned kinds; /* bit i = mp_cat_kinds[i] */
+    bool has_after;
+    size_t after_kind;
+    const char *after_key[4];
+    uint64_t limit; /* entries per page; 0 = as many as fit */
+} mp_cat_query;
+
+static mpreg_err mp_cat_fail(char *why, size_t len, mpreg_err code, const char *msg) {
+    snprintf(why, len, "%s", msg);
+    return code;
+}
+
+static size_t mp_cat_kind_index(const mpreg_value *v) {
+    size_t k = 0;
+    while (k < MP_CAT_KINDS && strcmp(v->u.str.ptr, mp_cat_kinds[k].name) != 0) {
+        k++;
+    }
+    return k;
+}
+
+/* A kind this node does not know (a newer node's) is asked for in vain, not
+ * wrongly: the reply has no key for it. */
+static mpreg_err mp_cat_parse_kinds(const mpreg_value *v, mp_cat_query *q, char *why, size_t len) {
+    if (v->type != MPREG_ARRAY) {
+        return mp_cat_fail(why, len, MPREG_E_TYPE, "kinds: expected an array of str");
+    }
+    if (v->u.arr.len == 0) {
+        return mp_cat_fail(why, len, MPREG_E_INVALID, "kinds: empty (omit the key for all)");
+    }
+    q->kinds = 0;
+    for (size_t i = 0; i < v->u.arr.len; i++) {
+        const mpreg_value *k = &v->u.arr.items[i];
+        if (k->type != MPREG_STR) {
+            return mp_cat_fail(why, len, MPREG_E_TYPE, "kinds: expected an array of str");
+        }
+        size_t idx = mp_cat_kind_index(k);
+        q->kinds |= idx < MP_CAT_KINDS ? 1u << idx : 0;
+    }
+    return MPREG_OK;
+}
+
+/* `after` is a `next` this node gave: [kind, key strings...]. */
+static mpreg_err mp_cat_parse_after(const mpreg_value *v, mp_cat_query *q, char *why, size_t len) {
+    const char *bad = "after: not a 'next' this node sent";
+    if (v->type != MPREG_ARRAY || v->u.arr.len < 2) {
+        return mp_cat_fail(why, len, MPREG_E_INVALID, bad);
+    }
+    for (size_t i = 0; i < v->u.arr.len; i++) {
+        if (v->u.arr.items[i].type != MPREG_STR) {
+            return mp_cat_fail(why, len, MPREG_E_INVALID, bad);
+        }
+    }
+    size_t k = mp_cat_kind_index(&v->u.arr.items[0]);
+    if (k == MP_CAT_KINDS || v->u.arr.len != 1 + mp_cat_kinds[k].nkey) {
+        return mp_cat_fail(why, len, MPREG_E_INVALID, bad);
+    }
+    q->has_after = true;
+    q->after_kind = k;
+    for (size_t i = 1; i < v->u.arr.len; i++) {
+        q->after_key[i - 1] = v->u.arr.items[i].u.str.ptr;
+    }
+    return MPREG_OK;
+}
+
+/* The request's payload: none or {} for everything, else {"kinds"?,
+ * "after"?, "limit"?}; any other key is refused, as everywhere. */
+static mpreg_err mp_cat_query_parse(const mpreg_value *p, mp_cat_query *q, char *why, size_t len) {
+    *q = (mp_cat_query){.kinds = (1u << MP_CAT_KINDS) - 1};
+    if (p->type == MPREG_NIL) {
+        return MPREG_OK;
+    }
+    if (p->type != MPREG_MAP) {
+        return mp_cat_fail(why, len, MPREG_E_TYPE, "payload: expected a map");
+    }
+    mpreg_err err = MPREG_OK;
+    for (size_t i = 0; i < p->u.map.len && !err; i++) {
+        const char *key = p->u.map.items[i].key.u.str.ptr;
+        const mpreg_value *v = &p->u.map.items[i].val;
+        if (strcmp(key, "kinds") == 0) {
+            err = mp_cat_parse_kinds(v, q, why, len);
+        } else if (strcmp(key, "after") == 0) {
+            err = mp_cat_parse_after(v, q, why, len);
+        } else if (strcmp(key, "limit") == 0) {
+            if (v->type != MPREG_INT || v->u.i < 1) {
+                err = mp_cat_fail(why, len, v->type == MPREG_INT ? MPREG_E_RANGE : MPREG_E_TYPE,
+                                  "limit: expected an int >= 1");
+            }
+            q->limit = err ? 0 : (uint64_t)v->u.i;
+        } else {
+            snprintf(why, len, "unknown key '%.64s' (known: kinds, after, limit)", key);
+            err = MPREG_E_INVALID;
+        }
+    }
+    return err;
+}
+
+/* A page being filled: payload bytes it may still take, and where it ends. */
+typedef struct mp_cat_page {
+    size_t room;
+    uint64_t limit;
+    uint64_t count;
+    bool full;            /* an entry was left for the next page */
+    const mp_entry *last; /* the last entry added, and its kind */
+    size_t last_kind;
+    mp_buf scratch;
+} mp_cat_page;
+
+/* The encoded size of `next` naming e: [kind, key...] after the key "next". */
+static size_t mp_cat_cursor_size(size_t kind, const mp_entry *e) {
+    const char *key[4];
+    mp_cat_kinds[kind].key(e, key);
+    size_t n = 5 + 5 + 5 + strlen(mp_cat_kinds[kind].name);
+    for (size_t i = 0; i < mp_cat_kinds[kind].nkey; i++) {
+        n += 5 + strlen(key[i]);
+    }
+    return n;
+}
+
+static int mp_cat_key_cmp(const mp_cat_query *q, size_t kind, const mp_entry *e) {
+    const char *key[4];
+    mp_cat_kinds[kind].key(e, key);
+    int c = 0;
+    for (size_t i = 0; i < mp_cat_kinds[kind].nkey && c == 0; i++) {
+        c = strcmp(key[i], q->after_key[i]);
+    }
+    return c;
+}
+
+/* Adds the kind's entries that come after the cursor while they fit. */
+static mpreg_err mp_cat_fill(const mp_node *n, const mp_cat_query *q, size_t kind, mp_cat_page *pg,
+                             mpreg_value *out) {
+    *out = mpreg_array();
+    if (pg->full || (q->has_after && kind < q->after_kind)) {
+        return MPREG_OK;
+    }
     mp_entry_list l = {0};
-    mp_catalog_each(n->catalog, kind, mp_collect, &l);
+    mp_catalog_each(n->catalog, mp_cat_kinds[kind].kind, mp_collect, &l);
     mpreg_err err = l.nomem ? MPREG_E_NOMEM : MPREG_OK;
     if (!err && l.len > 1) {
-        qsort(l.items, l.len, sizeof *l.items, cmp);
+        qsort(l.items, l.len, sizeof *l.items, mp_cat_kinds[kind].cmp);
     }
-    *out = mpreg_array();
-    for (size_t i = 0; i < l.len && !err; i++) {
-        mpreg_value v = to_value(l.items[i]);
-        err = v.type == MPREG_MAP ? mpreg_array_push(out, v) : MPREG_E_NOMEM;
+    size_t i = 0;
+    while (q->has_after && kind == q->after_kind && i < l.len &&
+           mp_cat_key_cmp(q, kind, l.items[i]) <= 0) {
+        i++;
+    }
+    for (; i < l.len && !err; i++) {
+        mpreg_value v = mp_cat_kinds[kind].to_value(l.items[i]);
+        pg->scratch.len = 0;
+        err = v.type == MPREG_MAP ? mpreg_value_encode(&v, &pg->scratch) : MPREG_E_NOMEM;
+        size_t need = pg->scratch.len + mp_cat_cursor_size(kind, l.items[i]);
+        if (!err && (need > pg->room || (pg->limit && pg->count == pg->limit))) {
+            pg->full = true;
+            mpreg_value_free(&v);
+            break;
+        }
+        err = err ? (mpreg_value_free(&v), err) : mpreg_array_push(out, v);
+        pg->room -= err ? 0 : pg->scratch.len;
+        pg->count++;
+        pg->last = l.items[i];
+        pg->last_kind = kind;
     }
     free(l.items);
     return err;
 }
 
-mpreg_err mp_control_catalog(const mp_node *n, mpreg_value *out) {
-    mpreg_value functions, topics, nodes;
-    mpreg_err err =
-        mp_catalog_list(n, MP_ENTRY_FUNCTION, mp_cmp_function, mp_function_value, &functions);
-    mpreg_err e2 = mp_catalog_list(n, MP_ENTRY_TOPIC, mp_cmp_topic, mp_topic_value, &topics);
-    mpreg_err e3 = mp_catalog_list(n, MP_ENTRY_NODE, mp_cmp_node, mp_node_value, &nodes);
-    err = err ? err : e2 ? e2 : e3;
+static mpreg_value mp_cat_cursor(const mp_cat_page *pg) {
+    const char *key[4];
+    mp_cat_kinds[pg->last_kind].key(pg->last, key);
+    mpreg_value c = mpreg_array();
+    mpreg_err err = mpreg_array_push(&c, mpreg_str(mp_cat_kinds[pg->last_kind].name));
+    for (size_t i = 0; i < mp_cat_kinds[pg->last_kind].nkey && !err; i++) {
+        err = mpreg_array_push(&c, mpreg_str(key[i]));
+    }
+    if (err) {
+        mpreg_value_free(&c);
+    }
+    return c;
+}
+
+/* One page of the catalog in at most `room` payload bytes. */
+static mpreg_err mp_cat_page_build(const mp_node *n, const mp_cat_query *q, size_t room,
+                                   mpreg_value *out, char *why, size_t why_len) {
+    mp_cat_page pg = {.limit = q->limit, .scratch = MP_BUF_INIT};
+    /* The map's own bytes: its head, each kind's key and array head. */
+    size_t frame = 1 + 5;
+    for (size_t k = 0; k < MP_CAT_KINDS; k++) {
+        frame += (q->kinds & (1u << k)) ? 1 + strlen(mp_cat_kinds[k].name) + 5 : 0;
+    }
+    pg.room = room > frame ? room - frame : 0;
     *out = mpreg_map();
-    err = mp_set(err, out, "functions", functions);
-    err = mp_set(err, out, "topics", topics);
-    err = mp_set(err, out, "nodes", nodes);
+    mpreg_err err = MPREG_OK;
+    for (size_t k = 0; k < MP_CAT_KINDS && !err; k++) {
+        if (q->kinds & (1u << k)) {
+            mpreg_value list;
+            err = mp_cat_fill(n, q, k, &pg, &list);
+            err = mp_set(err, out, mp_cat_kinds[k].name, list);
+        }
+    }
+    mp_buf_free(&pg.scratch);
+    if (!err && pg.full && pg.count == 0) {
+        snprintf(why, why_len, "a catalog entry alone exceeds the frame limit (max_frame %u)",
+                 (unsigned)n->max_frame);
+        err = MPREG_E_TOO_LARGE;
+    }
+    if (!err && pg.full) {
+        mpreg_value next = mp_cat_cursor(&pg);
+        err = next.type == MPREG_ARRAY ? mpreg_map_set(out, "next", next) : MPREG_E_NOMEM;
+    }
     if (err) {
         mpreg_value_free(out);
     }
+    return err;
+}
+
+mpreg_err mp_control_catalog(const mp_node *n, mpreg_value *out) {
+    mp_cat_query q = {.kinds = (1u << MP_CAT_KINDS) - 1};
+    char why[128];
+    return mp_cat_page_build(n, &q, SIZE_MAX, out, why, sizeof why);
+}
+
+/* Payload bytes a CONTROL_REPLY to env may carry within max_frame: the
+ * envelope around an empty payload is measured, plus the growth of the
+ * payload's bin head (2 bytes empty, 5 at most). */
+static size_t mp_cat_reply_room(const mp_node *n, const mp_envelope *env) {
+    mp_envelope reply;
+    mp_envelope_init(&reply, MP_KIND_CONTROL_REPLY);
+    reply.id = env->id; /* any id: they all encode to the same size */
+    reply.correlation_id = env->id;
+    reply.topic = env->topic;
+    reply.source_node = mp_str_c(n->node_id);
+    reply.source_cluster = mp_str_c(n->cluster);
+    mp_buf b = MP_BUF_INIT;
+    size_t used = mp_envelope_encode(&reply, &b) == MPREG_OK ? b.len + 8 : n->max_frame;
+    mp_buf_free(&b);
+    return n->max_frame > used ? n->max_frame - used : 0;
+}
+
+/* The catalog request: parses the query, builds the page. On failure *why
+ * holds the message for the ERROR. */
+static mpreg_err mp_control_catalog_page(const mp_node *n, const mp_envelope *env, mpreg_value *out,
+                                         char *why, size_t why_len) {
+    mpreg_value p = mpreg_nil();
+    mpreg_err err = MPREG_OK;
+    if (env->payload.len > 0) {
+        err = mpreg_value_decode(env->payload.ptr, env->payload.len, NULL, &p);
+        if (err) {
+            snprintf(why, why_len, "payload: %s", mpreg_strerror(err));
+            return err;
+        }
+    }
+    mp_cat_query q;
+    err = mp_cat_query_parse(&p, &q, why, why_len);
+    if (!err) {
+        err = mp_cat_page_build(n, &q, mp_cat_reply_room(n, env), out, why, why_len);
+    }
+    mpreg_value_free(&p);
     return err;
 }
 
@@ -334,7 +611,12 @@ void mp_control_on_request(mp_node *n, mp_conn *c, const mp_envelope *env) {
     if (mp_str_eq_c(env->topic, "status")) {
         err = mp_node_status(n, n->now_ms, &v);
     } else if (mp_str_eq_c(env->topic, "catalog")) {
-        err = mp_control_catalog(n, &v);
+        char why[160] = "";
+        err = mp_control_catalog_page(n, env, &v, why, sizeof why);
+        if (err && why[0]) {
+            mp_node_send_errorf(n, c->id, &env->id, err, "CONTROL catalog: %s", why);
+            return;
+        }
     } else if (mp_str_eq_c(env->topic, "subscriptions")) {
         err = mp_control_subscriptions(n, c, &v);
     } else if (mp_str_eq_c(env->topic, "members")) {

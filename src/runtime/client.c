@@ -72,6 +72,9 @@ struct mpreg_client {
     mpreg_err closed;      /* MPREG_OK while the connection is usable */
     mpreg_error close_err; /* why it closed; the node's error when it sent one */
     bool closing;          /* mpreg_close is draining: drop what arrives */
+    bool welcomed;         /* a WELCOME or ERROR has come: the node speaks mpreg */
+    uint8_t first[64];     /* the first bytes the node sent, to quote if they are not mpreg */
+    size_t first_len;
     uint32_t timeout_ms;
     uint32_t max_frame; /* the node's limit for what we send */
     size_t max_queued;
@@ -223,6 +226,13 @@ static void mp_cl_sort_delivery(mpreg_client *c, const uint8_t *frame, size_t le
     mp_cl_queue_push(&c->deliveries, f);
 }
 
+/* Before the WELCOME, what does not read as mpreg is a stranger on the
+ * port, and saying so beats reporting a framing error. */
+static void mp_cl_not_mpreg(mpreg_client *c, const char *why) {
+    mp_client_not_mpreg(&c->close_err, c->first, c->first_len, why);
+    mp_cl_mark_closed(c, MPREG_E_HANDSHAKE, "%s", c->close_err.message);
+}
+
 static int mp_cl_on_frame(void *ud, const uint8_t *frame, size_t len) {
     mpreg_client *c = ud;
     if (c->closing) {
@@ -231,10 +241,19 @@ static int mp_cl_on_frame(void *ud, const uint8_t *frame, size_t len) {
     mp_envelope e;
     const char *why = NULL;
     mpreg_err rc = mp_envelope_decode(frame, len, &e, &why);
+    if (rc != MPREG_OK && !c->welcomed) {
+        mp_cl_not_mpreg(c, "is not an envelope");
+        return 1;
+    }
     if (rc != MPREG_OK) {
         mp_cl_mark_closed(c, rc, "the node sent an invalid envelope (%s)", why ? why : "?");
         return 1;
     }
+    if (!c->welcomed && e.kind != MP_KIND_WELCOME && e.kind != MP_KIND_ERROR) {
+        mp_cl_not_mpreg(c, "is neither WELCOME nor ERROR");
+        return 1;
+    }
+    c->welcomed = true;
     switch (e.kind) {
     case MP_KIND_PING: {
         mp_client_msg m = {.kind = MP_KIND_PONG, .correlation = &e.id};
@@ -276,8 +295,19 @@ static void mp_cl_read(mpreg_client *c) {
     while (c->fd >= 0 && total < MP_CL_READ_BUDGET) {
         ssize_t n = recv(c->fd, c->rbuf, sizeof c->rbuf, MSG_DONTWAIT);
         if (n > 0) {
+            if (c->first_len < sizeof c->first) {
+                size_t k = sizeof c->first - c->first_len;
+                k = k < (size_t)n ? k : (size_t)n;
+                memcpy(c->first + c->first_len, c->rbuf, k);
+                c->first_len += k;
+            }
             total += (size_t)n;
             mpreg_err rc = mp_frame_decoder_feed(&c->dec, c->rbuf, (size_t)n, mp_cl_on_frame, c);
+            if (!c->welcomed && (rc == MPREG_E_FRAME_EMPTY || rc == MPREG_E_FRAME_TOO_LARGE)) {
+                mp_cl_not_mpreg(c, rc == MPREG_E_FRAME_EMPTY ? "is an empty frame"
+                                                             : "has an absurd frame length");
+                return;
+            }
             if (rc == MPREG_E_FRAME_EMPTY || rc == MPREG_E_FRAME_TOO_LARGE) {
                 mp_cl_mark_closed(c, rc, "the node sent a bad frame (%s)", mpreg_err_name(rc));
             }
@@ -876,19 +906,21 @@ mpreg_err mpreg_register(mpreg_client *c, const mpreg_worker_function *def, mpre
     return rc;
 }
 
-static mpreg_err mp_cl_control(mpreg_client *c, const char *op, mpreg_value *out,
-                               mpreg_error *err) {
+static mpreg_err mp_cl_control_payload(mpreg_client *c, const char *op, const mpreg_bytes *payload,
+                                       mpreg_value *out, mpreg_error *err) {
     *out = mpreg_nil();
     if (c == NULL) {
         return mp_client_error_set(err, MPREG_E_INVALID, "no client");
     }
-    static const uint8_t empty_map[1] = {0x80};
-    mp_cl_req r = {.kind = MP_KIND_CONTROL,
-                   .topic = op,
-                   .payload = empty_map,
-                   .payload_len = sizeof empty_map,
-                   .wait_ms = c->timeout_ms};
+    mp_cl_req r = mp_cl_simple(MP_KIND_CONTROL, op, payload, c->timeout_ms);
     return mp_cl_request(c, &r, out, err);
+}
+
+static mpreg_err mp_cl_control(mpreg_client *c, const char *op, mpreg_value *out,
+                               mpreg_error *err) {
+    static uint8_t empty_map[1] = {0x80};
+    mpreg_bytes p = {.data = empty_map, .len = sizeof empty_map};
+    return mp_cl_control_payload(c, op, &p, out, err);
 }
 
 mpreg_err mpreg_status(mpreg_client *c, mpreg_value *out, mpreg_error *err) {
@@ -896,7 +928,34 @@ mpreg_err mpreg_status(mpreg_client *c, mpreg_value *out, mpreg_error *err) {
 }
 
 mpreg_err mpreg_catalog(mpreg_client *c, mpreg_value *out, mpreg_error *err) {
-    return mp_cl_control(c, "catalog", out, err);
+    return mpreg_catalog_ex(c, NULL, out, err);
+}
+
+/* Page after page until the node has no `next`. */
+mpreg_err mpreg_catalog_ex(mpreg_client *c, const mpreg_catalog_options *opts, mpreg_value *out,
+                           mpreg_error *err) {
+    *out = mpreg_nil();
+    mpreg_value acc = mpreg_nil(), next = mpreg_nil();
+    mpreg_err rc;
+    do {
+        mpreg_bytes payload = {0};
+        rc = mp_client_catalog_payload(opts, &next, &payload);
+        mpreg_value_free(&next);
+        if (rc != MPREG_OK) {
+            mp_client_error_set(err, rc, "cannot ask for the catalog: %s", mpreg_strerror(rc));
+            break;
+        }
+        mpreg_value page;
+        rc = mp_cl_control_payload(c, "catalog", &payload, &page, err);
+        mpreg_bytes_free(&payload);
+        rc = rc ? rc : mp_client_catalog_merge(&acc, &page, &next, err);
+    } while (rc == MPREG_OK && next.type != MPREG_NIL);
+    if (rc != MPREG_OK) {
+        mpreg_value_free(&acc);
+        return rc;
+    }
+    *out = acc;
+    return MPREG_OK;
 }
 
 mpreg_err mpreg_members(mpreg_client *c, mpreg_value *out, mpreg_error *err) {

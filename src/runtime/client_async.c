@@ -42,6 +42,7 @@ typedef enum mp_ac_op_kind {
     MP_AC_OP_SUBSCRIBE, /* the subscription id out of the OK */
     MP_AC_OP_DONE,      /* unsubscribe, register: OK or not */
     MP_AC_OP_REGISTER,
+    MP_AC_OP_CATALOG, /* the catalog: page after page, then the whole */
 } mp_ac_op_kind;
 
 typedef struct mp_ac_op {
@@ -54,6 +55,11 @@ typedef struct mp_ac_op {
     mpreg_done_cb done;
     mpreg_message_cb on_message;
     mpreg_worker_function reg; /* MP_AC_OP_REGISTER: to take back on refusal */
+    /* MP_AC_OP_CATALOG: the pages so far, and what each page asks for. */
+    mpreg_value cat_acc;
+    const char **cat_kinds; /* copies; NULL = all */
+    size_t cat_kinds_count;
+    uint32_t cat_limit;
     void *ud;
 } mp_ac_op;
 
@@ -86,6 +92,11 @@ struct mpreg_async_client {
 
 static void mp_ac_op_free(mp_ac_op *op) {
     if (op) {
+        mpreg_value_free(&op->cat_acc);
+        for (size_t i = 0; i < op->cat_kinds_count; i++) {
+            free((char *)op->cat_kinds[i]);
+        }
+        free(op->cat_kinds);
         free((char *)op->reg.name);
         free((char *)op->reg.function_id);
         free((char *)op->reg.version);
@@ -115,6 +126,7 @@ static void mp_ac_op_finish(mpreg_async_client *c, mp_ac_op *op, mpreg_value *va
         break;
     case MP_AC_OP_VALUE:
     case MP_AC_OP_CALL:
+    case MP_AC_OP_CATALOG:
         if (op->reply) {
             op->reply(c, err ? NULL : value, err, op->ud);
         }
@@ -300,6 +312,30 @@ static void mp_ac_on_welcome(mpreg_async_client *c, mp_ac_op *op, const mp_envel
     mp_ac_op_free(op);
 }
 
+static mpreg_err mp_ac_catalog_send(mpreg_async_client *c, mp_ac_op *op, const mpreg_value *after);
+
+/* A catalog page: merged, then the next one asked for, or the whole told. */
+static void mp_ac_on_catalog_page(mpreg_async_client *c, mp_ac_op *op, const mp_envelope *e) {
+    mpreg_error err = {0};
+    mpreg_value page, next = mpreg_nil();
+    mpreg_err rc = mp_client_reply_read(e, &page, &err);
+    rc = rc ? rc : mp_client_catalog_merge(&op->cat_acc, &page, &next, &err);
+    if (rc == MPREG_OK && next.type != MPREG_NIL) {
+        rc = mp_ac_catalog_send(c, op, &next); /* op goes on under a new id */
+        mpreg_value_free(&next);
+        if (rc == MPREG_OK) {
+            return;
+        }
+        mp_client_error_set(&err, rc, "cannot ask for the next catalog page: %s",
+                            mpreg_strerror(rc));
+    }
+    mpreg_value whole = op->cat_acc;
+    op->cat_acc = mpreg_nil();
+    mp_ac_op_finish(c, op, &whole, 0, rc == MPREG_OK ? NULL : &err);
+    mpreg_value_free(&whole);
+    mpreg_error_free(&err);
+}
+
 static void mp_ac_on_reply(mpreg_async_client *c, const mp_envelope *e) {
     mp_ac_op *op = mp_map_remove(&c->ops, e->correlation_id.bytes, MP_ID_LEN);
     if (op == NULL) {
@@ -307,6 +343,10 @@ static void mp_ac_on_reply(mpreg_async_client *c, const mp_envelope *e) {
     }
     if (op->kind == MP_AC_OP_HELLO) {
         mp_ac_on_welcome(c, op, e);
+        return;
+    }
+    if (op->kind == MP_AC_OP_CATALOG) {
+        mp_ac_on_catalog_page(c, op, e);
         return;
     }
     mpreg_error err = {0};
@@ -368,6 +408,11 @@ static void mp_ac_on_frame(void *ud, uint64_t conn, const uint8_t *frame, size_t
     mp_envelope e;
     const char *why = NULL;
     mpreg_err rc = mp_envelope_decode(frame, len, &e, &why);
+    if (rc != MPREG_OK && !c->ready_once && c->down_err.code == MPREG_OK) {
+        mp_client_not_mpreg(&c->down_err, frame, len, "is not an envelope");
+        mp_transport_close(c->t, c->conn, false, MPREG_E_HANDSHAKE);
+        return;
+    }
     if (rc != MPREG_OK) {
         if (c->down_err.code == MPREG_OK) {
             mp_client_error_set(&c->down_err, rc, "the node sent an invalid envelope (%s)",
@@ -424,8 +469,14 @@ static void mp_ac_on_close(void *ud, uint64_t conn, mpreg_err reason) {
     c->conn_live = false;
     bool was_ready = c->state == MP_AC_READY;
     c->state = MP_AC_DOWN;
+    bool bad_framing = reason == MPREG_E_FRAME_TOO_LARGE || reason == MPREG_E_FRAME_EMPTY;
     if (c->down_err.code == MPREG_OK && c->closing) {
         mp_client_error_set(&c->down_err, MPREG_E_CLOSED, "closed by the application");
+    } else if (c->down_err.code == MPREG_OK && bad_framing && !c->ready_once) {
+        /* The first bytes back were no mpreg frame: a stranger on the port. */
+        mp_client_not_mpreg(&c->down_err, NULL, 0,
+                            reason == MPREG_E_FRAME_EMPTY ? "is an empty frame"
+                                                          : "has an absurd frame length");
     } else if (c->down_err.code == MPREG_OK) {
         mp_client_error_set(&c->down_err, reason, "%s", mpreg_strerror(reason));
     }
@@ -743,7 +794,59 @@ mpreg_err mpreg_async_status(mpreg_async_client *c, mpreg_reply_cb cb, void *ud)
 }
 
 mpreg_err mpreg_async_catalog(mpreg_async_client *c, mpreg_reply_cb cb, void *ud) {
-    return mp_ac_control(c, "catalog", cb, ud);
+    return mpreg_async_catalog_ex(c, NULL, cb, ud);
+}
+
+/* Asks for the page after `after` (NIL: the first) under a new id. On
+ * failure op stays the caller's. */
+static mpreg_err mp_ac_catalog_send(mpreg_async_client *c, mp_ac_op *op, const mpreg_value *after) {
+    mpreg_catalog_options o = {
+        .kinds = op->cat_kinds, .kinds_count = op->cat_kinds_count, .page_limit = op->cat_limit};
+    mpreg_bytes payload = {0};
+    mpreg_err rc = mp_client_catalog_payload(&o, after, &payload);
+    if (rc == MPREG_OK) {
+        mp_client_msg m = {.kind = MP_KIND_CONTROL,
+                           .topic = "catalog",
+                           .payload = payload.data,
+                           .payload_len = payload.len};
+        rc = mp_ac_send(c, &m, &op->id);
+    }
+    mpreg_bytes_free(&payload);
+    rc = rc ? rc : mp_map_put(&c->ops, op->id.bytes, MP_ID_LEN, op, NULL);
+    if (rc == MPREG_OK) {
+        op->deadline = mp_client_mono_ms() + c->timeout_ms;
+        mp_ac_arm(c, op->deadline);
+    }
+    return rc;
+}
+
+mpreg_err mpreg_async_catalog_ex(mpreg_async_client *c, const mpreg_catalog_options *opts,
+                                 mpreg_reply_cb cb, void *ud) {
+    mpreg_err rc = mp_ac_check(c);
+    if (rc != MPREG_OK) {
+        return rc;
+    }
+    mp_ac_op *op = mp_ac_op_new(MP_AC_OP_CATALOG, ud);
+    size_t nk = opts && opts->kinds ? opts->kinds_count : 0;
+    if (op && nk) {
+        op->cat_kinds = calloc(nk, sizeof *op->cat_kinds);
+        for (size_t i = 0; op->cat_kinds && i < nk; i++) {
+            op->cat_kinds[i] = strdup(opts->kinds[i] ? opts->kinds[i] : "");
+            op->cat_kinds_count += op->cat_kinds[i] != NULL;
+        }
+    }
+    if (op == NULL || op->cat_kinds_count != nk) {
+        mp_ac_op_free(op);
+        return MPREG_E_NOMEM;
+    }
+    op->reply = cb;
+    op->cat_limit = opts ? opts->page_limit : 0;
+    mpreg_value none = mpreg_nil();
+    rc = mp_ac_catalog_send(c, op, &none);
+    if (rc != MPREG_OK) {
+        mp_ac_op_free(op);
+    }
+    return rc;
 }
 
 mpreg_err mpreg_async_members(mpreg_async_client *c, mpreg_reply_cb cb, void *ud) {

@@ -4,6 +4,7 @@
 
 #include "core/frame.h"
 #include "core/topic.h"
+#include "core/value_json.h"
 #include "services/pubsub.h"
 
 #include <errno.h>
@@ -202,6 +203,100 @@ mpreg_err mp_client_error_set(mpreg_error *err, mpreg_err code, const char *fmt,
     vsnprintf(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
     return code;
+}
+
+/* ==== catalog pages ==================================================== */
+
+mpreg_err mp_client_catalog_payload(const mpreg_catalog_options *opts, const mpreg_value *after,
+                                    mpreg_bytes *out) {
+    mpreg_value p = mpreg_map();
+    mpreg_err rc = MPREG_OK;
+    if (opts && opts->kinds && opts->kinds_count) {
+        mpreg_value kinds = mpreg_array();
+        for (size_t i = 0; i < opts->kinds_count && !rc; i++) {
+            rc = mpreg_array_push(&kinds, mpreg_str(opts->kinds[i] ? opts->kinds[i] : ""));
+        }
+        rc = rc ? (mpreg_value_free(&kinds), rc) : mpreg_map_set(&p, "kinds", kinds);
+    }
+    if (!rc && after && after->type != MPREG_NIL) {
+        mpreg_value copy;
+        rc = mpreg_value_clone(after, &copy);
+        rc = rc ? rc : mpreg_map_set(&p, "after", copy);
+    }
+    if (!rc && opts && opts->page_limit) {
+        rc = mpreg_map_set(&p, "limit", mpreg_int(opts->page_limit));
+    }
+    rc = rc ? rc : mpreg_value_encode(&p, out);
+    mpreg_value_free(&p);
+    return rc;
+}
+
+mpreg_err mp_client_catalog_merge(mpreg_value *acc, mpreg_value *page, mpreg_value *next,
+                                  mpreg_error *err) {
+    *next = mpreg_nil();
+    if (page->type != MPREG_MAP) {
+        mpreg_value_free(page);
+        return mp_client_error_set(err, MPREG_E_DECODE, "the node's catalog is not a map");
+    }
+    if (acc->type != MPREG_MAP) {
+        *acc = mpreg_map();
+    }
+    size_t entries = 0;
+    mpreg_err rc = MPREG_OK;
+    for (size_t i = 0; i < page->u.map.len && !rc; i++) {
+        mpreg_kv *kv = &page->u.map.items[i];
+        const char *key = kv->key.u.str.ptr;
+        mpreg_value *have = (mpreg_value *)mpreg_map_get(acc, key);
+        if (strcmp(key, "next") == 0) {
+            *next = kv->val;
+        } else if (kv->val.type == MPREG_ARRAY && have && have->type == MPREG_ARRAY) {
+            for (size_t k = 0; k < kv->val.u.arr.len && !rc; k++) {
+                rc = mpreg_array_push(have, kv->val.u.arr.items[k]);
+                kv->val.u.arr.items[k] = mpreg_nil();
+            }
+            entries += kv->val.u.arr.len;
+            mpreg_value_free(&kv->val);
+        } else {
+            entries += kv->val.type == MPREG_ARRAY ? kv->val.u.arr.len : 0;
+            rc = mpreg_map_set(acc, key, kv->val);
+        }
+        kv->val = mpreg_nil();
+    }
+    mpreg_value_free(page);
+    if (rc) {
+        mpreg_value_free(next);
+        return mp_client_error_set(err, rc, "out of memory");
+    }
+    if (next->type != MPREG_NIL && entries == 0) {
+        mpreg_value_free(next);
+        return mp_client_error_set(err, MPREG_E_DECODE,
+                                   "the node's catalog page promises more but holds nothing");
+    }
+    return MPREG_OK;
+}
+
+mpreg_err mp_client_not_mpreg(mpreg_error *err, const uint8_t *first, size_t len, const char *why) {
+    /* Printable ASCII as is, the rest escaped, at most 40 bytes' worth. */
+    char quoted[40 * 4 + 8];
+    size_t q = 0;
+    for (size_t i = 0; first != NULL && i < len && i < 40; i++) {
+        unsigned char b = first[i];
+        if (b == '\r' || b == '\n') {
+            q += (size_t)snprintf(quoted + q, sizeof quoted - q, "\\%c", b == '\r' ? 'r' : 'n');
+        } else if (b >= 0x20 && b < 0x7f && b != '"' && b != '\\') {
+            quoted[q++] = (char)b;
+        } else {
+            q += (size_t)snprintf(quoted + q, sizeof quoted - q, "\\x%02x", b);
+        }
+    }
+    quoted[q] = '\0';
+    if (first == NULL || len == 0) {
+        return mp_client_error_set(err, MPREG_E_HANDSHAKE,
+                                   "not an mpreg node: its answer to HELLO %s", why);
+    }
+    return mp_client_error_set(err, MPREG_E_HANDSHAKE,
+                               "not an mpreg node: its answer to HELLO %s (it began \"%s\"%s)", why,
+                               quoted, len > 40 ? "..." : "");
 }
 
 mpreg_err mp_client_error_from_rpc(mpreg_error *err, mp_rpc_error *e) {
@@ -854,7 +949,7 @@ mpreg_err mp_client_subscribe_payload(const char *const *patterns, size_t n,
         p.replay.has_last = true;
         p.replay.last = opts->replay_last;
     }
-    if (opts && opts->replay_since_ms) {
+    if (opts && (opts->has_replay_since || opts->replay_since_ms)) {
         p.replay.has_since = true;
         p.replay.since_ms = opts->replay_since_ms;
     }
@@ -897,10 +992,12 @@ mpreg_err mp_client_message_read(const mp_envelope *e, char topic_buf[MP_MAX_TOP
 /* ==== command-line helpers ======================================================================
  */
 
-mpreg_err mp_client_arg_value(const char *arg, mpreg_value *out) {
+mpreg_err mp_client_arg_value(const char *arg, mpreg_value *out, char *errbuf, size_t errbuf_len) {
     const char *a = arg ? arg : "";
-    if (mpreg_value_from_json(a, strlen(a), out, NULL, 0) == MPREG_OK) {
-        return MPREG_OK;
+    bool is_json = false;
+    mpreg_err rc = mp_value_from_json_exact(a, strlen(a), out, &is_json, errbuf, errbuf_len);
+    if (rc == MPREG_OK || is_json) {
+        return rc;
     }
     *out = mpreg_str(a);
     return out->type == MPREG_STR ? MPREG_OK : MPREG_E_NOMEM;
@@ -915,13 +1012,14 @@ mpreg_err mp_client_kw_arg(const char *arg, mpreg_value *map, char *errbuf, size
         return MPREG_E_INVALID;
     }
     mpreg_value v;
-    mpreg_err rc = mp_client_arg_value(eq + 1, &v);
+    char why[256] = "";
+    mpreg_err rc = mp_client_arg_value(eq + 1, &v, why, sizeof why);
     if (rc == MPREG_OK) {
         rc = mpreg_map_setn(map, arg, (size_t)(eq - arg), v);
     }
     if (rc != MPREG_OK && errbuf && errbuf_len) {
         snprintf(errbuf, errbuf_len, "keyword '%.*s': %s", (int)(eq - arg), arg,
-                 mpreg_strerror(rc));
+                 why[0] ? why : mpreg_strerror(rc));
     }
     return rc;
 }

@@ -51,6 +51,26 @@ uint32_t mp_client_reply_wait(uint32_t timeout_ms);
 /* Frees *err and fills it (err may be NULL). Returns code. */
 mpreg_err mp_client_error_set(mpreg_error *err, mpreg_err code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* ---- catalog pages ---------------------------------------------------------- */
+
+/* The CONTROL "catalog" payload: {"kinds"?, "after"?, "limit"?} from opts
+ * (may be NULL) and the previous page's next (NULL or NIL for the first). */
+mpreg_err mp_client_catalog_payload(const mpreg_catalog_options *opts, const mpreg_value *after,
+                                    mpreg_bytes *out);
+/* Puts a page (taken) into *acc (NIL before the first page): each kind's
+ * entries are appended to what came before. *next gets the page's "next"
+ * (NIL when it was the last page). A page that promises more but brings
+ * no entry is MPREG_E_DECODE: following it could go on for ever. */
+mpreg_err mp_client_catalog_merge(mpreg_value *acc, mpreg_value *page, mpreg_value *next,
+                                  mpreg_error *err);
+
+/* The first answer to our HELLO was not an mpreg frame (an HTTP server, a
+ * Redis, a port that says something else): MPREG_E_HANDSHAKE, "not an mpreg
+ * node", quoting the first bytes it sent (first may be NULL when they are
+ * not at hand) and saying what was wrong with them (`why`). Without this a
+ * text reply reads as an absurd frame length and the user is told
+ * "frame_too_large". */
+mpreg_err mp_client_not_mpreg(mpreg_error *err, const uint8_t *first, size_t len, const char *why);
 /* Moves an error shape into *err (details are taken, e is left empty). */
 mpreg_err mp_client_error_from_rpc(mpreg_error *err, mp_rpc_error *e);
 /* Copies *src into *dst (details cloned). */
@@ -194,10 +214,15 @@ mpreg_err mp_client_message_read(const mp_envelope *e, char topic_buf[MP_MAX_TOP
 
 /* An argument as the CLI reads it: JSON when it parses as JSON, else the
  * text itself as a string ("hi" -> "hi", "3" -> 3, "[1,2]" -> [1, 2],
- * "{" -> "{"). */
-mpreg_err mp_client_arg_value(const char *arg, mpreg_value *out);
-/* "KEY=JSON" (the value read as mp_client_arg_value reads it) into map.
- * MPREG_E_INVALID with a reason in errbuf when there is no '=' or no key. */
+ * "{" -> "{"). JSON that has no exact value is refused, not turned into
+ * something else (core/value_json.h): an integer outside int64 or a number
+ * beyond double range (MPREG_E_RANGE), a duplicate key (MPREG_E_JSON), over
+ * 32 levels (MPREG_E_TOO_DEEP); errbuf (may be NULL) says why. */
+mpreg_err mp_client_arg_value(const char *arg, mpreg_value *out, char *errbuf, size_t errbuf_len);
+/* "KEY=JSON" (the value read as mp_client_arg_value reads it) into map; a
+ * key given again replaces the earlier value (the last flag wins).
+ * MPREG_E_INVALID with a reason in errbuf when there is no '=' or no key,
+ * and mp_client_arg_value's refusals, naming the keyword. */
 mpreg_err mp_client_kw_arg(const char *arg, mpreg_value *map, char *errbuf, size_t errbuf_len);
 /* A message as the CLI prints it: {"topic", "data", "subscription"} plus
  * "replay": true for replayed ones; data is a string when the bytes are

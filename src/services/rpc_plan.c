@@ -12,6 +12,7 @@
 #include "services/rpc_plan.h"
 
 #include "core/map.h"
+#include "core/mpread.h"
 #include "fabric/semver.h"
 
 #include <stdarg.h>
@@ -506,6 +507,21 @@ static bool mp_depth_within(const mpreg_value *v, uint32_t limit) {
     return true;
 }
 
+/* The one wording of a too-deep args or kwargs, for the parser and for a
+ * payload that did not decode (mp_blame_deep). */
+typedef struct mp_deep_text {
+    char text[160];
+} mp_deep_text;
+
+static const char *mp_too_deep_text(mp_deep_text *t, const char *field, uint32_t limit) {
+    snprintf(t->text, sizeof t->text,
+             "'%s' nests deeper than %u levels (the %s itself is level 1, so each value "
+             "in it at most %u)",
+             field, (unsigned)limit, strcmp(field, "args") == 0 ? "array" : "map",
+             (unsigned)limit - 1);
+    return t->text;
+}
+
 /* args or kwargs: checks type and depth, then moves or copies it. */
 static mpreg_err mp_parse_container(mp_parse_ctx *c, const char *field, mpreg_value *v,
                                     mpreg_type want, mpreg_value *out) {
@@ -514,9 +530,12 @@ static mpreg_err mp_parse_container(mp_parse_ctx *c, const char *field, mpreg_va
                              want == MPREG_ARRAY ? "n" : "", mpreg_type_name(want),
                              mpreg_type_name(v->type));
     }
-    if (!mp_depth_within(v, MP_RPC_MAX_ARG_DEPTH)) {
-        return mp_parse_fail(c, MPREG_E_TOO_DEEP, "'%s' nests deeper than %d levels", field,
-                             MP_RPC_MAX_ARG_DEPTH);
+    /* A request's arguments sit 3 levels into their payload, an invoke's 1. */
+    uint32_t limit =
+        c->mode == MP_CALL_REQUEST ? MP_RPC_MAX_REQUEST_ARG_DEPTH : MP_RPC_MAX_ARG_DEPTH;
+    if (!mp_depth_within(v, limit)) {
+        mp_deep_text t;
+        return mp_parse_fail(c, MPREG_E_TOO_DEEP, "%s", mp_too_deep_text(&t, field, limit));
     }
     if (c->take) {
         *out = *v;
@@ -811,11 +830,99 @@ static mpreg_err mp_parse_request_map(mpreg_value *map, mp_rpc_request *out, mp_
     return rc;
 }
 
+/* One command map at the cursor: its name and the first of args/kwargs
+ * deeper than the limit. False when the bytes are not shaped as expected. */
+static bool mp_deep_command(mp_rd *r, mp_str *name, const char **field) {
+    mp_rd_item cmd;
+    if (mp_rd_next(r, &cmd) != MPREG_OK || cmd.type != MP_RD_MAP) {
+        return false;
+    }
+    for (uint64_t f = 0; f < cmd.n; f++) {
+        mp_str key;
+        if (mp_rd_str(r, &key) != MPREG_OK) {
+            return false;
+        }
+        bool is_arg = mp_str_eq_c(key, "args") || mp_str_eq_c(key, "kwargs");
+        if (mp_str_eq_c(key, "name") && mp_rd_str(r, name) == MPREG_OK) {
+            continue;
+        }
+        /* args at most 29 levels: no container inside 28 others. */
+        if (is_arg && !*field && mp_rd_skip(r, MP_RPC_MAX_REQUEST_ARG_DEPTH - 1) == MPREG_OK) {
+            continue;
+        }
+        if (is_arg && !*field) {
+            *field = mp_str_eq_c(key, "args") ? "args" : "kwargs";
+        }
+        if (mp_rd_skip(r, MP_RD_ANY_DEPTH) != MPREG_OK) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The payload failed to decode for its depth: find the first command whose
+ * args or kwargs are too deep in the raw bytes, so that the error names it
+ * as the parse would (the decoder stops before any command is read). */
+static mpreg_err mp_blame_deep(const void *data, size_t len, mp_rpc_error *err) {
+    mp_rd r = mp_rd_init(data, len);
+    mp_rd_item top, list;
+    if (mp_rd_next(&r, &top) != MPREG_OK || top.type != MP_RD_MAP) {
+        return MPREG_E_TOO_DEEP;
+    }
+    for (uint64_t i = 0; i < top.n; i++) {
+        mp_str key;
+        if (mp_rd_str(&r, &key) != MPREG_OK) {
+            return MPREG_E_TOO_DEEP;
+        }
+        if (!mp_str_eq_c(key, "commands")) {
+            if (mp_rd_skip(&r, MP_RD_ANY_DEPTH) != MPREG_OK) {
+                return MPREG_E_TOO_DEEP;
+            }
+            continue;
+        }
+        if (mp_rd_next(&r, &list) != MPREG_OK || list.type != MP_RD_ARRAY) {
+            return MPREG_E_TOO_DEEP;
+        }
+        for (uint64_t k = 0; k < list.n; k++) {
+            mp_str name = MP_STR_NULL;
+            const char *field = NULL;
+            if (!mp_deep_command(&r, &name, &field)) {
+                return MPREG_E_TOO_DEEP;
+            }
+            mp_deep_text t;
+            if (field != NULL && name.len > 0 && name.len <= MP_RPC_MAX_NAME &&
+                !memchr(name.ptr, '\0', name.len) && mpreg_utf8_valid(name.ptr, name.len)) {
+                char cmd[MP_RPC_MAX_NAME + 1];
+                memcpy(cmd, name.ptr, name.len);
+                cmd[name.len] = '\0';
+                return mp_rpc_error_set(err, MPREG_E_TOO_DEEP, cmd, "command '%s': %s", cmd,
+                                        mp_too_deep_text(&t, field, MP_RPC_MAX_REQUEST_ARG_DEPTH));
+            }
+            if (field != NULL) {
+                return mp_rpc_error_set(err, MPREG_E_TOO_DEEP, NULL, "commands[%u]: %s",
+                                        (unsigned)k,
+                                        mp_too_deep_text(&t, field, MP_RPC_MAX_REQUEST_ARG_DEPTH));
+            }
+        }
+        return MPREG_E_TOO_DEEP;
+    }
+    return MPREG_E_TOO_DEEP;
+}
+
 mpreg_err mp_rpc_request_parse(const void *data, size_t len, mp_rpc_request *out,
                                mp_rpc_error *err) {
     memset(out, 0, sizeof *out);
     mpreg_value map;
     mpreg_err rc = mp_decode_map(data, len, "request", &map, err);
+    if (rc == MPREG_E_TOO_DEEP) {
+        mp_rpc_error blamed = MP_RPC_ERROR_INIT;
+        if (mp_blame_deep(data, len, &blamed) == MPREG_E_TOO_DEEP && blamed.code && err) {
+            mp_rpc_error_free(err);
+            *err = blamed;
+        } else {
+            mp_rpc_error_free(&blamed);
+        }
+    }
     if (rc) {
         return rc;
     }

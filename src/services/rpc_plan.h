@@ -71,10 +71,16 @@
 #define MP_RPC_MAX_NAME MP_ENTRY_MAX_STR /* name, fun, function_id, version, each loc */
 #define MP_RPC_MAX_LOCS MP_ENTRY_MAX_RESOURCES
 #define MP_RPC_MAX_CLUSTER 128 /* target_cluster, bytes (MP_MAX_NAME_LEN) */
-/* args and kwargs nest at most this deep (the args array itself is depth 1),
- * before and after substitution, so that an RPC_INVOKE, which wraps them in
- * one more map, always stays within the wire's 32 levels. */
+/* args and kwargs nest at most this deep (the args array itself is depth 1)
+ * after substitution, so that an RPC_INVOKE, which wraps them in one more
+ * map, always stays within the wire's 32 levels. */
 #define MP_RPC_MAX_ARG_DEPTH (MPREG_VALUE_DEFAULT_DEPTH - 1)
+/* ... and at most this deep as a request carries them: the RPC_REQUEST
+ * payload map, its commands array and the command map take 3 of the 32
+ * levels, so an argument inside args can itself nest 28 levels. A deeper
+ * request could not be sent or decoded; the parser says so by this limit,
+ * naming the command, rather than leaving it to the decoder. */
+#define MP_RPC_MAX_REQUEST_ARG_DEPTH (MPREG_VALUE_DEFAULT_DEPTH - 3)
 /* Error messages are cut (at a UTF-8 boundary, with "...") beyond this. */
 #define MP_RPC_MAX_MESSAGE 1024
 
@@ -164,16 +170,17 @@ mpreg_err mp_rpc_command_to_value(const mp_rpc_command *c, mpreg_value *out);
  *   MPREG_E_DUPLICATE      two commands with one name
  *   MPREG_E_BAD_SEMVER     a version that is not a satisfiable constraint
  *   MPREG_E_TOO_LARGE      over MP_RPC_MAX_COMMANDS, a string or locs limit
- *   MPREG_E_TOO_DEEP       args or kwargs deeper than MP_RPC_MAX_ARG_DEPTH
+ *   MPREG_E_TOO_DEEP       args or kwargs deeper than MP_RPC_MAX_REQUEST_ARG_DEPTH
  * Checks go command by command in order, so the first bad command is named.
  * References are not looked at here: that is mp_rpc_plan_new's job. */
 mpreg_err mp_rpc_commands_parse(const mpreg_value *commands, mp_rpc_request *out,
                                 mp_rpc_error *err);
 
 /* The RPC_REQUEST payload: {"commands": [...], "timeout_ms"?: uint}. Decodes
- * with the default value limits (a decoding failure keeps its code), then
- * validates as above; unknown top-level keys are MPREG_E_INVALID, a negative
- * timeout MPREG_E_RANGE. */
+ * with the default value limits (a decoding failure keeps its code; one for
+ * depth names the first command whose args or kwargs are too deep, as the
+ * parse would), then validates as above; unknown top-level keys are
+ * MPREG_E_INVALID, a negative timeout MPREG_E_RANGE. */
 mpreg_err mp_rpc_request_parse(const void *data, size_t len, mp_rpc_request *out,
                                mp_rpc_error *err);
 /* Appends the RPC_REQUEST payload for r (timeout_ms omitted when 0). On error

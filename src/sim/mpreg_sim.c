@@ -38,12 +38,13 @@ static const char *const usage =
     "bit for bit: a failing run is replayed by running it again with its seed.\n"
     "\n"
     "commands:\n"
-    "  list                  list the scenarios with their default node counts\n"
+    "  list                  list the scenarios with their node counts\n"
     "  run SCENARIO          run one scenario and print its figures\n"
     "\n"
     "options of run:\n"
     "  --seed N              the run's seed (default 1)\n"
-    "  --nodes N             how many nodes (default: the scenario's; see list)\n"
+    "  --nodes N             how many nodes (default: the scenario's; list shows\n"
+    "                        each one's default and the counts it allows)\n"
     "  --json                print the report as one JSON object on stdout\n"
     "  --quiet               no progress lines (the report only)\n"
     "  --log LEVEL           node logs on stderr at LEVEL and above: error, warn,\n"
@@ -109,8 +110,15 @@ static int cmd_list(void) {
         width = len > width ? len : width;
     }
     for (size_t i = 0; i < n; i++) {
-        printf("%-*s %5u nodes%s\n    %s\n", width, sc[i].name, sc[i].default_nodes,
-               sc[i].needs_cluster ? " [cluster]" : "", sc[i].description);
+        char range[48];
+        if (sc[i].min_nodes == sc[i].max_nodes) {
+            snprintf(range, sizeof range, "exactly %u", sc[i].min_nodes);
+        } else {
+            snprintf(range, sizeof range, "%u to %u", sc[i].min_nodes, sc[i].max_nodes);
+        }
+        printf("%-*s %5u node%s%s (--nodes: %s)\n    %s\n", width, sc[i].name, sc[i].default_nodes,
+               sc[i].default_nodes == 1 ? " " : "s", sc[i].needs_cluster ? " [cluster]" : "", range,
+               sc[i].description);
     }
     return 0;
 }
@@ -182,9 +190,9 @@ static int cmd_run(int argc, char **argv) {
             }
             o.seed = v;
         } else if (strcmp(a, "--nodes") == 0) {
-            if (i + 1 >= argc || !parse_u64(argv[++i], 100000, &v) || v == 0) {
-                return usage_error("--nodes needs a number from 1 to 100000, got '%s'",
-                                   i < argc ? argv[i] : "");
+            if (i + 1 >= argc || !parse_u64(argv[++i], MP_SIM_MAX_NODES, &v) || v == 0) {
+                return usage_error("--nodes needs a number from 1 to %u, got '%s'",
+                                   MP_SIM_MAX_NODES, i < argc ? argv[i] : "");
             }
             o.nodes = (uint32_t)v;
         } else if (strcmp(a, "--json") == 0) {
@@ -211,6 +219,16 @@ static int cmd_run(int argc, char **argv) {
     const mp_sim_scenario *sc = mp_sim_scenario_find(name);
     if (!sc) {
         return usage_error("no scenario '%s' (mpreg-sim list shows them)", name);
+    }
+    /* A node count the scenario cannot use is a bad command line, not a
+     * failed run: single-rpc would otherwise report 5 nodes and run one. */
+    if (o.nodes != 0 && sc->min_nodes == sc->max_nodes && o.nodes != sc->min_nodes) {
+        return usage_error("%s runs on exactly %u node%s: --nodes %u is not allowed", sc->name,
+                           sc->min_nodes, sc->min_nodes == 1 ? "" : "s", o.nodes);
+    }
+    if (o.nodes != 0 && (o.nodes < sc->min_nodes || o.nodes > sc->max_nodes)) {
+        return usage_error("%s runs on %u to %u nodes: --nodes %u is not allowed", sc->name,
+                           sc->min_nodes, sc->max_nodes, o.nodes);
     }
     if (json || quiet) {
         o.out = json ? (quiet ? NULL : stderr) : NULL;

@@ -22,44 +22,46 @@ static const mp_sim_scenario mp_scenarios[] = {
     {"single-rpc",
      "one node; clients send RPC requests (echo, dependency chains, a worker's function, "
      "failures, deadlines, cycles): every request gets exactly one, correct, answer",
-     1, 1, false, sc_single_rpc},
+     1, 1, 1, false, sc_single_rpc},
     {"single-pubsub",
      "one node; subscribers (overlapping patterns, a queue group) and publishers: every "
      "message delivered once to each matching subscription, in publish order",
-     1, 1, false, sc_single_pubsub},
+     1, 1, 1, false, sc_single_pubsub},
     {"join",
      "N nodes join through one seed: virtual time and gossip rounds until every node lists "
-     "every other alive, then until a newly registered function is in every catalog",
-     16, 2, true, sc_join},
+     "every other alive (join_ms) and every catalog describes every node (catalog_ms), both "
+     "from the start, then until a newly registered function is in every catalog (fn_ms, from "
+     "its registration)",
+     16, 2, MP_SIM_MAX_NODES, true, sc_join},
     {"crash",
      "kill one node of a converged cluster: time until every live node lists it dead and "
      "its catalog entries are gone everywhere",
-     16, 3, true, sc_crash},
+     16, 3, MP_SIM_MAX_NODES, true, sc_crash},
     {"partition-heal",
      "split the cluster in two halves, change each side, heal: catalogs converge (one digest "
      "everywhere) with both sides' changes, members all alive again",
-     16, 4, true, sc_partition_heal},
+     16, 4, MP_SIM_MAX_NODES, true, sc_partition_heal},
     {"rpc-across",
      "functions on some nodes, clients on others, gossip loss and a function host crashing "
      "mid-run: exactly one reply or one error per request, correct results",
-     8, 6, true, sc_rpc_across},
+     8, 6, MP_SIM_MAX_NODES, true, sc_rpc_across},
     {"pubsub-across",
      "subscribers on several nodes, publishers on others, gossip faults: every message once "
      "to each subscription, in publish order",
-     8, 4, true, sc_pubsub_across},
+     8, 4, MP_SIM_MAX_NODES, true, sc_pubsub_across},
     {"queue-group-across",
      "members of one queue group on three nodes, plain subscribers on two, publishers on the "
      "others, gossip faults: each message to exactly one member cluster-wide and once to each "
      "plain subscriber; every group node gets some",
-     8, 6, true, sc_queue_group_across},
+     8, 6, MP_SIM_MAX_NODES, true, sc_queue_group_across},
     {"rest-traffic",
      "a converged cluster at rest: per-node GOSSIP msgs/s and bytes/s and dials/s over 60 "
      "virtual seconds, and no false suspicion",
-     16, 2, true, sc_rest_traffic},
+     16, 2, MP_SIM_MAX_NODES, true, sc_rest_traffic},
     {"scale",
      "join, change dissemination, crash detection and rest traffic at N nodes, in one line "
      "of figures",
-     1000, 4, true, sc_scale},
+     1000, 4, MP_SIM_MAX_NODES, true, sc_scale},
 };
 
 const mp_sim_scenario *mp_sim_scenarios(size_t *count) {
@@ -85,9 +87,14 @@ bool mp_sim_scenario_run(const mp_sim_scenario *sc, const mp_sim_run_opts *o, mp
     }
     r->seed = run.seed;
     r->nodes = run.nodes;
-    if (run.nodes < sc->min_nodes || run.nodes > 100000) {
-        sc_fail(r, "%s needs between %u and 100000 nodes, not %u", sc->name, sc->min_nodes,
-                run.nodes);
+    if (run.nodes < sc->min_nodes || run.nodes > sc->max_nodes) {
+        if (sc->min_nodes == sc->max_nodes) {
+            sc_fail(r, "%s runs on exactly %u node%s, not %u", sc->name, sc->min_nodes,
+                    sc->min_nodes == 1 ? "" : "s", run.nodes);
+        } else {
+            sc_fail(r, "%s needs between %u and %u nodes, not %u", sc->name, sc->min_nodes,
+                    sc->max_nodes, run.nodes);
+        }
         return false;
     }
     sc->run(&run, r);

@@ -53,7 +53,12 @@ typedef struct mp_sim_scenario {
     const char *name;
     const char *description;
     uint32_t default_nodes;
+    /* The node counts it can run with: a single-node scenario is exactly 1
+     * (it would report 5 nodes and still run one); a cluster scenario
+     * needs a few to check what it checks. mpreg-sim refuses --nodes
+     * outside the range as a bad command line. */
     uint32_t min_nodes;
+    uint32_t max_nodes;
     bool needs_cluster;
     mp_sim_scenario_fn run;
 } mp_sim_scenario;
@@ -62,8 +67,11 @@ typedef struct mp_sim_scenario {
 const mp_sim_scenario *mp_sim_scenarios(size_t *count);
 const mp_sim_scenario *mp_sim_scenario_find(const char *name);
 
-/* Runs sc with o (nodes 0 = its default; fewer than its minimum is refused
- * as a failure) into *r, which it initialises. Returns r->ok. */
+/* The most nodes any scenario may ask for. */
+#define MP_SIM_MAX_NODES 100000u
+
+/* Runs sc with o (nodes 0 = its default; outside min_nodes..max_nodes is
+ * refused as a failure) into *r, which it initialises. Returns r->ok. */
 bool mp_sim_scenario_run(const mp_sim_scenario *sc, const mp_sim_run_opts *o, mp_sim_report *r);
 
 /* The figure called name, or NULL. */

@@ -14,11 +14,13 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -205,6 +207,34 @@ Test(cli, call_arguments_are_json_or_strings, .init = node_up, .fini = node_down
     cr_assert_str_eq(r.out, "[1,[2,{\"a\":null}],\"hi there\",\"--x\"]\n");
 }
 
+/* An argument that is JSON without an exact value is refused, named by
+ * its position, before anything is sent; it used to go out as a string
+ * (duplicate keys, 1e400) or a float (beyond int64). */
+Test(cli, call_arguments_without_an_exact_value_are_refused) {
+    static const struct {
+        const char *arg;
+        const char *says;
+    } cases[] = {
+        {"{\"a\":1,\"a\":2}", "argument 2 ('{\"a\":1,\"a\":2}'): duplicate object key"},
+        {"1e400", "argument 2 ('1e400'): number out of range"},
+        {"9223372036854775808", "argument 2 ('9223372036854775808'): number out of range"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        /* No node: the line is refused before any connection. */
+        const char *args[] = {"--url", "127.0.0.1:1", "call", "echos", "ok", cases[i].arg, NULL};
+        result r;
+        run(args, NULL, &r);
+        cr_assert_eq(r.status, 2, "%s: %s", cases[i].arg, r.err);
+        cr_assert(strstr(r.err, cases[i].says) != NULL, "stderr: %s", r.err);
+        cr_assert_eq(r.out_len, 0);
+    }
+    const char *kw[] = {"--url", "127.0.0.1:1", "call", "f", "--kw", "n=1e400", NULL};
+    result r;
+    run(kw, NULL, &r);
+    cr_assert_eq(r.status, 2, "%s", r.err);
+    cr_assert(strstr(r.err, "--kw: keyword 'n': number out of range") != NULL, "%s", r.err);
+}
+
 Test(cli, url_from_the_environment, .init = node_up, .fini = node_down) {
     const char *args[] = {"call", "echo", "7", NULL};
     child c = spawn_cli(args, false, mp_harness_url(node));
@@ -226,6 +256,35 @@ Test(cli, request_from_stdin, .init = node_up, .fini = node_down) {
     cr_assert_eq(r.status, 0, "stderr: %s", r.err);
     cr_assert_str_eq(r.out,
                      "{\"second\":\"hi there!\",\"third\":[\"hi there!\",\"AND ME TOO\"]}\n");
+}
+
+/* PROTOCOL 8.6 writes a request as {"commands": [...]}: the CLI takes
+ * that as well as the bare list. */
+Test(cli, request_in_the_protocol_object_form, .init = node_up, .fini = node_down) {
+    char text[sizeof canonical + 64];
+    snprintf(text, sizeof text, "{\"commands\": %s, \"timeout_ms\": 5000}", canonical);
+    result r;
+    const char *args[] = {"request", "-", NULL};
+    run_url(args, text, &r);
+    cr_assert_eq(r.status, 0, "stderr: %s", r.err);
+    assert_stdout_json(&r, "{\"second\":\"hi there!\",\"third\":[\"hi there!\",\"AND ME TOO\"]}");
+    run_url(args, "{\"commands\": [], \"timeot_ms\": 1}", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "unknown key 'timeot_ms'") != NULL, "%s", r.err);
+    run_url(args, "{\"cmds\": []}", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "unknown key 'cmds'") != NULL, "%s", r.err);
+    run_url(args, "{}", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "no \"commands\" list") != NULL, "%s", r.err);
+    /* A request file is read exactly too: no integer turned into a float. */
+    run_url(args, "[{\"name\": \"a\", \"fun\": \"echo\",\n  \"args\": [9223372036854775808]}]", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "error: range: -: number out of range (line 2 column") != NULL, "%s",
+              r.err);
+    run_url(args, "[{\"name\": \"a\", \"name\": \"b\", \"fun\": \"echo\"}]", &r);
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "duplicate object key") != NULL, "%s", r.err);
 }
 
 Test(cli, request_from_a_file, .init = node_up, .fini = node_down) {
@@ -709,4 +768,175 @@ Test(cli, sub_in_a_queue_group, .init = node_up, .fini = node_down) {
         bool in1 = strstr(o1.out, want) != NULL, in2 = strstr(o2.out, want) != NULL;
         cr_assert(in1 != in2, "%s went to %s", want, in1 ? "both" : "neither");
     }
+}
+
+/* ---- replay ------------------------------------------------------------------ */
+
+static void retaining_node_up(void) {
+    signal(SIGPIPE, SIG_IGN);
+    const char *extra[] = {"--retain", "4", NULL};
+    node = mp_harness_start(extra);
+    cr_assert_not_null(node, "mpregd did not start");
+}
+
+/* 0 is a time, the start of retention: it used to be read as "no replay
+ * asked for", and the subscriber saw nothing. */
+Test(cli, sub_replay_since_zero_replays_everything_retained, .init = retaining_node_up,
+     .fini = node_down) {
+    result r;
+    const char *p1[] = {"pub", "news.a", "first", NULL};
+    const char *p2[] = {"pub", "news.b", "second", NULL};
+    run_url(p1, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    run_url(p2, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    const char *sub[] = {"sub", "news.*",    "--replay-since", "0", "--count",
+                         "2",   "--timeout", "5000",           NULL};
+    run_url(sub, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    char *second = strchr(r.out, '\n');
+    cr_assert_not_null(second, "%s", r.out);
+    cr_assert(strstr(r.out, "\"first\"") < second && strstr(r.out, "\"first\"") != NULL, "%s",
+              r.out);
+    cr_assert(strstr(second, "\"second\"") != NULL, "%s", r.out);
+    cr_assert(strstr(second, "\"replay\":true") != NULL, "%s", r.out);
+    /* A time after both: nothing to replay. */
+    const char *later[] = {"sub", "news.*", "--replay-since", "99999999999999", "--timeout",
+                           "300", NULL};
+    run_url(later, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_eq(r.out_len, 0, "%s", r.out);
+}
+
+/* ---- tokens ------------------------------------------------------------------ */
+
+static void token_node_up(void) {
+    signal(SIGPIPE, SIG_IGN);
+    const char *extra[] = {"--token", "s3cret", NULL};
+    node = mp_harness_start(extra);
+    cr_assert_not_null(node, "mpregd did not start");
+}
+
+/* $MPREG_TOKEN keeps the token out of ps; --token still wins over it. */
+Test(cli, token_from_the_environment, .init = token_node_up, .fini = node_down) {
+    result r;
+    const char *status[] = {"status", NULL};
+    unsetenv("MPREG_TOKEN");
+    run_url(status, NULL, &r);
+    cr_assert_eq(r.status, 1, "%s", r.out);
+    cr_assert(strstr(r.err, "error: auth:") != NULL, "%s", r.err);
+    setenv("MPREG_TOKEN", "s3cret", 1);
+    run_url(status, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    const char *wrong[] = {"--token", "wrong", "status", NULL};
+    run_url(wrong, NULL, &r);
+    cr_assert_eq(r.status, 1, "%s", r.out);
+    unsetenv("MPREG_TOKEN");
+}
+
+/* ---- a stranger on the port ------------------------------------------------------ */
+
+/* A listener on a free port that answers the first connection with `reply`
+ * and closes: an HTTP server, a Redis, anything that is not mpreg. Returns
+ * the port; *pid is the listening child. */
+static uint16_t stranger_start(const char *reply, size_t len, pid_t *pid) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(s, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    cr_assert_eq(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(s, 4), 0);
+    cr_assert_eq(getsockname(s, (struct sockaddr *)&a, &alen), 0);
+    *pid = fork();
+    cr_assert_geq(*pid, 0);
+    if (*pid == 0) {
+        int c = accept(s, NULL, NULL);
+        char buf[512];
+        (void)!read(c, buf, sizeof buf); /* the HELLO, unread */
+        (void)!write(c, reply, len);
+        close(c);
+        _exit(0);
+    }
+    close(s);
+    return ntohs(a.sin_port);
+}
+
+static void assert_not_mpreg(const char *reply, size_t len) {
+    pid_t pid;
+    uint16_t port = stranger_start(reply, len, &pid);
+    char url[32];
+    snprintf(url, sizeof url, "127.0.0.1:%u", (unsigned)port);
+    const char *args[] = {"--url", url, "status", NULL};
+    result r;
+    run(args, NULL, &r);
+    waitpid(pid, NULL, 0);
+    cr_assert_eq(r.status, 1, "%s", r.out);
+    cr_assert(strstr(r.err, "not an mpreg node") != NULL, "stderr: %s", r.err);
+    cr_assert(strstr(r.err, "frame_too_large") == NULL, "stderr: %s", r.err);
+}
+
+Test(cli, a_port_that_does_not_speak_mpreg_is_named_so) {
+    static const char http[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    assert_not_mpreg(http, sizeof http - 1);
+    static const char redis[] = "-ERR unknown command\r\n";
+    assert_not_mpreg(redis, sizeof redis - 1);
+    /* A plausible length, then bytes that are no envelope. */
+    static const char garbage[] = "\0\0\0\5hello";
+    assert_not_mpreg(garbage, sizeof garbage - 1);
+}
+
+/* ---- a catalog bigger than a frame ----------------------------------------------- */
+
+static void ignore_message(const mpreg_message *msg, void *ud) {
+    (void)msg;
+    (void)ud;
+}
+
+static void small_frame_node_up(void) {
+    signal(SIGPIPE, SIG_IGN);
+    const char *extra[] = {"--max-frame", "1K", NULL};
+    node = mp_harness_start(extra);
+    cr_assert_not_null(node, "mpregd did not start");
+}
+
+/* 64 topic interests make a catalog of several KiB, far over a 1 KiB frame:
+ * the node used to answer too_large, even to --kind nodes. It pages now,
+ * and the CLI prints every entry. */
+Test(cli, catalog_larger_than_a_frame_is_printed_whole, .init = small_frame_node_up,
+     .fini = node_down) {
+    char pats[64][48];
+    const char *patterns[64];
+    for (int i = 0; i < 64; i++) {
+        snprintf(pats[i], sizeof pats[i], "a.fairly.long.topic.pattern.number.%02d.#", i);
+        patterns[i] = pats[i];
+    }
+    /* spawn_cli takes at most 30 arguments: subscribe through the library. */
+    mpreg_client *s = mpreg_connect(mp_harness_url(node), NULL, NULL);
+    cr_assert_not_null(s);
+    mpreg_error err = {0};
+    for (int i = 0; i < 64; i += 8) { /* eight at a time: a SUBSCRIBE must fit in 1K too */
+        cr_assert_eq(mpreg_subscribe(s, patterns + i, 8, NULL, ignore_message, NULL, NULL, &err),
+                     MPREG_OK, "%s", err.message);
+    }
+    result r;
+    const char *all[] = {"catalog", "--json", NULL};
+    run_url(all, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    mpreg_value v;
+    cr_assert_eq(mpreg_value_from_json(r.out, r.out_len, &v, NULL, 0), MPREG_OK, "%s", r.out);
+    const mpreg_value *topics = mpreg_map_get(&v, "topics");
+    cr_assert(topics && topics->type == MPREG_ARRAY);
+    cr_assert_eq(topics->u.arr.len, 64, "%zu topics", topics->u.arr.len);
+    for (int i = 0; i < 64; i++) {
+        cr_assert_str_eq(mpreg_map_get(&topics->u.arr.items[i], "pattern")->u.str.ptr, pats[i]);
+    }
+    cr_assert_null(mpreg_map_get(&v, "next"), "the CLI must follow the pages");
+    mpreg_value_free(&v);
+    cr_assert_gt(r.out_len, 2048);
+    const char *nodes[] = {"catalog", "--kind", "nodes", "--json", NULL};
+    run_url(nodes, NULL, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strncmp(r.out, "{\"nodes\":[{", 11) == 0, "%s", r.out);
+    cr_assert(strstr(r.out, "pattern") == NULL, "%s", r.out);
+    mpreg_close(s);
 }

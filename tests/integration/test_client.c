@@ -389,6 +389,18 @@ Test(client_worker, a_second_client_calls_it, .init = node_up, .fini = node_down
     cr_assert(strstr(text, "\"add\"") != NULL, "catalog: %s", text);
     free(text);
     mpreg_value_free(&cat);
+    /* Page by page (one entry each), only the kinds asked for: the same
+     * functions, in the node's order, and no cursor left in the answer. */
+    const char *kinds[] = {"functions"};
+    mpreg_catalog_options one = {.kinds = kinds, .kinds_count = 1, .page_limit = 1};
+    cr_assert_eq(mpreg_catalog_ex(c, &one, &cat, &err), MPREG_OK, "%s", err.message);
+    text = mpreg_value_to_json(&cat, false);
+    static const char head[] = "{\"functions\":[{\"name\":\"add\"";
+    cr_assert(strncmp(text, head, sizeof head - 1) == 0, "catalog: %s", text);
+    cr_assert(strstr(text, "\"whoami\"") != NULL && strstr(text, "next") == NULL, "%s", text);
+    cr_assert(strstr(text, "\"nodes\"") == NULL, "%s", text);
+    free(text);
+    mpreg_value_free(&cat);
     cr_assert_geq(status_number(c, "connections", "workers"), 1);
     mpreg_value_free(&args);
     mpreg_error_free(&err);
@@ -779,6 +791,7 @@ typedef struct async_test {
     bool registered;
     mpreg_value worker_result;
     mpreg_value status;
+    mpreg_value catalog;
     mpreg_value members;
     bool closed_all;
 } async_test;
@@ -803,12 +816,22 @@ static void a_on_members(mpreg_async_client *c, const mpreg_value *v, const mpre
     a_finish(t);
 }
 
+static void a_on_catalog(mpreg_async_client *c, const mpreg_value *v, const mpreg_error *err,
+                         void *ud) {
+    async_test *t = ud;
+    cr_assert_null(err, "catalog: %s", err ? err->message : "");
+    mpreg_value_clone(v, &t->catalog);
+    cr_assert_eq(mpreg_async_members(c, a_on_members, t), MPREG_OK);
+}
+
 static void a_on_status(mpreg_async_client *c, const mpreg_value *v, const mpreg_error *err,
                         void *ud) {
     async_test *t = ud;
     cr_assert_null(err, "status: %s", err ? err->message : "");
     mpreg_value_clone(v, &t->status);
-    cr_assert_eq(mpreg_async_members(c, a_on_members, t), MPREG_OK);
+    /* Two entries a page: the client follows the pages on the loop. */
+    mpreg_catalog_options o = {.page_limit = 2};
+    cr_assert_eq(mpreg_async_catalog_ex(c, &o, a_on_catalog, t), MPREG_OK);
 }
 
 static void a_on_worker_call(mpreg_async_client *c, const mpreg_value *v, const mpreg_error *err,
@@ -911,6 +934,10 @@ Test(client_async, everything_on_one_loop, .init = node_up, .fini = node_down) {
     cr_assert(t.registered);
     assert_json_eq(&t.worker_result, "{\"via\": \"loop\"}");
     cr_assert_not_null(mpreg_map_get(&t.status, "node"));
+    const mpreg_value *fns = mpreg_map_get(&t.catalog, "functions");
+    cr_assert(fns && fns->type == MPREG_ARRAY && fns->u.arr.len >= 6, "the whole catalog");
+    cr_assert_null(mpreg_map_get(&t.catalog, "next"));
+    mpreg_value_free(&t.catalog);
     assert_members_self(&t.members);
     mpreg_value_free(&t.members);
     mpreg_value_free(&t.call_result);
@@ -922,6 +949,7 @@ Test(client_async, everything_on_one_loop, .init = node_up, .fini = node_down) {
 
 typedef struct async_fail {
     mpreg_err connect_err;
+    char connect_msg[512];
     int connect_calls;
     mpreg_err op_err;
     int op_calls;
@@ -931,7 +959,68 @@ static void f_on_connect(mpreg_async_client *c, const mpreg_error *err, void *ud
     async_fail *f = ud;
     f->connect_calls++;
     f->connect_err = err ? err->code : MPREG_OK;
+    snprintf(f->connect_msg, sizeof f->connect_msg, "%s", err ? err->message : "");
     mpreg_async_close(c);
+}
+
+/* A listener on a free port that answers one connection with an HTTP
+ * error and closes: something that is not an mpreg node. Returns its url
+ * in buf; *pid is the child that listens. */
+static const char *stranger_url(char *buf, size_t len, pid_t *pid) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(s, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    cr_assert_eq(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(s, 4), 0);
+    cr_assert_eq(getsockname(s, (struct sockaddr *)&a, &alen), 0);
+    *pid = fork();
+    cr_assert_geq(*pid, 0);
+    if (*pid == 0) {
+        static const char reply[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+        int c = accept(s, NULL, NULL);
+        char in[512];
+        (void)!read(c, in, sizeof in);
+        (void)!write(c, reply, sizeof reply - 1);
+        close(c);
+        _exit(0);
+    }
+    close(s);
+    snprintf(buf, len, "127.0.0.1:%u", (unsigned)ntohs(a.sin_port));
+    return buf;
+}
+
+/* An HTTP answer used to read as an absurd frame length: frame_too_large. */
+Test(client, a_port_that_is_no_mpreg_node_says_so) {
+    char where[32];
+    pid_t pid;
+    mpreg_error err = {0};
+    mpreg_client *c = mpreg_connect(stranger_url(where, sizeof where, &pid), NULL, &err);
+    waitpid(pid, NULL, 0);
+    cr_assert_null(c);
+    cr_assert_eq(err.code, MPREG_E_HANDSHAKE, "%s: %s", mpreg_err_name(err.code), err.message);
+    cr_assert(strstr(err.message, "not an mpreg node") != NULL, "%s", err.message);
+    cr_assert(strstr(err.message, "HTTP/1.1 400 Bad Request") != NULL, "%s", err.message);
+    mpreg_error_free(&err);
+}
+
+Test(client_async, a_port_that_is_no_mpreg_node_says_so) {
+    signal(SIGPIPE, SIG_IGN);
+    char where[32];
+    pid_t pid;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    async_fail f = {0};
+    mpreg_async_client *c =
+        mpreg_async_connect(&loop, stranger_url(where, sizeof where, &pid), NULL, f_on_connect, &f);
+    cr_assert_not_null(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    waitpid(pid, NULL, 0);
+    cr_assert_eq(f.connect_calls, 1);
+    cr_assert_eq(f.connect_err, MPREG_E_HANDSHAKE, "%s: %s", mpreg_err_name(f.connect_err),
+                 f.connect_msg);
+    cr_assert(strstr(f.connect_msg, "not an mpreg node") != NULL, "%s", f.connect_msg);
+    cr_assert_eq(uv_loop_close(&loop), 0);
 }
 
 static void f_on_reply(mpreg_async_client *c, const mpreg_value *v, const mpreg_error *err,

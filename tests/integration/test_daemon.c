@@ -373,6 +373,26 @@ Test(daemon, token_is_checked) {
     stop(d);
 }
 
+/* The token can stay out of ps: $MPREG_TOKEN stands in for --token, and
+ * the flag still wins over it. */
+Test(daemon, token_from_the_environment) {
+    setenv("MPREG_TOKEN", "from-env", 1);
+    mp_harness_daemon *d = start("n1", NULL);
+    int fd = track(mp_harness_connect(d->port));
+    cr_assert_eq(mp_harness_hello(fd, NULL), MP_KIND_ERROR);
+    fd = track(mp_harness_connect(d->port));
+    cr_assert_eq(mp_harness_hello(fd, "from-env"), MP_KIND_WELCOME);
+    stop(d);
+    const char *extra[] = {"--token", "from-flag", NULL};
+    d = start("n2", extra);
+    fd = track(mp_harness_connect(d->port));
+    cr_assert_eq(mp_harness_hello(fd, "from-env"), MP_KIND_ERROR);
+    fd = track(mp_harness_connect(d->port));
+    cr_assert_eq(mp_harness_hello(fd, "from-flag"), MP_KIND_WELCOME);
+    stop(d);
+    unsetenv("MPREG_TOKEN");
+}
+
 Test(daemon, rpc_echo_and_dependencies) {
     mp_harness_daemon *d = start("n1", NULL);
     int fd = client(d);
@@ -539,8 +559,19 @@ Test(daemon, bad_flags_and_config_exit_2) {
         {{"--swim", "bogus=1"}, NULL, "unknown field 'bogus'"},
         {{"--swim", "probe_interval_ms"}, NULL, "expected FIELD=VALUE"},
         {{"--swim", "probe_interval_ms=soon"}, NULL, "probe_interval_ms must be a number"},
-        {{"--swim", "gossip_nodes=0"}, NULL, "gossip_nodes"},
-        {{"--swim", "probe_timeout_ms=5000"}, NULL, "probe_timeout_ms"},
+        {{"--swim", "gossip_nodes=0"},
+         NULL,
+         "gossip_nodes=0 is out of range: it must be from 1 to 64"},
+        /* A field tied to another says so, and what the other one is. */
+        {{"--swim", "probe_timeout_ms=5000"},
+         NULL,
+         "probe_timeout_ms=5000 must be below probe_interval_ms=1000"},
+        {{"--swim", "probe_interval_ms=200"},
+         NULL,
+         "probe_timeout_ms=500 must be below probe_interval_ms=200"},
+        {{NULL},
+         "{\"swim\": {\"probe_timeout_ms\": 2000}}",
+         "probe_timeout_ms=2000 must be below probe_interval_ms=1000"},
         {{"--max-peer-conns", "0"}, NULL, "--max-peer-conns '0'"},
         {{"--max-peer-conns", "many"}, NULL, "--max-peer-conns 'many'"},
         {{"--catalog-ttl", "999"}, NULL, "--catalog-ttl '999': expected milliseconds from 1000"},

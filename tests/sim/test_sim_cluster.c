@@ -5,6 +5,8 @@
  * the failure message is the scenario's, with the command line that
  * replays it. They exercise the node's clustering (membership, gossip,
  * peer links) end to end. */
+#define _POSIX_C_SOURCE 200809L
+
 #include "sim/scenarios.h"
 #include "sim/sim.h"
 
@@ -40,6 +42,37 @@ Test(sim_cluster, join_converges_and_spreads_a_change) {
     cr_assert_lt(metric(&r, "join_ms"), 60000);
     cr_assert_geq(metric(&r, "fn_ms"), 0);
     cr_assert_gt(metric(&r, "gossip_msgs"), 0);
+}
+
+/* The join's progress lines and its report used to disagree on catalog
+ * time (the line showed the wait after membership converged, the report
+ * the time from the start): each line now says both, and "at" is the
+ * report's catalog_ms. */
+Test(sim_cluster, join_progress_agrees_with_the_report) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    cr_assert_not_null(out);
+    mp_sim_run_opts o = {.seed = 1, .nodes = 8, .out = out, .log_level = MP_LOG_ERROR};
+    mp_sim_report r;
+    cr_assert(mp_sim_scenario_run(mp_sim_scenario_find("join"), &o, &r), "%s", r.failure);
+    fclose(out);
+    const char *line = strstr(text, "every catalog describes every node");
+    cr_assert_not_null(line, "%s", text);
+    unsigned long long wait = 0, at = 0;
+    cr_assert_eq(sscanf(line + strlen("every catalog describes every node"),
+                        " %llu ms (at %llu ms)", &wait, &at),
+                 2, "%s", line);
+    cr_assert_eq((double)at, metric(&r, "catalog_ms"), "line %s vs catalog_ms %.0f", line,
+                 metric(&r, "catalog_ms"));
+    cr_assert_eq((double)(at - wait), metric(&r, "join_ms"));
+    line = strstr(text, "every node lists every other alive");
+    cr_assert_not_null(line);
+    cr_assert_eq(sscanf(line + strlen("every node lists every other alive"),
+                        " %llu ms (at %llu ms)", &wait, &at),
+                 2);
+    cr_assert_eq((double)wait, metric(&r, "join_ms"));
+    free(text);
 }
 
 Test(sim_cluster, join_with_other_seeds) {

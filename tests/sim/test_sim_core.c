@@ -1044,6 +1044,9 @@ Test(sim_scenarios, table_names_each_scenario_once) {
         cr_assert_str_eq(sc[i].name, want[i]);
         cr_assert_eq(mp_sim_scenario_find(want[i]), &sc[i]);
         cr_assert_geq(sc[i].default_nodes, sc[i].min_nodes);
+        cr_assert_leq(sc[i].default_nodes, sc[i].max_nodes);
+        /* A single-node scenario runs one node, whatever it is asked. */
+        cr_assert_eq(sc[i].max_nodes, sc[i].needs_cluster ? MP_SIM_MAX_NODES : 1);
         cr_assert_gt(strlen(sc[i].description), 20);
         cr_assert_eq(sc[i].needs_cluster, i >= 2);
     }
@@ -1056,7 +1059,18 @@ Test(sim_scenarios, too_few_nodes_is_a_failure_not_a_crash) {
     mp_sim_report r;
     cr_assert_not(mp_sim_scenario_run(mp_sim_scenario_find("rpc-across"), &o, &r));
     cr_assert_not(r.ok);
-    cr_assert(strstr(r.failure, "needs between 6"), "%s", r.failure);
+    cr_assert(strstr(r.failure, "needs between 6 and 100000 nodes, not 2"), "%s", r.failure);
+}
+
+/* single-rpc with 5 nodes used to run one node and report 5. */
+Test(sim_scenarios, a_single_node_scenario_refuses_more_nodes) {
+    mp_sim_run_opts o = {.seed = 1, .nodes = 5};
+    mp_sim_report r;
+    cr_assert_not(mp_sim_scenario_run(mp_sim_scenario_find("single-rpc"), &o, &r));
+    cr_assert_str_eq(r.failure, "single-rpc runs on exactly 1 node, not 5");
+    o.nodes = 1;
+    cr_assert(mp_sim_scenario_run(mp_sim_scenario_find("single-pubsub"), &o, &r), "%s", r.failure);
+    cr_assert_eq(r.nodes, 1);
 }
 
 static mp_sim_report run_single(const char *name, uint64_t seed) {

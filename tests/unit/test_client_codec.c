@@ -565,6 +565,14 @@ Test(client_pubsub, subscribe_payload) {
     mp_pubsub_subscribe_payload_free(&p);
     mp_buf_free(&b);
 
+    /* Since 0 is the start of retention, not "no replay". */
+    mpreg_subscribe_options from_start = {.has_replay_since = true, .replay_since_ms = 0};
+    cr_assert_eq(mp_client_subscribe_payload(pats, 1, &from_start, &b, &err), MPREG_OK);
+    cr_assert_eq(mp_pubsub_subscribe_decode(b.data, b.len, &p, NULL), MPREG_OK);
+    cr_assert(p.replay.has_since && p.replay.since_ms == 0 && !p.replay.has_last);
+    mp_pubsub_subscribe_payload_free(&p);
+    mp_buf_free(&b);
+
     const char *bad[] = {"a.b*"};
     cr_assert_eq(mp_client_subscribe_payload(bad, 1, NULL, &b, &err), MPREG_E_TOPIC);
     cr_assert(strstr(err.message, "a.b*") != NULL);
@@ -667,9 +675,51 @@ Test(client_error, set_copy_free) {
 
 static void arg_is(const char *arg, const char *want_json) {
     mpreg_value v;
-    cr_assert_eq(mp_client_arg_value(arg, &v), MPREG_OK);
+    char why[256];
+    cr_assert_eq(mp_client_arg_value(arg, &v, why, sizeof why), MPREG_OK, "%s: %s", arg, why);
     assert_json_eq(&v, want_json);
     mpreg_value_free(&v);
+}
+
+static void arg_refused(const char *arg, mpreg_err code, const char *because) {
+    mpreg_value v;
+    char why[256] = "";
+    cr_assert_eq(mp_client_arg_value(arg, &v, why, sizeof why), code, "%s", arg);
+    cr_assert_eq(v.type, MPREG_NIL);
+    cr_assert(strstr(why, because) != NULL, "%s: %s", arg, why);
+}
+
+/* JSON is kept exact or refused; it used to fall back to a string (a
+ * duplicate key, 1e400) or to a float (an integer beyond int64). */
+Test(client_cli, arguments_are_exact_or_refused) {
+    arg_refused("{\"a\":1,\"a\":2}", MPREG_E_JSON, "duplicate");
+    arg_refused("[{\"x\": {\"a\":1,\"a\":2}}]", MPREG_E_JSON, "duplicate");
+    arg_refused("1e400", MPREG_E_RANGE, "out of range");
+    arg_refused("-1e400", MPREG_E_RANGE, "out of range");
+    arg_refused("9223372036854775808", MPREG_E_RANGE, "int64");
+    arg_refused("18446744073709551615", MPREG_E_RANGE, "int64");
+    arg_refused("-9223372036854775809", MPREG_E_RANGE, "int64");
+    arg_refused("[1, 99999999999999999999]", MPREG_E_RANGE, "int64");
+    char deep[80] = "";
+    for (int i = 0; i < 33; i++) {
+        strcat(deep, "[");
+    }
+    for (int i = 0; i < 33; i++) {
+        strcat(deep, "]");
+    }
+    arg_refused(deep, MPREG_E_TOO_DEEP, "32");
+    /* The edges that fit stay what they are. */
+    arg_is("9223372036854775807", "9223372036854775807");
+    arg_is("-9223372036854775808", "-9223372036854775808");
+    arg_is("1e308", "1e308");
+    arg_is("\"1e400\"", "\"1e400\"");
+    /* Not JSON at all: text. */
+    arg_is("{\"a\":1,}", "\"{\\\"a\\\":1,}\"");
+    char why[256];
+    mpreg_value kw = mpreg_map();
+    cr_assert_eq(mp_client_kw_arg("n=1e400", &kw, why, sizeof why), MPREG_E_RANGE);
+    cr_assert(strstr(why, "keyword 'n': number out of range") != NULL, "%s", why);
+    mpreg_value_free(&kw);
 }
 
 Test(client_cli, argument_values) {

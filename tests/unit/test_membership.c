@@ -2683,3 +2683,23 @@ Test(membership, consecutive_gossip_rounds_pick_other_members) {
     cr_assert_geq(rounds, 10);
     net_free(net);
 }
+
+/* Every refusal says what the field must satisfy, the tie between two
+ * fields included: "out of range" alone left the operator guessing. */
+Test(swim_config, refusals_say_what_is_required) {
+    mp_swim_config cfg;
+    mp_swim_config_default(&cfg);
+    char msg[256];
+    const char *why = NULL;
+    cr_assert_eq(mp_swim_config_explain(&cfg, &why, msg, sizeof msg), MPREG_OK);
+    cfg.probe_timeout_ms = 2000;
+    cr_assert_eq(mp_swim_config_explain(&cfg, &why, msg, sizeof msg), MPREG_E_RANGE);
+    cr_assert_str_eq(why, "probe_timeout_ms");
+    cr_assert_str_eq(msg, "probe_timeout_ms=2000 must be below probe_interval_ms=1000 (the "
+                          "indirect probes need the rest of the interval)");
+    mp_swim_config_default(&cfg);
+    cfg.gossip_nodes = 0;
+    cr_assert_eq(mp_swim_config_explain(&cfg, &why, msg, sizeof msg), MPREG_E_RANGE);
+    cr_assert_str_eq(msg, "gossip_nodes=0 is out of range: it must be from 1 to 64");
+    cr_assert_eq(mp_swim_config_explain(&cfg, NULL, NULL, 0), MPREG_E_RANGE);
+}

@@ -2203,3 +2203,154 @@ Test(node, connections_over_the_limit_are_told_and_closed, .fini = teardown) {
     uint64_t d = client(); /* room again */
     cr_assert_not(F.c[d].closed);
 }
+
+/* --- catalog pages ------------------------------------------------------------------------------
+ */
+
+/* One page of the catalog, asked for with payload_json (the request's
+ * `after` etc.); the reply frame must fit in max_frame. */
+static mpreg_value catalog_page(uint64_t c, const char *payload_json, uint32_t max_frame) {
+    mp_id id = send_json(c, MP_KIND_CONTROL, "catalog", payload_json);
+    frame fr = expect(c, MP_KIND_CONTROL_REPLY, &id);
+    cr_assert_leq(fr.len, max_frame, "a page of %zu bytes over max_frame %u", fr.len, max_frame);
+    mpreg_value v = fr.payload;
+    fr.payload = mpreg_nil();
+    frame_free(&fr);
+    return v;
+}
+
+/* Follows `next` from page to page; returns the entries of `kind`, in
+ * order, as one array (and how many pages it took). */
+static mpreg_value catalog_all(uint64_t c, const char *extra_json, const char *kind,
+                               uint32_t max_frame, size_t *pages) {
+    mpreg_value all = mpreg_array(), next = mpreg_nil();
+    *pages = 0;
+    do {
+        char *after = next.type == MPREG_NIL ? NULL : mpreg_value_to_json(&next, false);
+        char req[2048];
+        snprintf(req, sizeof req, "{%s%s%s%s}", extra_json, after && extra_json[0] ? ", " : "",
+                 after ? "\"after\": " : "", after ? after : "");
+        free(after);
+        mpreg_value_free(&next);
+        mpreg_value page = catalog_page(c, req, max_frame);
+        const mpreg_value *list = get(&page, kind);
+        for (size_t i = 0; i < list->u.arr.len; i++) {
+            mpreg_value copy;
+            cr_assert_eq(mpreg_value_clone(&list->u.arr.items[i], &copy), MPREG_OK);
+            cr_assert_eq(mpreg_array_push(&all, copy), MPREG_OK);
+        }
+        const mpreg_value *n = mpreg_map_get(&page, "next");
+        if (n) {
+            cr_assert_eq(mpreg_value_clone(n, &next), MPREG_OK);
+        }
+        mpreg_value_free(&page);
+        cr_assert_lt(++*pages, 1000, "pages without end");
+    } while (next.type != MPREG_NIL);
+    return all;
+}
+
+/* A catalog far larger than a frame used to be answered with too_large
+ * only; now it comes in pages that each fit, and together hold everything
+ * once, in order. */
+Test(node, catalog_pages_fit_in_max_frame) {
+    teardown();
+    mp_node_config cfg = {.node_id = "n1", .cluster = "c1", .max_frame = 1024};
+    start_node(&cfg);
+    for (int i = 0; i < 150; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "work_%03d", i);
+        mp_entry e;
+        cr_assert_eq(mp_entry_function(&e, "n2", "c1", name, NULL, "1.0.0"), MPREG_OK);
+        remote_entry(&e);
+    }
+    uint64_t c = client();
+    /* Without paging in mind (the old request) the first page comes, with next. */
+    mpreg_value first = control(c, "catalog");
+    cr_assert_not_null(mpreg_map_get(&first, "next"));
+    mpreg_value_free(&first);
+    size_t pages;
+    mpreg_value fns = catalog_all(c, "", "functions", 1024, &pages);
+    cr_assert_gt(pages, 5);
+    cr_assert_eq(fns.u.arr.len, 150 + 5, "%zu functions", fns.u.arr.len); /* + the built-ins */
+    for (size_t i = 1; i < fns.u.arr.len; i++) {
+        cr_assert_lt(
+            strcmp(get_str(&fns.u.arr.items[i - 1], "name"), get_str(&fns.u.arr.items[i], "name")),
+            0, "out of order or repeated at %zu", i);
+    }
+    mpreg_value_free(&fns);
+    /* The kinds asked for, and only those: nodes fit in one page. */
+    mpreg_value only = catalog_page(c, "{\"kinds\": [\"nodes\", \"queues\"]}", 1024);
+    cr_assert_null(mpreg_map_get(&only, "functions"));
+    cr_assert_null(mpreg_map_get(&only, "queues"), "a kind the node does not know");
+    cr_assert_null(mpreg_map_get(&only, "next"));
+    cr_assert_eq(get(&only, "nodes")->u.arr.len, 1);
+    mpreg_value_free(&only);
+    /* limit caps a page. */
+    mpreg_value two = catalog_page(c, "{\"kinds\": [\"functions\"], \"limit\": 2}", 1024);
+    cr_assert_eq(get(&two, "functions")->u.arr.len, 2);
+    assert_json_eq(get(&two, "next"), "[\"functions\", \"echos\", \"n1\", \"\", \"1.0.0\"]");
+    mpreg_value_free(&two);
+    fns = catalog_all(c, "\"limit\": 7", "functions", 1024, &pages);
+    cr_assert_eq(fns.u.arr.len, 155);
+    cr_assert_eq(pages, 23);
+    mpreg_value_free(&fns);
+}
+
+Test(node, catalog_request_is_checked) {
+    uint64_t c = client();
+    mp_id id = send_json(c, MP_KIND_CONTROL, "catalog", "{\"kind\": [\"nodes\"]}");
+    expect_error(c, &id, MPREG_E_INVALID);
+    id = send_json(c, MP_KIND_CONTROL, "catalog", "{\"kinds\": []}");
+    expect_error(c, &id, MPREG_E_INVALID);
+    id = send_json(c, MP_KIND_CONTROL, "catalog", "{\"kinds\": \"nodes\"}");
+    expect_error(c, &id, MPREG_E_TYPE);
+    id = send_json(c, MP_KIND_CONTROL, "catalog", "{\"limit\": 0}");
+    expect_error(c, &id, MPREG_E_RANGE);
+    id = send_json(c, MP_KIND_CONTROL, "catalog", "{\"after\": [\"nodes\", \"a\", \"b\"]}");
+    expect_error(c, &id, MPREG_E_INVALID);
+    id = send_json(c, MP_KIND_CONTROL, "catalog", "{\"after\": [\"tables\", \"a\"]}");
+    expect_error(c, &id, MPREG_E_INVALID);
+    /* A cursor past everything: empty lists, no next. */
+    mpreg_value end = catalog_page(c, "{\"after\": [\"nodes\", \"zzz\"]}", MP_FRAME_DEFAULT_MAX);
+    assert_json_eq(&end, "{\"functions\": [], \"topics\": [], \"nodes\": []}");
+    mpreg_value_free(&end);
+}
+
+/* --- argument depth ------------------------------------------------------------------------------
+ */
+
+/* An RPC_REQUEST payload whose command "deep" has args `levels` deep,
+ * byte by byte (over 32 levels in all cannot be encoded). */
+static size_t deep_args_request(uint8_t *out, int levels) {
+    static const uint8_t head[] = {0x81, 0xa8, 'c',  'o',  'm',  'm', 'a', 'n', 'd',
+                                   's',  0x91, 0x83, 0xa4, 'n',  'a', 'm', 'e', 0xa4,
+                                   'd',  'e',  'e',  'p',  0xa3, 'f', 'u', 'n', 0xa4,
+                                   'e',  'c',  'h',  'o',  0xa4, 'a', 'r', 'g', 's'};
+    size_t n = sizeof head;
+    memcpy(out, head, n);
+    for (int i = 1; i < levels; i++) {
+        out[n++] = 0x91;
+    }
+    out[n++] = 0x90;
+    return n;
+}
+
+/* PROTOCOL 8.1: args nest at most 29 levels, each argument 28. The node
+ * runs that, and answers one level more with an error naming the command. */
+Test(node, argument_depth_limit_names_the_command) {
+    uint64_t c = client();
+    uint8_t buf[128];
+    size_t len = deep_args_request(buf, 29);
+    mp_id id = send_bytes(c, MP_KIND_RPC_REQUEST, NULL, buf, len);
+    frame fr = expect(c, MP_KIND_RPC_REPLY, &id);
+    cr_assert_not_null(mpreg_map_get(&fr.payload, "results"));
+    frame_free(&fr);
+    len = deep_args_request(buf, 30);
+    id = send_bytes(c, MP_KIND_RPC_REQUEST, NULL, buf, len);
+    mp_rpc_error e = expect_rpc_error(c, &id, MPREG_E_TOO_DEEP);
+    cr_assert_str_eq(e.command, "deep");
+    cr_assert(strstr(mp_rpc_error_message(&e), "command 'deep': 'args' nests deeper than 29") !=
+                  NULL,
+              "%s", mp_rpc_error_message(&e));
+    mp_rpc_error_free(&e);
+}

@@ -397,22 +397,73 @@ static mpreg_value command(const char *name, const char *fun, mpreg_value args) 
 }
 
 Test(rpc_plan, too_deep_args) {
-    /* args itself counts: 32 levels is over MP_RPC_MAX_ARG_DEPTH, 31 is fine.
-     * (Built by hand: the JSON reader stops at 32 levels for the whole list.) */
+    /* args itself counts: 30 levels is over MP_RPC_MAX_REQUEST_ARG_DEPTH, 29
+     * is fine: the payload map, the commands array and the command map take
+     * the other 3 of the wire's 32. (Built by hand: the JSON reader stops at
+     * 32 levels for the whole list.) */
     mpreg_value list = mpreg_array();
-    mpreg_array_push(&list, command("a", "echo", nested(32)));
+    mpreg_array_push(&list, command("a", "echo", nested(30)));
     mp_rpc_plan *plan;
     mp_rpc_error err = MP_RPC_ERROR_INIT;
     cr_assert_eq(mp_rpc_plan_from_value(&list, &plan, &err), MPREG_E_TOO_DEEP);
-    cr_assert_str_eq(err.message, "command 'a': 'args' nests deeper than 31 levels");
+    cr_assert_str_eq(err.message, "command 'a': 'args' nests deeper than 29 levels (the array "
+                                  "itself is level 1, so each value in it at most 28)");
+    cr_assert_str_eq(err.command, "a");
     mp_rpc_error_free(&err);
     mpreg_value_free(&list);
 
     list = mpreg_array();
-    mpreg_array_push(&list, command("a", "echo", nested(31)));
+    mpreg_array_push(&list, command("a", "echo", nested(29)));
     cr_assert_eq(mp_rpc_plan_from_value(&list, &plan, &err), MPREG_OK);
     mp_rpc_plan_free(plan);
     mpreg_value_free(&list);
+}
+
+/* A request payload whose command "deep" has args `levels` deep, written
+ * byte by byte (the encoder refuses what is over 32 levels in all); with
+ * name_last, "name" comes after "args" in the command map. */
+static size_t deep_request(uint8_t *out, int levels, bool name_last) {
+    size_t n = 0;
+    static const uint8_t head[] = {0x81, 0xa8, 'c', 'o', 'm', 'm', 'a', 'n', 'd', 's', 0x91, 0x83};
+    static const uint8_t name[] = {0xa4, 'n', 'a', 'm', 'e', 0xa4, 'd', 'e', 'e', 'p'};
+    static const uint8_t fun[] = {0xa3, 'f', 'u', 'n', 0xa4, 'e', 'c', 'h', 'o'};
+    static const uint8_t args[] = {0xa4, 'a', 'r', 'g', 's'};
+    memcpy(out + n, head, sizeof head), n += sizeof head;
+    if (!name_last) {
+        memcpy(out + n, name, sizeof name), n += sizeof name;
+    }
+    memcpy(out + n, fun, sizeof fun), n += sizeof fun;
+    memcpy(out + n, args, sizeof args), n += sizeof args;
+    for (int i = 1; i < levels; i++) {
+        out[n++] = 0x91;
+    }
+    out[n++] = 0x90;
+    if (name_last) {
+        memcpy(out + n, name, sizeof name), n += sizeof name;
+    }
+    return n;
+}
+
+/* PROTOCOL 8.1's limit is what the wire carries: args 29 levels deep arrive
+ * and parse; 30 cannot be decoded, and the error still names the command
+ * (it used to be an anonymous "request: too_deep"). */
+Test(rpc_plan, too_deep_args_on_the_wire_name_the_command) {
+    uint8_t buf[128];
+    for (int name_last = 0; name_last < 2; name_last++) {
+        mp_rpc_request req;
+        mp_rpc_error err = MP_RPC_ERROR_INIT;
+        size_t len = deep_request(buf, 29, name_last);
+        cr_assert_eq(mp_rpc_request_parse(buf, len, &req, &err), MPREG_OK, "%s",
+                     mp_rpc_error_message(&err));
+        mp_rpc_request_free(&req);
+        len = deep_request(buf, 30, name_last);
+        cr_assert_eq(mp_rpc_request_parse(buf, len, &req, &err), MPREG_E_TOO_DEEP);
+        cr_assert_str_eq(mp_rpc_error_message(&err),
+                         "command 'deep': 'args' nests deeper than 29 levels (the array itself "
+                         "is level 1, so each value in it at most 28)");
+        cr_assert_str_eq(err.command, "deep");
+        mp_rpc_error_free(&err);
+    }
 }
 
 Test(rpc_plan, version_constraints) {
@@ -619,14 +670,14 @@ Test(rpc_plan, argument_limits_stop_blowup) {
 }
 
 Test(rpc_plan, substituted_depth_is_limited) {
-    /* a returns 30 nested arrays; b takes it at depth 1 (31 levels in all),
-     * c one level further down (32: too deep for an RPC_INVOKE). */
-    mpreg_value a_args = mpreg_array(), c_args = mpreg_array(), c_inner = mpreg_array();
-    mpreg_array_push(&a_args, nested(30));
-    mpreg_array_push(&c_inner, mpreg_str("a"));
-    mpreg_array_push(&c_args, c_inner);
-    mpreg_value b_args = mpreg_array();
-    mpreg_array_push(&b_args, mpreg_str("a"));
+    /* a returns 28 nested arrays (the deepest argument a request carries);
+     * b takes it 3 levels down (31 levels in all: an RPC_INVOKE still holds
+     * it), c one level further (32: too deep for an RPC_INVOKE). */
+    mpreg_value a_args = mpreg_array();
+    mpreg_array_push(&a_args, nested(28));
+    mpreg_value b_args = nested(3), c_args = nested(4);
+    mpreg_array_push(&b_args.u.arr.items[0].u.arr.items[0], mpreg_str("a"));
+    mpreg_array_push(&c_args.u.arr.items[0].u.arr.items[0].u.arr.items[0], mpreg_str("a"));
     mpreg_value list = mpreg_array();
     mpreg_array_push(&list, command("a", "echo", a_args));
     mpreg_array_push(&list, command("b", "echo", b_args));
