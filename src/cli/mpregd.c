@@ -163,6 +163,7 @@ typedef struct mp_settings {
     mp_list limits; /* "NAME=VALUE" (--limit), the same way */
     char *max_peer_conns;
     char *catalog_ttl;
+    char *tombstone_ttl;
 } mp_settings;
 
 /* The settings checked and resolved, defaults applied. */
@@ -184,8 +185,9 @@ typedef struct mp_options {
     uint32_t seed_count;
     char advertise[MP_SWIM_MAX_ID + 1]; /* "" until given or derived from the bound address */
     mp_swim_config swim;
-    uint32_t max_peer_conns; /* 0 = the node's default */
-    uint32_t catalog_ttl_ms; /* 0 = the node's default */
+    uint32_t max_peer_conns;   /* 0 = the node's default */
+    uint32_t catalog_ttl_ms;   /* 0 = the node's default */
+    uint32_t tombstone_ttl_ms; /* 0 = the catalog's default */
     mp_limits limits;
 } mp_options;
 
@@ -226,9 +228,10 @@ static void mp_list_free(mp_list *l) {
 }
 
 static void mp_settings_free(mp_settings *s) {
-    char **strs[] = {&s->config,    &s->listen,         &s->port_file,  &s->name,   &s->cluster,
-                     &s->data_dir,  &s->token,          &s->max_frame,  &s->retain, &s->log_level,
-                     &s->advertise, &s->max_peer_conns, &s->catalog_ttl};
+    char **strs[] = {&s->config,      &s->listen,       &s->port_file, &s->name,
+                     &s->cluster,     &s->data_dir,     &s->token,     &s->max_frame,
+                     &s->retain,      &s->log_level,    &s->advertise, &s->max_peer_conns,
+                     &s->catalog_ttl, &s->tombstone_ttl};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         free(*strs[i]);
         *strs[i] = NULL;
@@ -309,6 +312,10 @@ static void mp_usage(FILE *out) {
             "                          suspect (default: 3 push-pull intervals, 90000\n"
             "                          with the default push_pull_interval_ms; at least\n"
             "                          1000)\n"
+            "      --tombstone-ttl MS  how long withdrawn catalog entries are remembered,\n"
+            "                          so that late copies cannot bring them back; their\n"
+            "                          memory is held that long (default 300000; at\n"
+            "                          least 1000)\n"
             "\n"
             "Once listening it prints \"listening on HOST:PORT\" on stdout. Logs go to\n"
             "stderr. SIGINT or SIGTERM stops it gracefully (a member of a cluster first\n"
@@ -318,13 +325,13 @@ static void mp_usage(FILE *out) {
             "\n"
             "The config file is a JSON object with the keys listen, port_file, name,\n"
             "cluster, data_dir, token, log_level, advertise (strings), max_frame (a\n"
-            "number or a string like \"1M\"), retain, max_peer_conns and catalog_ttl_ms\n"
-            "(numbers), resources, plugins and peers (arrays of strings), swim (an\n"
-            "object of the --swim fields, numbers) and limits (an object of the --limit\n"
-            "names: numbers, or strings like \"16M\"); '-' may stand for '_'. A setting\n"
-            "given as a flag replaces the file's (a list too); --swim and --limit\n"
-            "fields override the file's one by one. Relative paths are relative to the working\n"
-            "directory. For example:\n"
+            "number or a string like \"1M\"), retain, max_peer_conns, catalog_ttl_ms and\n"
+            "tombstone_ttl_ms (numbers), resources, plugins and peers (arrays of\n"
+            "strings), swim (an object of the --swim fields, numbers) and limits (an\n"
+            "object of the --limit names: numbers, or strings like \"16M\"); '-' may\n"
+            "stand for '_'. A setting given as a flag replaces the file's (a list\n"
+            "too); --swim and --limit fields override the file's one by one. Relative\n"
+            "paths are relative to the working directory. For example:\n"
             "  {\"listen\": \"0.0.0.0:6464\", \"name\": \"n1\", \"resources\": [\"gpu\"],\n"
             "   \"plugins\": [\"./hello_plugin.so\"], \"log_level\": \"debug\",\n"
             "   \"peers\": [\"10.0.0.2:6464\"], \"advertise\": \"10.0.0.1:6464\",\n"
@@ -373,6 +380,7 @@ enum {
     MP_OPT_MAX_PEER_CONNS,
     MP_OPT_CATALOG_TTL,
     MP_OPT_LIMIT,
+    MP_OPT_TOMBSTONE_TTL,
 };
 
 static const struct option mp_long_options[] = {
@@ -394,6 +402,7 @@ static const struct option mp_long_options[] = {
     {"max-peer-conns", required_argument, NULL, MP_OPT_MAX_PEER_CONNS},
     {"catalog-ttl", required_argument, NULL, MP_OPT_CATALOG_TTL},
     {"limit", required_argument, NULL, MP_OPT_LIMIT},
+    {"tombstone-ttl", required_argument, NULL, MP_OPT_TOMBSTONE_TTL},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -467,6 +476,9 @@ static void mp_parse_flags(int argc, char **argv, mp_settings *f) {
             break;
         case MP_OPT_CATALOG_TTL:
             mp_set(&f->catalog_ttl, optarg);
+            break;
+        case MP_OPT_TOMBSTONE_TTL:
+            mp_set(&f->tombstone_ttl, optarg);
             break;
         case MP_OPT_LIMIT:
             mp_list_push(&f->limits, optarg);
@@ -661,6 +673,8 @@ static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp
         mp_config_number(path, raw_key, v, &c->max_peer_conns);
     } else if (key != NULL && strcmp(key, "catalog_ttl_ms") == 0) {
         mp_config_number(path, raw_key, v, &c->catalog_ttl);
+    } else if (key != NULL && strcmp(key, "tombstone_ttl_ms") == 0) {
+        mp_config_number(path, raw_key, v, &c->tombstone_ttl);
     } else if (key != NULL && strcmp(key, "swim") == 0) {
         mp_config_swim(path, raw_key, v, &c->swim);
     } else if (key != NULL && strcmp(key, "limits") == 0) {
@@ -668,7 +682,8 @@ static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp
     } else {
         mp_usage_error("config %s: unknown key \"%s\" (known: listen, port_file, name, cluster, "
                        "data_dir, resources, plugins, token, max_frame, retain, log_level, "
-                       "peers, advertise, swim, limits, max_peer_conns, catalog_ttl_ms)",
+                       "peers, advertise, swim, limits, max_peer_conns, catalog_ttl_ms, "
+                       "tombstone_ttl_ms)",
                        path, raw_key);
     }
 }
@@ -734,6 +749,7 @@ static void mp_merge(mp_settings *flags, mp_settings *file) {
     mp_take(&flags->advertise, &file->advertise);
     mp_take(&flags->max_peer_conns, &file->max_peer_conns);
     mp_take(&flags->catalog_ttl, &file->catalog_ttl);
+    mp_take(&flags->tombstone_ttl, &file->tombstone_ttl);
     mp_take_list(&flags->resources, &file->resources);
     mp_take_list(&flags->plugins, &file->plugins);
     mp_take_list(&flags->peers, &file->peers);
@@ -1111,6 +1127,17 @@ static void mp_check(const mp_settings *s, mp_options *o) {
     }
     if (s->catalog_ttl != NULL) {
         mp_check_catalog_ttl(s->catalog_ttl, &o->catalog_ttl_ms);
+    }
+    if (s->tombstone_ttl != NULL) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(s->tombstone_ttl, &end, 10);
+        if (end == s->tombstone_ttl || *end != '\0' || s->tombstone_ttl[0] == '-' || errno != 0 ||
+            v < 1000 || v > UINT32_MAX) {
+            mp_usage_error("--tombstone-ttl '%s': expected milliseconds from 1000 to %u",
+                           s->tombstone_ttl, UINT32_MAX);
+        }
+        o->tombstone_ttl_ms = (uint32_t)v;
     }
     mp_check_limits(&s->limits, o);
 }
@@ -1508,6 +1535,7 @@ static int mp_start(mp_daemon *d) {
         .swim = o->swim,
         .max_peer_conns = o->max_peer_conns,
         .catalog_ttl_ms = o->catalog_ttl_ms,
+        .tombstone_ttl_ms = o->tombstone_ttl_ms,
         .limits = o->limits.node,
     };
     /* A zeroed pubsub config means "all defaults" to the node; with one field

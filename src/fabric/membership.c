@@ -642,6 +642,7 @@ struct mp_swim {
     mp_map news_index; /* kind byte + key -> mp_news* */
     mp_news **news;
     size_t news_count, news_cap;
+    uint64_t news_dropped; /* news dropped at MP_SWIM_MAX_NEWS */
     uint64_t news_order;
 
     mp_out *out;
@@ -943,6 +944,28 @@ static void mp_news_free(mp_news *n) {
 /* Queues encoded news. A queued one with the same kind and key is replaced
  * (newer news about the same thing makes the old one moot); an unkeyed item
  * whose very bytes are queued already is not queued twice. */
+static void mp_news_drop(mp_swim *s, mp_news *n);
+
+/* Makes room for one more piece of news at MP_SWIM_MAX_NEWS: the oldest
+ * catalog item goes (membership news is a few bytes per member and is what
+ * keeps failure detection honest). What is dropped is not lost for good:
+ * push-pull compares digests and sends what differs. */
+static void mp_news_make_room(mp_swim *s) {
+    size_t victim = SIZE_MAX;
+    for (size_t i = 0; i < s->news_count; i++) {
+        const mp_news *n = s->news[i];
+        if (n->is_item && (victim == SIZE_MAX || n->order < s->news[victim]->order)) {
+            victim = i;
+        }
+    }
+    if (victim == SIZE_MAX) {
+        victim = 0; /* only membership news: the first will do */
+    }
+    mp_news_drop(s, s->news[victim]);
+    s->news[victim] = s->news[--s->news_count];
+    s->news_dropped++;
+}
+
 static mpreg_err mp_news_put(mp_swim *s, bool is_item, const char *key, const uint8_t *bytes,
                              size_t len) {
     const mp_buf *k;
@@ -975,6 +998,9 @@ static mpreg_err mp_news_put(mp_swim *s, bool is_item, const char *key, const ui
         old->transmits = 0;
         old->order = ++s->news_order;
         return MPREG_OK;
+    }
+    if (s->news_count >= MP_SWIM_MAX_NEWS) {
+        mp_news_make_room(s);
     }
     mp_news *n = calloc(1, sizeof *n);
     if (n && k) {

@@ -248,6 +248,10 @@ void mp_swim_each(const mp_swim *s, bool (*visit)(void *ud, const mp_member *m),
 bool mp_swim_find(const mp_swim *s, const char *id, mp_member *out);
 uint64_t mp_swim_incarnation(const mp_swim *s);
 size_t mp_swim_queued(const mp_swim *s); /* news waiting for transmission */
+/* News waiting for transmission is bounded: past this many pieces the
+ * oldest catalog item is dropped (push-pull repairs what it carried), so a
+ * client that churns subscriptions cannot grow the queue without bound. */
+#define MP_SWIM_MAX_NEWS 2048u
 /* The digest of the member table that push-pull compares (PROTOCOL §12.9):
  * equal on two nodes that list the same members (self included) with the
  * same address, generation, incarnation and state. */

@@ -195,7 +195,9 @@ static bool mp_pubsub_config_zero(const mp_pubsub_config *c) {
 }
 
 static mpreg_err mp_node_compose(mp_node *n, const mp_node_config *cfg) {
-    mp_catalog_config cc = {.local_node = n->node_id, .local_cluster = n->cluster};
+    mp_catalog_config cc = {.local_node = n->node_id,
+                            .local_cluster = n->cluster,
+                            .tombstone_ttl_ms = cfg->tombstone_ttl_ms};
     n->catalog = mp_catalog_new(&cc);
     if (!n->catalog) {
         return MPREG_E_NOMEM;

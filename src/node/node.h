@@ -151,6 +151,9 @@ typedef struct mp_node_config {
      * origin it has not vouched for this long are dropped. 0 = three
      * push-pull intervals (90 s by default). */
     uint32_t catalog_ttl_ms;
+    /* How long withdrawn entries are kept as tombstones; 0 = the
+     * catalog's default (5 minutes). */
+    uint32_t tombstone_ttl_ms;
     bool no_builtins;      /* simulator: skip echo, echos, ... (small catalogs) */
     mp_node_limits limits; /* zero fields: the defaults */
 } mp_node_config;

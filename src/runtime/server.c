@@ -23,6 +23,7 @@
 #include "runtime/sysclock.h"
 #include "runtime/transport.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -53,7 +54,9 @@ struct mp_server {
     uv_signal_t sigint;
     uv_signal_t sigterm;
     uv_timer_t leave_timer;
-    int inited;  /* of timer, sigint, sigterm, leave_timer (in that order), initialised */
+    uv_timer_t trim_timer;  /* gives freed memory back, a moment after a close */
+    uint32_t trim_delay_ms; /* the trim timer's current delay (doubles) */
+    int inited;  /* of timer, sigint, sigterm, leave_timer, trim_timer (in order), initialised */
     int handles; /* of those, not yet closed */
     mp_transport *transport;
     mp_node *node;
@@ -295,8 +298,64 @@ static void mp_server_on_writable(void *ud, uint64_t conn) {
     mp_server_rearm(s);
 }
 
+/* Memory the node freed (a client's subscriptions, its requests' results,
+ * its buffers) goes back to the system: glibc keeps freed chunks in the
+ * middle of its heap for reuse, so without this a flood that ended would
+ * keep its peak resident for ever. Checked a second after a close (closes
+ * come in bursts), then again after 2, 4, 8 ... seconds (up to
+ * MP_TRIM_MAX_DELAY_MS), since some of what a client held goes later
+ * (catalog tombstones, after their TTL); and only when the allocator holds
+ * a good deal free: malloc_trim walks the free lists, which is not free on
+ * a big heap. */
+#define MP_TRIM_FIRST_DELAY_MS 1000u
+#define MP_TRIM_MAX_DELAY_MS (512u * 1000u)
+#define MP_TRIM_MIN_FREE (16u * 1024u * 1024u)
+
+/* Resident pages of this process, KiB (0 when unknown). */
+static uint64_t mp_rss_kib(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, resident = 0;
+    if (f) {
+        if (fscanf(f, "%lu %lu", &size, &resident) != 2) {
+            resident = 0;
+        }
+        fclose(f);
+    }
+    return (uint64_t)resident * ((uint64_t)sysconf(_SC_PAGESIZE) / 1024u);
+}
+
+static void mp_server_on_trim(uv_timer_t *h) {
+    mp_server *s = h->data;
+    struct mallinfo2 mi = mallinfo2();
+    if (mi.fordblks < MP_TRIM_MIN_FREE) {
+        return; /* nothing worth it: the next close starts again */
+    }
+    uint64_t before = mp_rss_kib();
+    malloc_trim(0);
+    mp_server_log(s, MP_LOG_DEBUG,
+                  "memory: %zu KiB in use; resident %llu KiB before giving free memory back, "
+                  "%llu KiB after",
+                  mi.uordblks / 1024, (unsigned long long)before, (unsigned long long)mp_rss_kib());
+    if (s->trim_delay_ms < MP_TRIM_MAX_DELAY_MS && s->state == MP_SERVER_RUNNING) {
+        s->trim_delay_ms *= 2;
+        uv_timer_start(&s->trim_timer, mp_server_on_trim, s->trim_delay_ms, 0);
+    }
+}
+
+static void mp_server_schedule_trim(mp_server *s) {
+    /* A check already due within the first delay stays as it is, so that
+     * a steady stream of closes cannot put it off for ever. */
+    bool soon =
+        uv_is_active((uv_handle_t *)&s->trim_timer) && s->trim_delay_ms == MP_TRIM_FIRST_DELAY_MS;
+    if (s->state == MP_SERVER_RUNNING && !soon) {
+        s->trim_delay_ms = MP_TRIM_FIRST_DELAY_MS;
+        uv_timer_start(&s->trim_timer, mp_server_on_trim, MP_TRIM_FIRST_DELAY_MS, 0);
+    }
+}
+
 static void mp_server_on_close(void *ud, uint64_t conn, mpreg_err reason) {
     mp_server *s = ud;
+    mp_server_schedule_trim(s);
     if (mp_map_remove(&s->failed_dials, &conn, sizeof conn) != NULL) {
         reason = MPREG_E_UNREACHABLE;
     }
@@ -414,7 +473,8 @@ static void mp_server_on_handle_closed(uv_handle_t *h) {
 /* Closes the timer and the signal handles, those that were initialised. */
 static void mp_server_close_handles(mp_server *s) {
     uv_handle_t *hs[] = {(uv_handle_t *)&s->timer, (uv_handle_t *)&s->sigint,
-                         (uv_handle_t *)&s->sigterm, (uv_handle_t *)&s->leave_timer};
+                         (uv_handle_t *)&s->sigterm, (uv_handle_t *)&s->leave_timer,
+                         (uv_handle_t *)&s->trim_timer};
     for (int i = 0; i < s->inited; i++) {
         if (!uv_is_closing(hs[i])) {
             hs[i]->data = s;
@@ -563,6 +623,14 @@ static int mp_server_init_handles(mp_server *s) {
     s->leave_timer.data = s;
     s->inited++;
     s->handles++;
+    rc = uv_timer_init(&s->loop, &s->trim_timer);
+    if (rc != 0) {
+        return rc;
+    }
+    s->trim_timer.data = s;
+    s->inited++;
+    s->handles++;
+    uv_unref((uv_handle_t *)&s->trim_timer); /* never what keeps the loop alive */
     return 0;
 }
 
