@@ -1132,12 +1132,20 @@ static uint64_t mp_rec_hash(const mp_swim_rec *r) {
     return h;
 }
 
-/* The sum (mod 2^64) over self and every listed member: independent of
- * order. Computed when needed (once per push-pull), O(n) hashes. */
+/* The sum (mod 2^64) over every member listed alive or suspect, self
+ * included unless it left: independent of order. Computed when needed (once per push-pull), O(n)
+ * hashes. Dead and left members do not count: nodes forget them at
+ * different times (each a keep time after it heard of the end), and one
+ * that joined later never lists them (a list does not teach gone
+ * strangers, mp_apply_listed), so counting them would make two tables
+ * that agree on every live member differ for hours, and every push-pull
+ * between them ship whole lists. */
 static uint64_t mp_members_digest(const mp_swim *s) {
-    uint64_t d = mp_rec_hash(&s->self);
+    uint64_t d = s->left ? 0 : mp_rec_hash(&s->self);
     for (size_t i = 0; i < s->node_count; i++) {
-        d += mp_rec_hash(s->nodes[i]);
+        if (!mp_gone(s->nodes[i]->state)) {
+            d += mp_rec_hash(s->nodes[i]);
+        }
     }
     return d;
 }
@@ -1486,11 +1494,23 @@ static void mp_apply(mp_swim *s, const mp_wmember *u, uint64_t now) {
  * SUSPECT, as memberlist does, so that the member gets a suspicion timeout
  * to refute instead of being declared dead here at once (a partition's
  * verdicts would otherwise kill every member of the other side on heal).
+ *
+ * A DEAD or LEFT in a list about a member not listed here is ignored (as
+ * memberlist does): this node never knew it, or has forgotten it already.
+ * Each node forgets a gone member its keep time after it heard of the end,
+ * and nodes hear of it at different times; recording it again from the
+ * list of a node that heard later would restart the keep time here, and
+ * that node would in turn be taught it back by this one once it forgot,
+ * and so on for as long as push-pulls cross the gaps.
+ *
  * Anything else is applied as gossip is. */
 static void mp_apply_listed(mp_swim *s, const mp_wmember *u, uint64_t now) {
-    if (u->state == MP_MEMBER_DEAD && !mp_str_eq_c(u->id, s->self.id)) {
+    if (mp_gone(u->state) && !mp_str_eq_c(u->id, s->self.id)) {
         const mp_swim_rec *r = mp_lookup(s, u->id);
-        if (r && !mp_gone(r->state) && r->generation == u->generation) {
+        if (!r) {
+            return;
+        }
+        if (u->state == MP_MEMBER_DEAD && !mp_gone(r->state) && r->generation == u->generation) {
             mp_wmember v = *u;
             v.state = MP_MEMBER_SUSPECT;
             mp_apply(s, &v, now);

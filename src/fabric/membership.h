@@ -68,6 +68,13 @@
  * alive member and was given seeds retries them every
  * reconnect_interval_ms too.
  *
+ * Forgetting: each node drops a gone member its keep time (above) after it
+ * heard of the end; hearing it again restarts nothing. A push-pull list
+ * never teaches a DEAD or LEFT member this node does not list (as
+ * memberlist), so a member one node forgot is not taught back by another
+ * that heard later, and the member digest counts live members only, so
+ * that such tables still agree.
+ *
  * Addresses: members are addressed by id; each also has an address
  * ("host:port") the driver dials. The join seeds are bare addresses (ids
  * unknown): a push-pull to a seed goes out with to_id NULL.
@@ -117,8 +124,10 @@ typedef struct mp_swim_config {
     uint32_t gossip_interval_ms;    /* 200 */
     uint32_t gossip_nodes;          /* 3 */
     uint32_t push_pull_interval_ms; /* 30000 */
-    uint32_t dead_keep_ms;          /* 60000: how long LEFT members stay listed */
-    uint32_t max_piggyback_bytes;   /* 16384: news per outgoing message */
+    /* 60000: how long a LEFT member stays listed after this node heard it
+     * left (the name is historical; DEAD ones stay reconnect_timeout_ms). */
+    uint32_t dead_keep_ms;
+    uint32_t max_piggyback_bytes; /* 16384: news per outgoing message */
     /* 21 600 000 (6 h): how long DEAD members stay listed (and are tried
      * again). 1 ms .. 30 days. */
     uint32_t reconnect_timeout_ms;
@@ -243,8 +252,9 @@ bool mp_swim_find(const mp_swim *s, const char *id, mp_member *out);
 uint64_t mp_swim_incarnation(const mp_swim *s);
 size_t mp_swim_queued(const mp_swim *s); /* news waiting for transmission */
 /* The digest of the member table that push-pull compares (PROTOCOL §12.9):
- * equal on two nodes that list the same members (self included) with the
- * same address, generation, incarnation and state. */
+ * equal on two nodes that list the same alive and suspect members (self
+ * included unless it left) with the same address, generation, incarnation
+ * and state; dead and left members do not count. */
 uint64_t mp_swim_members_digest(const mp_swim *s);
 
 typedef struct mp_swim_stats {
