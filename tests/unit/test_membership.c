@@ -61,10 +61,10 @@ static void wb_arr(wb *w, uint32_t n) {
     msgpack_pack_array(&w->pk, n);
 }
 
-/* A member record; state 0 = omitted (alive). */
-static void wb_member(wb *w, const char *id, const char *addr, uint64_t gen, uint64_t inc,
-                      int state) {
-    wb_map(w, state ? 5 : 4);
+/* A member record; state 0 = omitted (alive); key NULL = omitted. */
+static void wb_member_k(wb *w, const char *id, const char *addr, uint64_t gen, uint64_t inc,
+                        int state, const char *key) {
+    wb_map(w, 4 + (state != 0) + (key != NULL));
     wb_u(w, 1);
     wb_s(w, id);
     wb_u(w, 2);
@@ -77,6 +77,15 @@ static void wb_member(wb *w, const char *id, const char *addr, uint64_t gen, uin
         wb_u(w, 5);
         wb_u(w, (uint64_t)state);
     }
+    if (key) {
+        wb_u(w, 6);
+        wb_bin(w, key, strlen(key));
+    }
+}
+
+static void wb_member(wb *w, const char *id, const char *addr, uint64_t gen, uint64_t inc,
+                      int state) {
+    wb_member_k(w, id, addr, gen, inc, state, NULL);
 }
 
 /* Version, type, from: the head of every message; `extra` fields follow. */
@@ -139,6 +148,9 @@ static void parse_member(const msgpack_object *o, tparsed *p, bool from) {
             cr_assert_eq(kv->val.type, MSGPACK_OBJECT_POSITIVE_INTEGER);
             state = (int)kv->val.via.u64;
             cr_assert(state >= 2 && state <= 4, "alive is sent by omission");
+        } else if (k == 6) {
+            cr_assert_eq(kv->val.type, MSGPACK_OBJECT_BIN, "a key is bytes");
+            cr_assert(kv->val.via.bin.size >= 1 && kv->val.via.bin.size <= 32);
         }
     }
     cr_assert_eq(seen & 0x1e, 0x1e, "member needs id, addr, generation, incarnation");
@@ -260,6 +272,11 @@ typedef struct tnode {
     bool always_news; /* on_item says true for anything (a careless delegate) */
     tevent *ev;
     size_t nev, evcap;
+    char key[24];               /* its identity key ("" = none), kept across restarts */
+    int conflicts;              /* on_conflict calls */
+    int conflicts_by_itself;    /* ... about a message the claimant sent */
+    char conflict_addr[32];     /* the claimant's address, last call */
+    uint64_t identity_refusals; /* messages mp_swim_on_payload refused with IDENTITY */
     uint64_t digest;
     char state[64];
     int encodes, merges;
@@ -346,6 +363,20 @@ static mpreg_err cb_encode(void *ud, mp_buf *out) {
     return mp_buf_append(out, t->state, strlen(t->state));
 }
 
+static void cb_conflict(void *ud, const mp_member *listed, const mp_member *claimant,
+                        bool by_itself) {
+    tnode *t = ud;
+    cr_assert_str_eq(listed->id, claimant->id);
+    cr_assert(listed->key_len > 0 && claimant->key_len > 0);
+    cr_assert(listed->key_len != claimant->key_len ||
+              memcmp(listed->key, claimant->key, listed->key_len) != 0);
+    cr_assert(listed->state == MP_MEMBER_ALIVE || listed->state == MP_MEMBER_SUSPECT ||
+              strcmp(listed->id, t->id) == 0);
+    t->conflicts++;
+    t->conflicts_by_itself += by_itself;
+    snprintf(t->conflict_addr, sizeof t->conflict_addr, "%s", claimant->addr);
+}
+
 static void cb_merge(void *ud, const uint8_t *data, size_t len, const char *from_id) {
     tnode *t = ud;
     t->merges++;
@@ -376,6 +407,7 @@ static tnet *net_new(int n, uint64_t seed, const mp_swim_config *cfg) {
         t->idx = i;
         snprintf(t->id, sizeof t->id, "n%03d", i);
         snprintf(t->addr, sizeof t->addr, "10.0.%d.%d:7000", i / 250, i % 250 + 1);
+        snprintf(t->key, sizeof t->key, "key-of-%d", i);
     }
     return net;
 }
@@ -390,8 +422,8 @@ static void node_start(tnet *net, int i, uint64_t gen) {
     memset(t->have, 0, sizeof t->have);
     t->gen = gen;
     mp_xoshiro_seed(&t->rng, net->seed * 1000003u + (uint64_t)i * 7919u + gen);
-    mp_swim_self self = {t->id, t->addr, gen};
-    mp_swim_delegate d = {t, cb_item, cb_member, cb_digest, cb_encode, cb_merge};
+    mp_swim_self self = {t->id, t->addr, gen, (const uint8_t *)t->key, strlen(t->key)};
+    mp_swim_delegate d = {t, cb_item, cb_member, cb_digest, cb_encode, cb_merge, cb_conflict};
     t->s = mp_swim_new(&net->cfg, &self, &d, &t->rng.rng, net->now);
     cr_assert_not_null(t->s);
     t->up = true;
@@ -410,9 +442,25 @@ static void net_free(tnet *net) {
     free(net);
 }
 
+/* The node a message to (id, addr) reaches: the one with both, else the
+ * first with that id (a member that moved), else the one at addr (a seed).
+ * Two processes may say the same id (an impostor): the address tells them
+ * apart, as the driver's dial does. */
 static int net_find(tnet *net, const char *id, const char *addr) {
+    int by_id = -1;
     for (int i = 0; i < net->n; i++) {
-        if (id ? strcmp(net->node[i].id, id) == 0 : strcmp(net->node[i].addr, addr) == 0) {
+        bool id_ok = id && strcmp(net->node[i].id, id) == 0;
+        bool addr_ok = addr && strcmp(net->node[i].addr, addr) == 0;
+        if (id_ok && addr_ok) {
+            return i;
+        }
+        by_id = id_ok && by_id < 0 ? i : by_id;
+    }
+    if (by_id >= 0 || id) {
+        return by_id;
+    }
+    for (int i = 0; i < net->n; i++) {
+        if (strcmp(net->node[i].addr, addr) == 0) {
             return i;
         }
     }
@@ -499,6 +547,10 @@ static void net_deliver(tnet *net) {
         tmsg m = net->q[net->qhead++];
         if (!net_dropped(net, &m)) {
             mpreg_err err = mp_swim_on_payload(net->node[m.to].s, m.data, m.len, net->now);
+            if (err == MPREG_E_IDENTITY) {
+                net->node[m.to].identity_refusals++;
+                err = MPREG_OK;
+            }
             cr_assert_eq(err, MPREG_OK, "a member's message refused: %s", mpreg_err_name(err));
         }
         free(m.data);
@@ -1336,6 +1388,211 @@ Test(membership, update_precedence) {
     cr_assert_eq(count_events(t, MP_MEMBER_DIED, "ghost"), 0);
     feed_update(net, "ghost", 1, 2, MP_MEMBER_ALIVE);
     cr_assert_eq(lone_state(net, "ghost", &gen, &inc), MP_MEMBER_DEAD);
+    net_free(net);
+}
+
+/* --- identity: one process per id ------------------------------------------------ */
+
+static void feed_update_k(tnet *net, const char *id, const char *addr, uint64_t gen, uint64_t inc,
+                          int state, const char *key) {
+    wb w;
+    wb_init(&w);
+    wb_head(&w, T_GOSSIP, 1, "x");
+    wb_u(&w, 7);
+    wb_arr(&w, 1);
+    wb_member_k(&w, id, addr, gen, inc, state == MP_MEMBER_ALIVE ? 0 : state, key);
+    cr_assert_eq(mp_swim_on_payload(net->node[0].s, w.b.data, w.b.len, net->now), MPREG_OK);
+    mp_buf_free(&w.b);
+    while (mp_swim_next_send(net->node[0].s, &(mp_swim_send){0})) {
+    }
+}
+
+static void assert_listed(tnet *net, const char *id, const char *addr, uint64_t gen,
+                          mp_member_state st, const char *key, const char *why) {
+    mp_member m;
+    cr_assert(mp_swim_find(net->node[0].s, id, &m), "%s: %s not listed", why, id);
+    cr_assert_str_eq(m.addr, addr, "%s: addr", why);
+    cr_assert_eq(m.generation, gen, "%s: generation %llu", why, (unsigned long long)m.generation);
+    cr_assert_eq(m.state, st, "%s: state %s", why, mp_member_state_name(m.state));
+    cr_assert_eq(m.key_len, strlen(key), "%s: key", why);
+    cr_assert(memcmp(m.key, key, m.key_len) == 0, "%s: key", why);
+}
+
+/* Same id and key: the same node (the usual rules). Same id, another key,
+ * while the member is alive or suspect: refused, whatever its generation,
+ * and the delegate hears of it. Once the member is dead or left, another
+ * key takes the id over, whatever its generation. */
+Test(membership, identity_rules) {
+    tnet *net = lone();
+    tnode *t = &net->node[0];
+    feed_update_k(net, "m", "h:1", 1, 0, MP_MEMBER_ALIVE, "AAAA");
+    assert_listed(net, "m", "h:1", 1, MP_MEMBER_ALIVE, "AAAA", "first seen");
+    feed_update_k(net, "m", "h:9", 9, 0, MP_MEMBER_ALIVE, "BBBB");
+    assert_listed(net, "m", "h:1", 1, MP_MEMBER_ALIVE, "AAAA", "an impostor's newer generation");
+    cr_assert_eq(t->conflicts, 1);
+    cr_assert_eq(t->conflicts_by_itself, 0, "a record passed on, not the claimant's message");
+    cr_assert_str_eq(t->conflict_addr, "h:9");
+    feed_update_k(net, "m", "h:9", 9, 0, MP_MEMBER_DEAD, "BBBB");
+    assert_listed(net, "m", "h:1", 1, MP_MEMBER_ALIVE, "AAAA", "another process's death");
+    cr_assert_eq(t->conflicts, 1, "a gone claim is old news, not a claim");
+    feed_update_k(net, "m", "h:1", 2, 0, MP_MEMBER_ALIVE, "AAAA");
+    assert_listed(net, "m", "h:1", 2, MP_MEMBER_ALIVE, "AAAA", "a restart, same key");
+    feed_update_k(net, "m", "h:3", 2, 1, MP_MEMBER_ALIVE, "AAAA");
+    assert_listed(net, "m", "h:3", 2, MP_MEMBER_ALIVE, "AAAA", "same key at a new address");
+    feed_update_k(net, "m", "h:3", 3, 0, MP_MEMBER_ALIVE, NULL);
+    assert_listed(net, "m", "h:3", 3, MP_MEMBER_ALIVE, "AAAA", "no key said: the rules alone");
+    feed_update_k(net, "m", "h:3", 3, 0, MP_MEMBER_SUSPECT, "AAAA");
+    feed_update_k(net, "m", "h:9", 1, 0, MP_MEMBER_ALIVE, "BBBB");
+    assert_listed(net, "m", "h:3", 3, MP_MEMBER_SUSPECT, "AAAA", "a suspect still holds its id");
+    cr_assert_eq(t->conflicts, 2);
+    feed_update_k(net, "m", "h:3", 3, 0, MP_MEMBER_DEAD, "AAAA");
+    cr_assert_eq(count_events(t, MP_MEMBER_DIED, "m"), 1);
+    int joined = count_events(t, MP_MEMBER_JOINED, "m");
+    feed_update_k(net, "m", "h:9", 1, 0, MP_MEMBER_ALIVE, "BBBB");
+    assert_listed(net, "m", "h:9", 1, MP_MEMBER_ALIVE, "BBBB", "dead: another key takes the id");
+    cr_assert_eq(count_events(t, MP_MEMBER_JOINED, "m"), joined + 1);
+    feed_update_k(net, "m", "h:3", 3, 1, MP_MEMBER_ALIVE, "AAAA");
+    assert_listed(net, "m", "h:9", 1, MP_MEMBER_ALIVE, "BBBB",
+                  "the old process cannot take it back");
+    cr_assert_eq(t->conflicts, 3);
+    /* Left: the same. */
+    feed_update_k(net, "m", "h:9", 1, 1, MP_MEMBER_LEFT, "BBBB");
+    feed_update_k(net, "m", "h:4", 1, 0, MP_MEMBER_SUSPECT, "CCCC");
+    assert_listed(net, "m", "h:4", 1, MP_MEMBER_SUSPECT, "CCCC", "left: another key takes it");
+    /* Someone says this node (n000, key "key-of-0") is another process:
+     * refused, never refuted. */
+    feed_update_k(net, "n000", "h:5", 7, 3, MP_MEMBER_ALIVE, "DDDD");
+    feed_update_k(net, "n000", "h:5", 1, 3, MP_MEMBER_DEAD, "DDDD");
+    cr_assert_eq(mp_swim_incarnation(t->s), 0);
+    cr_assert_eq(t->conflicts, 4, "the ALIVE only");
+    mp_swim_stats st;
+    mp_swim_get_stats(t->s, &st);
+    cr_assert_eq(st.identity_conflicts, 4);
+    /* For a HELLO: who would be refused. */
+    mp_member holder;
+    cr_assert(mp_swim_identity_conflict(t->s, "m", (const uint8_t *)"EEEE", 4, &holder));
+    cr_assert_str_eq(holder.addr, "h:4");
+    cr_assert_not(mp_swim_identity_conflict(t->s, "m", (const uint8_t *)"CCCC", 4, NULL));
+    cr_assert_not(mp_swim_identity_conflict(t->s, "m", NULL, 0, NULL), "no key: no verdict");
+    cr_assert_not(mp_swim_identity_conflict(t->s, "zz", (const uint8_t *)"EEEE", 4, NULL));
+    cr_assert(mp_swim_identity_conflict(t->s, "n000", (const uint8_t *)"EEEE", 4, &holder));
+    cr_assert_str_eq(holder.id, "n000");
+    cr_assert_not(mp_swim_identity_conflict(t->s, "n000", (const uint8_t *)"key-of-0", 8, NULL));
+    net_free(net);
+}
+
+/* A message whose sender claims a live member's id (or ours) with another
+ * key is refused whole: MPREG_E_IDENTITY, nothing in it applied, nothing
+ * answered. */
+Test(membership, a_claimant_s_message_is_refused_whole) {
+    tnet *net = lone();
+    tnode *t = &net->node[0];
+    feed_update_k(net, "m", "h:1", 1, 0, MP_MEMBER_ALIVE, "AAAA");
+    const char *senders[] = {"m", "n000"};
+    for (int i = 0; i < 2; i++) {
+        wb w;
+        wb_init(&w);
+        wb_map(&w, 6);
+        wb_u(&w, 1);
+        wb_u(&w, 1);
+        wb_u(&w, 2);
+        wb_u(&w, T_PING);
+        wb_u(&w, 3);
+        wb_u(&w, 77);
+        wb_u(&w, 4);
+        wb_member_k(&w, senders[i], "h:9", 5, 0, 0, "BBBB");
+        wb_u(&w, 5);
+        wb_s(&w, "n000");
+        wb_u(&w, 7);
+        wb_arr(&w, 1);
+        wb_member_k(&w, "q", "h:7", 1, 0, 0, "QQQQ");
+        cr_assert_eq(mp_swim_on_payload(t->s, w.b.data, w.b.len, 1), MPREG_E_IDENTITY);
+        mp_buf_free(&w.b);
+        cr_assert_not(mp_swim_find(t->s, "q", NULL), "nothing it said was applied");
+        no_sends(t->s);
+        cr_assert_eq(t->conflicts_by_itself, i + 1);
+    }
+    assert_listed(net, "m", "h:1", 1, MP_MEMBER_ALIVE, "AAAA", "unchanged");
+    /* Keys on the wire: 1..32 bytes. */
+    for (int bad = 0; bad < 2; bad++) {
+        wb w;
+        wb_init(&w);
+        wb_head(&w, T_GOSSIP, 1, "x");
+        wb_u(&w, 7);
+        wb_arr(&w, 1);
+        char big[40];
+        memset(big, 'k', sizeof big - 1);
+        big[sizeof big - 1] = '\0';
+        wb_member_k(&w, "r", "h:1", 1, 0, 0, bad ? big : "");
+        cr_assert_eq(mp_swim_on_payload(t->s, w.b.data, w.b.len, 1),
+                     bad ? MPREG_E_TOO_LARGE : MPREG_E_INVALID);
+        mp_buf_free(&w.b);
+    }
+    net_free(net);
+}
+
+/* A second process under a live member's id, with a higher generation,
+ * joins through a seed: it is refused there and everywhere, for as long as
+ * the member lives; every node keeps the member's record (address,
+ * generation, key). Once the member has crashed and is declared dead, the
+ * newcomer, which kept trying, takes the id over. */
+static int impostor_of = -1, impostor = -1;
+
+static bool all_list_impostor(const tnet *net) {
+    for (int i = 0; i < net->n; i++) {
+        mp_member m;
+        if (i == impostor || i == impostor_of || !net->node[i].up) {
+            continue;
+        }
+        if (!mp_swim_find(net->node[i].s, net->node[impostor].id, &m) ||
+            m.state != MP_MEMBER_ALIVE || strcmp(m.addr, net->node[impostor].addr) != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+Test(membership, an_impostor_never_replaces_a_live_member) {
+    const int n = 6; /* nodes 0..4 a cluster; node 5 will say it is node 3 */
+    tnet *net = net_new(n, 51, NULL);
+    for (int i = 0; i < n - 1; i++) {
+        node_start(net, i, 1);
+    }
+    for (int i = 1; i < n - 1; i++) {
+        cr_assert_eq(mp_swim_join(net->node[i].s, net->node[0].addr, net->now), MPREG_OK);
+    }
+    net->node[n - 1].up = false;
+    net_run(net, 10000);
+    impostor_of = 3;
+    impostor = n - 1;
+    tnode *imp = &net->node[impostor];
+    snprintf(imp->id, sizeof imp->id, "%s", net->node[impostor_of].id);
+    node_start(net, impostor, 9);
+    cr_assert_eq(mp_swim_join(imp->s, net->node[0].addr, net->now), MPREG_OK);
+    net_run(net, net->now + 30000);
+    for (int i = 0; i < n - 1; i++) {
+        if (i == impostor_of) {
+            continue;
+        }
+        mp_member m;
+        cr_assert(mp_swim_find(net->node[i].s, imp->id, &m));
+        cr_assert_str_eq(m.addr, net->node[impostor_of].addr, "%s lists the impostor's address",
+                         net->node[i].id);
+        cr_assert_eq(m.generation, 1);
+        cr_assert_eq(m.state, MP_MEMBER_ALIVE);
+        cr_assert_eq(count_events(&net->node[i], MP_MEMBER_JOINED, imp->id), 1);
+        cr_assert_eq(mp_swim_member_count(net->node[i].s, true), (size_t)n - 2);
+    }
+    cr_assert_gt(net->node[0].identity_refusals, 5, "the seed refused its joins: %llu",
+                 (unsigned long long)net->node[0].identity_refusals);
+    cr_assert_gt(net->node[0].conflicts_by_itself, 5);
+    cr_assert_eq(mp_swim_member_count(imp->s, false), 0, "nobody answered it");
+    cr_assert_eq(mp_swim_incarnation(net->node[impostor_of].s), 0,
+                 "the member never had to refute");
+    /* The member crashes; once the cluster holds it dead, the newcomer's
+     * next join (it retries every reconnect interval at most) is taken. */
+    net->node[impostor_of].up = false;
+    net_run_until(net, all_list_impostor, 60000);
     net_free(net);
 }
 
