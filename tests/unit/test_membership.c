@@ -1566,7 +1566,7 @@ Test(membership, an_impostor_never_replaces_a_live_member) {
     impostor_of = 3;
     impostor = n - 1;
     tnode *imp = &net->node[impostor];
-    snprintf(imp->id, sizeof imp->id, "%s", net->node[impostor_of].id);
+    memcpy(imp->id, net->node[impostor_of].id, sizeof imp->id);
     node_start(net, impostor, 9);
     cr_assert_eq(mp_swim_join(imp->s, net->node[0].addr, net->now), MPREG_OK);
     net_run(net, net->now + 30000);
