@@ -394,8 +394,8 @@ static void mp_swim_on_conflict_cb(void *ud, const mp_member *listed, const mp_m
     bool us = strcmp(listed->id, n->node_id) == 0;
     if (by_itself) {
         snprintf(n->conflict, sizeof n->conflict,
-                 "identity conflict: node %s is alive at %s with another key%s", listed->id,
-                 listed->addr[0] ? listed->addr : "(no address)", us ? " (this node)" : "");
+                 "identity conflict: node %s is alive at %s with another key", listed->id,
+                 listed->addr[0] ? listed->addr : "(no address)");
     }
     char key[MP_SWIM_MAX_ID + 16];
     snprintf(key, sizeof key, "conflict:%s", listed->id);
@@ -762,10 +762,9 @@ bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, 
         /* Another process says it is a live member (or this node): the
          * member keeps its id; the newcomer is told, and keeps trying (it
          * is let in once the member is dead or left). */
-        bool us = strcmp(id, n->node_id) == 0;
         *code = MPREG_E_IDENTITY;
-        snprintf(why, cap, "identity conflict: node %s is alive at %s with another key%s", id,
-                 holder.addr[0] ? holder.addr : "(no address)", us ? " (this node)" : "");
+        snprintf(why, cap, "identity conflict: node %s is alive at %s with another key", id,
+                 holder.addr[0] ? holder.addr : "(no address)");
         return false;
     }
     if (mp_str_eq_c(node, n->node_id)) {
@@ -773,8 +772,8 @@ bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, 
         return false;
     }
     if (cluster.len && !mp_str_eq_c(cluster, n->cluster)) {
-        snprintf(why, cap, "cluster mismatch: this node is in cluster \"%s\", the peer in \"%.*s\"",
-                 n->cluster, (int)cluster.len, cluster.ptr);
+        snprintf(why, cap, "cluster mismatch: node %s is in cluster \"%s\", not \"%.*s\"",
+                 n->node_id, n->cluster, (int)cluster.len, cluster.ptr);
         return false;
     }
     c->peer_id = mp_node_strdup(id);

@@ -323,7 +323,7 @@ Test(identity, a_refused_join_says_why_once_not_every_retry) {
         outsider *o;
         const char *reason;
     } cases[] = {
-        {&other, "cluster mismatch: this node is in cluster \"default\", the peer in \"other\""},
+        {&other, "cluster mismatch: node n1 is in cluster \"default\", not \"other\""},
         {&wrong, "token refused"},
         {&lost, "cannot reach 127.0.0.1:1 (seed)"},
     };

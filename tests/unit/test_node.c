@@ -527,7 +527,7 @@ Test(node, a_refused_peer_is_warned_about_once_a_minute) {
         frame fr = expect(c, MP_KIND_ERROR, &id);
         cr_assert_eq(get_int(&fr.payload, "code"), MPREG_E_HANDSHAKE);
         cr_assert_str_eq(get_str(&fr.payload, "message"),
-                         "cluster mismatch: this node is in cluster \"c1\", the peer in \"zz\"");
+                         "cluster mismatch: node n1 is in cluster \"c1\", not \"zz\"");
         frame_free(&fr);
         cr_assert(F.c[c].closed);
         mp_node_on_close(F.node, c, MPREG_E_HANDSHAKE, F.now);
@@ -535,8 +535,8 @@ Test(node, a_refused_peer_is_warned_about_once_a_minute) {
         advance(2000);
     }
     cr_assert_eq(F.warns, 1, "%d warnings, the last: %s", F.warns, F.last_warn);
-    cr_assert_str_eq(F.last_warn, "refused peer p2 from 127.0.0.1:5555: cluster mismatch: this "
-                                  "node is in cluster \"c1\", the peer in \"zz\"");
+    cr_assert_str_eq(F.last_warn, "refused peer p2 from 127.0.0.1:5555: cluster mismatch: node "
+                                  "n1 is in cluster \"c1\", not \"zz\"");
     advance(60000);
     uint64_t c = open_conn();
     mp_id id = send_json(c, MP_KIND_HELLO, NULL, hello);
