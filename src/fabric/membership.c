@@ -1577,6 +1577,11 @@ static void mp_apply(mp_swim *s, const mp_wmember *u, uint64_t now) {
         mp_rec_set_state(s, r, u->state, now);
     }
     r->noticed = false;
+    if ((newgen || moved) && s->probe.active && s->probe.target == r) {
+        /* The probe in flight went to the previous process, or to the old
+         * address: its silence says nothing of this one. */
+        s->probe.active = false;
+    }
     mp_news_rec(s, r);
     mp_apply_events(s, r, old, newgen, moved);
     if (!newgen && old == MP_MEMBER_DEAD && r->state == MP_MEMBER_ALIVE) {

@@ -2016,6 +2016,43 @@ Test(membership, restarted_member_is_accepted_at_once) {
     net_free(net);
 }
 
+/* A member restarts at a new address while a probe of its old process is
+ * in flight (the PING was lost with it): the new generation is accepted at
+ * once, and the old process's silence is not held against it (no
+ * suspicion for the new one to refute). */
+Test(membership, a_probe_of_the_previous_process_does_not_suspect_the_new_one) {
+    for (uint64_t seed = 60; seed < 65; seed++) {
+        tnet *net = cluster(2, seed, NULL);
+        net_run_until(net, net_quiet, 60000);
+        tnode *a = &net->node[0], *b = &net->node[1];
+        uint64_t pings = a->sent_type[T_PING];
+        while (a->sent_type[T_PING] == pings) {
+            net_run(net, net->now + 1);
+            net_drain(net, 0);
+        }
+        /* The PING is on the wire: b dies before it arrives, and comes back
+         * elsewhere as generation 2. */
+        b->up = false;
+        net_run(net, net->now + 2);
+        snprintf(b->addr, sizeof b->addr, "10.0.9.9:7001");
+        node_start(net, 1, 2);
+        cr_assert_eq(mp_swim_join(b->s, a->addr, net->now), MPREG_OK);
+        net_run(net, net->now + 5000);
+        mp_member m;
+        cr_assert(mp_swim_find(a->s, b->id, &m));
+        cr_assert_eq(m.generation, 2);
+        cr_assert_str_eq(m.addr, "10.0.9.9:7001");
+        cr_assert_eq(m.state, MP_MEMBER_ALIVE);
+        mp_swim_stats st;
+        mp_swim_get_stats(a->s, &st);
+        cr_assert_eq(st.suspicions, 0, "seed %llu: the new process was suspected",
+                     (unsigned long long)seed);
+        cr_assert_eq(mp_swim_incarnation(b->s), 0, "seed %llu: it had to refute",
+                     (unsigned long long)seed);
+        net_free(net);
+    }
+}
+
 static int left_who = -1;
 
 static bool all_see_left(const tnet *net) {
