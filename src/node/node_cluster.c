@@ -1071,6 +1071,14 @@ static bool mp_members_visit(void *ud, const mp_member *m) {
     err = err ? err : mpreg_map_set(&v, "generation", mpreg_int((int64_t)m->generation));
     err = err ? err : mpreg_map_set(&v, "incarnation", mpreg_int((int64_t)m->incarnation));
     err = err ? err : mpreg_map_set(&v, "since_ms", mpreg_int((int64_t)m->since_ms));
+    if (!err && m->key_len) {
+        /* Hex, as mpregd prints it at start and keeps it in node_key. */
+        char hex[2 * MP_SWIM_MAX_KEY + 1];
+        for (size_t i = 0; i < m->key_len; i++) {
+            snprintf(hex + 2 * i, 3, "%02x", m->key[i]);
+        }
+        err = mpreg_map_set(&v, "key", mpreg_str(hex));
+    }
     err = err ? err : mpreg_array_push(a->list, v);
     if (err) {
         mpreg_value_free(&v);
@@ -1095,7 +1103,9 @@ mpreg_err mp_node_members(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
                           .addr = n->advertise_addr ? n->advertise_addr : "",
                           .generation = n->generation,
                           .state = MP_MEMBER_ALIVE,
-                          .since_ms = n->started_ms};
+                          .since_ms = n->started_ms,
+                          .key = n->node_key_len ? n->node_key : NULL,
+                          .key_len = n->node_key_len};
         mp_members_visit(&acc, &self);
         err = acc.err;
     }

@@ -50,6 +50,7 @@ typedef struct member_view {
     char addr[64];
     char state[16];
     uint64_t generation;
+    char key[72]; /* hex, "" = none */
 } member_view;
 
 static bool member_of(const char *url, const char *id, member_view *out) {
@@ -72,6 +73,9 @@ static bool member_of(const char *url, const char *id, member_view *out) {
             const mpreg_value *addr = mpreg_map_get(e, "addr");
             const mpreg_value *state = mpreg_map_get(e, "state");
             const mpreg_value *gen = mpreg_map_get(e, "generation");
+            const mpreg_value *key = mpreg_map_get(e, "key");
+            snprintf(out->key, sizeof out->key, "%s",
+                     key && key->type == MPREG_STR ? key->u.str.ptr : "");
             snprintf(out->addr, sizeof out->addr, "%s", addr ? addr->u.str.ptr : "");
             snprintf(out->state, sizeof out->state, "%s", state ? state->u.str.ptr : "");
             out->generation = gen && gen->type == MPREG_INT ? (uint64_t)gen->u.i : 0;
@@ -129,6 +133,17 @@ static void wait_log(const char *path, const char *needle) {
 static int count_lines(const char *path, const char *a, const char *b, const char *c) {
     const char *needles[] = {a, b, c, NULL};
     return mp_harness_file_count_lines(path, needles);
+}
+
+/* DATA_DIR/node_key, without its newline (the node's identity key, hex). */
+static void read_key(const char *data_dir, char out[72]) {
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/node_key", data_dir);
+    char *text = mp_harness_read_file(path);
+    cr_assert_not_null(text, "no %s", path);
+    cr_assert_eq(strlen(text), 33, "%s: \"%s\"", path, text);
+    snprintf(out, 72, "%.32s", text);
+    free(text);
 }
 
 /* A daemon outside the harness's cluster, in a directory of its own:
@@ -221,6 +236,11 @@ Test(identity, a_second_n2_is_refused_and_the_real_one_keeps_its_place) {
     snprintf(peer, sizeof peer, "%s", n1);
     const char *extra[] = {"--peer", peer, NULL};
     outsider_start(&imp, "n2", 5, extra);
+    char n2_key[72], imp_key[72], imp_data[PATH_MAX];
+    read_key(mp_harness_cluster_daemon(cl, 1)->data_dir, n2_key);
+    snprintf(imp_data, sizeof imp_data, "%s/data", imp.dir);
+    read_key(imp_data, imp_key);
+    cr_assert_str_neq(n2_key, imp_key, "two data dirs, two keys");
     /* It keeps trying (every 400 ms here): for a few seconds, every node
      * lists the real n2, at its address and generation. */
     uint64_t until = now_ms() + 3000;
@@ -235,6 +255,7 @@ Test(identity, a_second_n2_is_refused_and_the_real_one_keeps_its_place) {
             cr_assert_str_eq(v.addr, n2, "%s lists n2 at the impostor's address", url);
             cr_assert_str_eq(v.state, "alive");
             cr_assert_eq(v.generation, 1, "%s lists the impostor's generation", url);
+            cr_assert_str_eq(v.key, n2_key, "%s lists another key for n2", url);
         }
         mpreg_poll(sub, 100);
     }
@@ -287,6 +308,12 @@ Test(identity, a_restart_from_the_same_data_dir_at_a_new_port_is_taken_at_once) 
                 (unsigned long long)took);
     cr_assert_lt(took, 2000, "took %llu ms", (unsigned long long)took);
     wait_member(mp_harness_cluster_url(cl, 1), "n3", n3, "alive", 2);
+    /* The same process as far as the members can tell: the same key. */
+    char key[72];
+    read_key(mp_harness_cluster_daemon(cl, 2)->data_dir, key);
+    member_view v;
+    cr_assert(member_of(n1, "n3", &v));
+    cr_assert_str_eq(v.key, key);
     const char *path = mp_harness_cluster_daemon(cl, 2)->err_path;
     cr_assert_eq(count_lines(path, "identity conflict", NULL, NULL), 0);
     cr_assert_eq(mp_harness_cluster_stop(cl), 0);
