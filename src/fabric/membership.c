@@ -1181,13 +1181,13 @@ static uint64_t mp_rec_hash(const mp_swim_rec *r) {
 }
 
 /* The sum (mod 2^64) over every member listed alive or suspect, self
- * included unless it left: independent of order. Computed when needed (once per push-pull), O(n)
- * hashes. Dead and left members do not count: nodes forget them at
- * different times (each a keep time after it heard of the end), and one
- * that joined later never lists them (a list does not teach gone
- * strangers, mp_apply_listed), so counting them would make two tables
- * that agree on every live member differ for hours, and every push-pull
- * between them ship whole lists. */
+ * included unless it left: independent of order. Computed when needed
+ * (once per push-pull), O(n) hashes. Dead and left members do not count:
+ * nodes forget them at different times (each a keep time after it heard of
+ * the end), and one that joined later never lists them (a list does not
+ * teach gone strangers, mp_apply_listed), so counting them would make two
+ * tables that agree on every live member differ for hours, and every
+ * push-pull between them ship whole lists. */
 static uint64_t mp_members_digest(const mp_swim *s) {
     uint64_t d = s->left ? 0 : mp_rec_hash(&s->self);
     for (size_t i = 0; i < s->node_count; i++) {
