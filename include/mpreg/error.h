@@ -37,6 +37,7 @@ typedef enum mpreg_err {
     MPREG_E_HOP_BUDGET = 206,      /* hop budget exhausted or over its limit */
     MPREG_E_HANDSHAKE = 207,       /* HELLO missing, repeated or refused */
     MPREG_E_AUTH = 208,            /* token refused */
+    MPREG_E_IDENTITY = 209,        /* a node id claimed by another process */
 
     /* 3xx: RPC */
     MPREG_E_NOT_FOUND = 300,    /* no such function */

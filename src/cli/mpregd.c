@@ -18,6 +18,7 @@
 #include "runtime/server.h"
 #include "runtime/transport.h"
 
+#include <ctype.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -167,6 +168,9 @@ typedef struct mp_settings {
 } mp_settings;
 
 /* The settings checked and resolved, defaults applied. */
+/* The node's identity key: random bytes kept in DATA_DIR/node_key (hex). */
+#define MP_NODE_KEY_BYTES 16
+
 typedef struct mp_options {
     char host[MP_HOST_MAX]; /* as given (brackets kept), for "listening on" */
     uint16_t port;
@@ -189,6 +193,7 @@ typedef struct mp_options {
     uint32_t catalog_ttl_ms;   /* 0 = the node's default */
     uint32_t tombstone_ttl_ms; /* 0 = the catalog's default */
     mp_limits limits;
+    uint8_t node_key[MP_NODE_KEY_BYTES]; /* DATA_DIR/node_key */
 } mp_options;
 
 static void mp_oom(void) {
@@ -301,11 +306,13 @@ static void mp_usage(FILE *out) {
             "                          (500), indirect_checks (3), suspicion_mult (4),\n"
             "                          retransmit_mult (6), gossip_interval_ms (200),\n"
             "                          gossip_nodes (3), push_pull_interval_ms (30000),\n"
-            "                          dead_keep_ms (60000), max_piggyback_bytes (16384),\n"
+            "                          dead_keep_ms (60000: how long a member that left\n"
+            "                          stays listed), max_piggyback_bytes (16384),\n"
             "                          reconnect_timeout_ms (21600000: how long a dead\n"
-            "                          member is still tried), reconnect_interval_ms\n"
-            "                          (10000: how often one is tried); probe_timeout_ms\n"
-            "                          must stay below probe_interval_ms\n"
+            "                          member stays listed and is still tried),\n"
+            "                          reconnect_interval_ms (10000: how often one is\n"
+            "                          tried); probe_timeout_ms must stay below\n"
+            "                          probe_interval_ms\n"
             "      --max-peer-conns N  peer connections kept open at most (default 64)\n"
             "      --catalog-ttl MS    other nodes' catalog entries expire this long after\n"
             "                          the membership last listed their node alive or\n"
@@ -321,7 +328,11 @@ static void mp_usage(FILE *out) {
             "stderr. SIGINT or SIGTERM stops it gracefully (a member of a cluster first\n"
             "tells the others it is leaving, which takes at most a second); a second\n"
             "signal exits at once. Each start bumps the node's incarnation, kept in\n"
-            "DIR/incarnation: members take a restarted node back at once.\n"
+            "DIR/incarnation: members take a restarted node back at once. DIR/node_key\n"
+            "(made on the first start) tells this node from another process started\n"
+            "under the same --name with another data dir: while this one is alive,\n"
+            "members refuse that one (both log why, at warn; it keeps trying, and is\n"
+            "let in once this one is dead or left).\n"
             "\n"
             "The config file is a JSON object with the keys listen, port_file, name,\n"
             "cluster, data_dir, token, log_level, advertise (strings), max_frame (a\n"
@@ -1314,6 +1325,60 @@ done:
     return rc;
 }
 
+/* Reads DIR/node_key, or makes it on a first start: 16 random bytes, kept as
+ * 32 hex digits and a newline (written atomically, like the incarnation).
+ * It tells this node from another process started under the same --name
+ * with another data dir: members refuse that one while this one is alive
+ * (and take a restart of this one, which has the same key, at once). */
+static int mp_load_node_key(const char *node, const char *dir, uint8_t key[MP_NODE_KEY_BYTES]) {
+    char *path = mp_join(dir, "node_key");
+    int rc = -1;
+    FILE *f = fopen(path, "re");
+    if (f == NULL && errno != ENOENT) {
+        mp_fail(node, "cannot read %s: %s", path, strerror(errno));
+        goto done;
+    }
+    if (f != NULL) {
+        char buf[2 * MP_NODE_KEY_BYTES + 4] = "";
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        bool ok = (n == 2 * MP_NODE_KEY_BYTES ||
+                   (n == 2 * MP_NODE_KEY_BYTES + 1 && buf[2 * MP_NODE_KEY_BYTES] == '\n'));
+        for (size_t i = 0; ok && i < MP_NODE_KEY_BYTES; i++) {
+            unsigned byte;
+            char pair[3] = {buf[2 * i], buf[2 * i + 1], '\0'};
+            ok = isxdigit((unsigned char)pair[0]) && isxdigit((unsigned char)pair[1]) &&
+                 sscanf(pair, "%2x", &byte) == 1;
+            key[i] = (uint8_t)byte;
+        }
+        if (!ok) {
+            mp_fail(node,
+                    "%s is corrupt (expected %d hex digits): remove it to give this node a new "
+                    "identity (members refuse it under its name while the old one is alive)",
+                    path, 2 * MP_NODE_KEY_BYTES);
+            goto done;
+        }
+        rc = 0;
+        goto done;
+    }
+    randombytes_buf(key, MP_NODE_KEY_BYTES);
+    char text[2 * MP_NODE_KEY_BYTES + 2];
+    for (size_t i = 0; i < MP_NODE_KEY_BYTES; i++) {
+        snprintf(text + 2 * i, 3, "%02x", key[i]);
+    }
+    text[2 * MP_NODE_KEY_BYTES] = '\n';
+    text[2 * MP_NODE_KEY_BYTES + 1] = '\0';
+    if (mp_write_atomic(path, text) != 0) {
+        mp_fail(node, "cannot write %s: %s", path, strerror(errno));
+        goto done;
+    }
+    rc = 0;
+done:
+    free(path);
+    return rc;
+}
+
 /* ---- plugins -------------------------------------------------------------- */
 
 typedef int (*mp_plugin_init_fn)(mpreg_registry *reg);
@@ -1431,6 +1496,9 @@ static int mp_prepare_data_dir(mp_daemon *d, uint64_t *incarnation) {
     if (d->lock_fd < 0) {
         return -1;
     }
+    if (mp_load_node_key(o->name, o->data_dir, o->node_key) != 0) {
+        return -1;
+    }
     return mp_bump_incarnation(o->name, o->data_dir, incarnation);
 }
 
@@ -1508,7 +1576,8 @@ static int mp_start(mp_daemon *d) {
     if (mp_server_new(&scfg, &d->server) != MPREG_OK) {
         return -1;
     }
-    mp_server_log(d->server, MP_LOG_INFO, "data dir %s", o->data_dir);
+    mp_server_log(d->server, MP_LOG_INFO, "data dir %s, node key %02x%02x%02x%02x... (node_key)",
+                  o->data_dir, o->node_key[0], o->node_key[1], o->node_key[2], o->node_key[3]);
     /* Listening first, so that the advertised address has the real port.
      * Nobody is served before mp_server_run: connections wait in the
      * backlog until the node and its plugins are ready. */
@@ -1537,6 +1606,8 @@ static int mp_start(mp_daemon *d) {
         .catalog_ttl_ms = o->catalog_ttl_ms,
         .tombstone_ttl_ms = o->tombstone_ttl_ms,
         .limits = o->limits.node,
+        .node_key = o->node_key,
+        .node_key_len = sizeof o->node_key,
     };
     /* A zeroed pubsub config means "all defaults" to the node; with one field
      * set, the others must be filled in too. */

@@ -31,6 +31,7 @@ static const mp_err_desc mp_err_table[] = {
     {MPREG_E_HOP_BUDGET, "hop_budget", "hop budget exhausted or out of range"},
     {MPREG_E_HANDSHAKE, "handshake", "handshake missing, repeated or refused"},
     {MPREG_E_AUTH, "auth", "authentication refused"},
+    {MPREG_E_IDENTITY, "identity", "node id held by another process"},
     {MPREG_E_NOT_FOUND, "not_found", "no such function"},
     {MPREG_E_NO_VERSION, "no_version", "no version satisfies the constraint"},
     {MPREG_E_NO_RESOURCES, "no_resources", "no endpoint has the requested resources"},

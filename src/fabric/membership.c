@@ -73,8 +73,9 @@ enum {
     MP_MK_GENERATION = 3,
     MP_MK_INCARNATION = 4,
     MP_MK_STATE = 5,
+    MP_MK_KEY = 6,
 };
-#define MP_MK_MAX 5
+#define MP_MK_MAX 6
 
 #define MP_BIT(k) (1u << (k))
 #define MP_COMMON (MP_BIT(MP_K_VERSION) | MP_BIT(MP_K_TYPE) | MP_BIT(MP_K_FROM))
@@ -257,6 +258,7 @@ typedef struct mp_wmember {
     uint64_t generation;
     uint64_t incarnation;
     mp_member_state state;
+    mp_bytes key; /* len 0: none said */
 } mp_wmember;
 
 typedef struct mp_wmsg {
@@ -382,6 +384,14 @@ static mpreg_err mp_wmember_read(mp_rd *c, mp_wmember *m) {
             err = mp_rd_uint(c, &st);
             if (!err && (st < MP_MEMBER_ALIVE || st > MP_MEMBER_LEFT)) {
                 err = MPREG_E_INVALID;
+            }
+            break;
+        case MP_MK_KEY:
+            err = mp_rd_bin(c, &m->key);
+            if (!err && m->key.len == 0) {
+                err = MPREG_E_INVALID;
+            } else if (!err && m->key.len > MP_SWIM_MAX_KEY) {
+                err = MPREG_E_TOO_LARGE;
             }
             break;
         default:
@@ -571,6 +581,8 @@ typedef struct mp_swim_rec {
     uint64_t generation;
     uint64_t incarnation;
     mp_member_state state;
+    uint8_t key[MP_SWIM_MAX_KEY]; /* its identity key: the process that holds the id */
+    uint8_t key_len;              /* 0: none known */
     uint64_t since_ms;
     uint64_t suspect_deadline_ms;
     uint64_t noticed_ms; /* when it was last told its bad standing here */
@@ -701,7 +713,37 @@ static uint32_t mp_retransmit_limit(const mp_swim *s) {
 }
 
 static void mp_rec_view(const mp_swim_rec *r, mp_member *m) {
-    *m = (mp_member){r->id, r->addr, r->generation, r->incarnation, r->state, r->since_ms};
+    *m = (mp_member){r->id,
+                     r->addr,
+                     r->generation,
+                     r->incarnation,
+                     r->state,
+                     r->since_ms,
+                     r->key_len ? r->key : NULL,
+                     r->key_len};
+}
+
+/* What a record on the wire says, as the delegate sees it (views into the
+ * message; id and addr copied to NUL-terminated buffers by the caller). */
+static void mp_wmember_view(const mp_wmember *u, const char *id, const char *addr, mp_member *m) {
+    *m = (mp_member){
+        id,        addr, u->generation, u->incarnation, u->state, 0, u->key.len ? u->key.ptr : NULL,
+        u->key.len};
+}
+
+/* key.len is at most MP_SWIM_MAX_KEY: the decoder and mp_swim_new check it. */
+static void mp_rec_set_key(mp_swim_rec *r, mp_bytes key) {
+    if (key.len && key.len <= MP_SWIM_MAX_KEY) {
+        memcpy(r->key, key.ptr, key.len);
+        r->key_len = (uint8_t)key.len;
+    }
+}
+
+/* Do the listed record and a claim name two different processes? Only
+ * when both keys are known: a record without one is judged by the other
+ * rules alone. */
+static bool mp_key_differs(const mp_swim_rec *r, mp_bytes key) {
+    return r->key_len && key.len && (r->key_len != key.len || memcmp(r->key, key.ptr, key.len));
 }
 
 static void mp_emit(mp_swim *s, mp_member_event_kind ev, const mp_swim_rec *r) {
@@ -831,6 +873,7 @@ static mp_swim_rec *mp_rec_add(mp_swim *s, const mp_wmember *u, uint64_t now) {
     }
     r->generation = u->generation;
     r->incarnation = u->incarnation;
+    mp_rec_set_key(r, u->key);
     r->state = MP_MEMBER_LEFT; /* counted by neither; set properly below */
     size_t at = (size_t)mp_rng_below(s->rng, s->node_count + 1);
     if (at < s->node_count) {
@@ -1040,10 +1083,10 @@ static int mp_pack_text(msgpack_packer *pk, const char *s) {
 }
 
 /* A member record: id, addr, generation, incarnation, state (absent when
- * alive). */
+ * alive), key (absent when none). */
 static int mp_pack_rec(msgpack_packer *pk, const mp_swim_rec *r) {
     bool alive = r->state == MP_MEMBER_ALIVE;
-    int rc = msgpack_pack_map(pk, alive ? 4 : 5);
+    int rc = msgpack_pack_map(pk, 4 + !alive + (r->key_len > 0));
     rc |= mp_pack_key(pk, MP_MK_ID);
     rc |= mp_pack_text(pk, r->id);
     rc |= mp_pack_key(pk, MP_MK_ADDR);
@@ -1055,6 +1098,11 @@ static int mp_pack_rec(msgpack_packer *pk, const mp_swim_rec *r) {
     if (!alive) {
         rc |= mp_pack_key(pk, MP_MK_STATE);
         rc |= msgpack_pack_uint8(pk, (uint8_t)r->state);
+    }
+    if (r->key_len) {
+        rc |= mp_pack_key(pk, MP_MK_KEY);
+        rc |= msgpack_pack_bin(pk, r->key_len);
+        rc |= msgpack_pack_bin_body(pk, r->key, r->key_len);
     }
     return rc;
 }
@@ -1175,12 +1223,20 @@ static uint64_t mp_rec_hash(const mp_swim_rec *r) {
     return h;
 }
 
-/* The sum (mod 2^64) over self and every listed member: independent of
- * order. Computed when needed (once per push-pull), O(n) hashes. */
+/* The sum (mod 2^64) over every member listed alive or suspect, self
+ * included unless it left: independent of order. Computed when needed
+ * (once per push-pull), O(n) hashes. Dead and left members do not count:
+ * nodes forget them at different times (each a keep time after it heard of
+ * the end), and one that joined later never lists them (a list does not
+ * teach gone strangers, mp_apply_listed), so counting them would make two
+ * tables that agree on every live member differ for hours, and every
+ * push-pull between them ship whole lists. */
 static uint64_t mp_members_digest(const mp_swim *s) {
-    uint64_t d = mp_rec_hash(&s->self);
+    uint64_t d = s->left ? 0 : mp_rec_hash(&s->self);
     for (size_t i = 0; i < s->node_count; i++) {
-        d += mp_rec_hash(s->nodes[i]);
+        if (!mp_gone(s->nodes[i]->state)) {
+            d += mp_rec_hash(s->nodes[i]);
+        }
     }
     return d;
 }
@@ -1421,8 +1477,41 @@ static void mp_push_pull_soon(mp_swim *s, uint64_t now, const mp_swim_rec *peer)
     }
 }
 
+/* A claim to be r (listed alive or suspect, or self) with another key was
+ * refused: counted, and the delegate told. */
+static void mp_conflict(mp_swim *s, const mp_swim_rec *r, const mp_wmember *u, bool by_itself) {
+    s->stats.identity_conflicts++;
+    if (!s->d.on_conflict) {
+        return;
+    }
+    char id[MP_SWIM_MAX_ID + 1], addr[MP_SWIM_MAX_ID + 1];
+    memcpy(id, u->id.ptr, u->id.len);
+    id[u->id.len] = '\0';
+    memcpy(addr, u->addr.ptr, u->addr.len);
+    addr[u->addr.len] = '\0';
+    mp_member listed, claimant;
+    mp_rec_view(r, &listed);
+    mp_wmember_view(u, id, addr, &claimant);
+    s->d.on_conflict(s->d.ud, &listed, &claimant, by_itself);
+}
+
+/* Is u a claim on r's id by another process while r holds it (alive or
+ * suspect; self always holds its own)? A gone claim (DEAD or LEFT of
+ * another process) is old news about that one, not a claim: ignored
+ * without a word. */
+static bool mp_refused_claim(const mp_swim_rec *r, const mp_wmember *u, bool self) {
+    return mp_key_differs(r, u->key) && (self || !mp_gone(r->state));
+}
+
 static void mp_apply_self(mp_swim *s, const mp_wmember *u, uint64_t now) {
     mp_swim_rec *me = &s->self;
+    if (mp_key_differs(me, u->key)) {
+        /* Another process says it is us: never ours to refute or accept. */
+        if (!mp_gone(u->state)) {
+            mp_conflict(s, me, u, false);
+        }
+        return;
+    }
     if (s->left || u->generation != me->generation || u->incarnation == UINT64_MAX) {
         return;
     }
@@ -1501,7 +1590,18 @@ static void mp_apply(mp_swim *s, const mp_wmember *u, uint64_t now) {
         mp_apply_new(s, u, now);
         return;
     }
-    if (!mp_update_wins(r, u)) {
+    /* Another process under r's id (another key): refused while r holds
+     * the id; once r is gone, a live one takes the id over as a new
+     * process would, whatever its generation (the generation counts a
+     * process's restarts, and this is not a restart of r). */
+    bool newkey = mp_key_differs(r, u->key);
+    if (newkey && !mp_gone(r->state)) {
+        if (!mp_gone(u->state)) {
+            mp_conflict(s, r, u, false);
+        }
+        return;
+    }
+    if (newkey ? mp_gone(u->state) : !mp_update_wins(r, u)) {
         return;
     }
     bool moved = !mp_str_eq_c(u->addr, r->addr);
@@ -1509,13 +1609,22 @@ static void mp_apply(mp_swim *s, const mp_wmember *u, uint64_t now) {
         return;
     }
     mp_member_state old = r->state;
-    bool newgen = u->generation > r->generation;
+    bool newgen = newkey || u->generation > r->generation;
     r->generation = u->generation;
     r->incarnation = u->incarnation;
+    if (newkey) {
+        r->key_len = 0;
+    }
+    mp_rec_set_key(r, u->key);
     if (newgen || old != u->state) {
         mp_rec_set_state(s, r, u->state, now);
     }
     r->noticed = false;
+    if ((newgen || moved) && s->probe.active && s->probe.target == r) {
+        /* The probe in flight went to the previous process, or to the old
+         * address: its silence says nothing of this one. */
+        s->probe.active = false;
+    }
     mp_news_rec(s, r);
     mp_apply_events(s, r, old, newgen, moved);
     if (!newgen && old == MP_MEMBER_DEAD && r->state == MP_MEMBER_ALIVE) {
@@ -1529,11 +1638,23 @@ static void mp_apply(mp_swim *s, const mp_wmember *u, uint64_t now) {
  * SUSPECT, as memberlist does, so that the member gets a suspicion timeout
  * to refute instead of being declared dead here at once (a partition's
  * verdicts would otherwise kill every member of the other side on heal).
+ *
+ * A DEAD or LEFT in a list about a member not listed here is ignored (as
+ * memberlist does): this node never knew it, or has forgotten it already.
+ * Each node forgets a gone member its keep time after it heard of the end,
+ * and nodes hear of it at different times; recording it again from the
+ * list of a node that heard later would restart the keep time here, and
+ * that node would in turn be taught it back by this one once it forgot,
+ * and so on for as long as push-pulls cross the gaps.
+ *
  * Anything else is applied as gossip is. */
 static void mp_apply_listed(mp_swim *s, const mp_wmember *u, uint64_t now) {
-    if (u->state == MP_MEMBER_DEAD && !mp_str_eq_c(u->id, s->self.id)) {
+    if (mp_gone(u->state) && !mp_str_eq_c(u->id, s->self.id)) {
         const mp_swim_rec *r = mp_lookup(s, u->id);
-        if (r && !mp_gone(r->state) && r->generation == u->generation) {
+        if (!r) {
+            return;
+        }
+        if (u->state == MP_MEMBER_DEAD && !mp_gone(r->state) && r->generation == u->generation) {
             mp_wmember v = *u;
             v.state = MP_MEMBER_SUSPECT;
             mp_apply(s, &v, now);
@@ -2019,12 +2140,22 @@ static void mp_on_sync_reply(mp_swim *s, const mp_wmsg *m, const mp_sender *from
     mp_buf_free(&st);
 }
 
-static void mp_handle(mp_swim *s, const mp_wmsg *m, uint64_t now) {
-    if (mp_str_eq_c(m->from.id, s->self.id)) {
-        return; /* our own message came back (a seed that is us) */
+/* A message whose sender claims the id of a member that holds it (or
+ * ours) with another key is refused whole: nothing another process says
+ * under that id is applied (its catalog items would pass for the
+ * member's). MPREG_E_IDENTITY, and the delegate hears of it. */
+static mpreg_err mp_handle(mp_swim *s, const mp_wmsg *m, uint64_t now) {
+    bool self = mp_str_eq_c(m->from.id, s->self.id);
+    const mp_swim_rec *held = self ? &s->self : mp_lookup(s, m->from.id);
+    if (held && mp_refused_claim(held, &m->from, self)) {
+        mp_conflict(s, held, &m->from, true);
+        return MPREG_E_IDENTITY;
+    }
+    if (self) {
+        return MPREG_OK; /* our own message came back (a seed that is us) */
     }
     if (m->type == MP_W_PING && !mp_str_eq_c(m->target, s->self.id)) {
-        return; /* meant for whoever had this address before */
+        return MPREG_OK; /* meant for whoever had this address before */
     }
     mp_sender from;
     memcpy(from.id, m->from.id.ptr, m->from.id.len);
@@ -2068,6 +2199,7 @@ static void mp_handle(mp_swim *s, const mp_wmsg *m, uint64_t now) {
         mp_on_sync_reply(s, m, &from);
         break;
     }
+    return MPREG_OK;
 }
 
 mpreg_err mp_swim_on_payload(mp_swim *s, const uint8_t *data, size_t len, uint64_t now_ms) {
@@ -2079,9 +2211,9 @@ mpreg_err mp_swim_on_payload(mp_swim *s, const uint8_t *data, size_t len, uint64
     }
     s->stats.msgs_received++;
     s->stats.bytes_received += len;
-    mp_handle(s, &m, now_ms);
+    err = mp_handle(s, &m, now_ms);
     mp_wmsg_free(&m);
-    return MPREG_OK;
+    return err;
 }
 
 void mp_swim_unreachable(mp_swim *s, const char *id, uint64_t now_ms) {
@@ -2102,7 +2234,8 @@ mp_swim *mp_swim_new(const mp_swim_config *cfg, const mp_swim_self *self, const 
     }
     const char *addr = self->addr ? self->addr : "";
     if (mp_text_check(self->id, strlen(self->id), 1) != MPREG_OK ||
-        mp_text_check(addr, strlen(addr), 0) != MPREG_OK) {
+        mp_text_check(addr, strlen(addr), 0) != MPREG_OK || self->key_len > MP_SWIM_MAX_KEY ||
+        (self->key_len && !self->key)) {
         return NULL;
     }
     mp_swim *s = calloc(1, sizeof *s);
@@ -2119,6 +2252,7 @@ mp_swim *mp_swim_new(const mp_swim_config *cfg, const mp_swim_self *self, const 
         return NULL;
     }
     s->self.generation = self->generation;
+    mp_rec_set_key(&s->self, (mp_bytes){self->key, self->key_len});
     s->self.state = MP_MEMBER_ALIVE;
     s->self.since_ms = now_ms;
     mp_map_init(&s->index);
@@ -2286,6 +2420,22 @@ bool mp_swim_find(const mp_swim *s, const char *id, mp_member *out) {
         mp_rec_view(r, out);
     }
     return r != NULL;
+}
+
+bool mp_swim_identity_conflict(const mp_swim *s, const char *id, const uint8_t *key, size_t key_len,
+                               mp_member *holder) {
+    if (!id || key_len > MP_SWIM_MAX_KEY) {
+        return false;
+    }
+    bool self = strcmp(id, s->self.id) == 0;
+    const mp_swim_rec *r = self ? &s->self : mp_lookup(s, mp_str_c(id));
+    if (!r || !mp_key_differs(r, (mp_bytes){key, key_len}) || (!self && mp_gone(r->state))) {
+        return false;
+    }
+    if (holder) {
+        mp_rec_view(r, holder);
+    }
+    return true;
 }
 
 uint64_t mp_swim_incarnation(const mp_swim *s) {

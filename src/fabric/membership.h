@@ -68,6 +68,30 @@
  * alive member and was given seeds retries them every
  * reconnect_interval_ms too.
  *
+ * Forgetting: each node drops a gone member its keep time (above) after it
+ * heard of the end; hearing it again restarts nothing. A push-pull list
+ * never teaches a DEAD or LEFT member this node does not list (as
+ * memberlist), so a member one node forgot is not taught back by another
+ * that heard later, and the member digest counts live members only, so
+ * that such tables still agree.
+ *
+ * Identity: a node may carry a key (random bytes its driver keeps with its
+ * data, so that a restart keeps it and a second process started under the
+ * same id elsewhere has another). Member records carry it. Same id, same
+ * key: the same node, and the rules above apply (a restart is a newer
+ * generation, accepted at once). Same id, another key, while the member is
+ * listed alive or suspect: another process claims a live member's id; the
+ * claim is refused (never replaces the record), and a message whose sender
+ * is such a claimant is refused whole (mp_swim_on_payload says
+ * MPREG_E_IDENTITY) so that nothing it says is applied; the delegate's
+ * on_conflict hears of it. Once the member is listed dead or left (or
+ * forgotten), an ALIVE or SUSPECT with another key takes the id over as a
+ * new process would, whatever its generation (a replacement for a node
+ * whose data was lost). A record without a key (a sender that has none) is
+ * judged by the other rules alone. The key is not authentication: it
+ * travels in clear, so it tells honest processes apart (a second daemon
+ * started by mistake), not an attacker (the cluster token keeps those out).
+ *
  * Addresses: members are addressed by id; each also has an address
  * ("host:port") the driver dials. The join seeds are bare addresses (ids
  * unknown): a push-pull to a seed goes out with to_id NULL.
@@ -90,6 +114,7 @@
 #define MP_SWIM_MAX_MEMBERS 100000    /* a member list longer than this is refused */
 #define MP_SWIM_MAX_ITEM 65536        /* one disseminated item, bytes */
 #define MP_SWIM_MAX_STATE (64u << 20) /* one push-pull state blob, bytes */
+#define MP_SWIM_MAX_KEY 32            /* a member's identity key, bytes */
 
 typedef enum mp_member_state {
     MP_MEMBER_ALIVE = 1,
@@ -117,8 +142,10 @@ typedef struct mp_swim_config {
     uint32_t gossip_interval_ms;    /* 200 */
     uint32_t gossip_nodes;          /* 3 */
     uint32_t push_pull_interval_ms; /* 30000 */
-    uint32_t dead_keep_ms;          /* 60000: how long LEFT members stay listed */
-    uint32_t max_piggyback_bytes;   /* 16384: news per outgoing message */
+    /* 60000: how long a LEFT member stays listed after this node heard it
+     * left (the name is historical; DEAD ones stay reconnect_timeout_ms). */
+    uint32_t dead_keep_ms;
+    uint32_t max_piggyback_bytes; /* 16384: news per outgoing message */
     /* 21 600 000 (6 h): how long DEAD members stay listed (and are tried
      * again). 1 ms .. 30 days. */
     uint32_t reconnect_timeout_ms;
@@ -148,7 +175,9 @@ typedef struct mp_member {
     uint64_t generation;
     uint64_t incarnation;
     mp_member_state state;
-    uint64_t since_ms; /* when it entered this state */
+    uint64_t since_ms;  /* when it entered this state */
+    const uint8_t *key; /* its identity key; NULL (key_len 0) when none was said */
+    size_t key_len;
 } mp_member;
 
 typedef enum mp_member_event_kind {
@@ -178,6 +207,14 @@ typedef struct mp_swim_delegate {
     mpreg_err (*state_encode)(void *ud, mp_buf *out);
     /* A peer's full state arrived in a push-pull (already length-checked). */
     void (*state_merge)(void *ud, const uint8_t *data, size_t len, const char *from_id);
+    /* Optional (NULL: not told). A claim to be `listed` (a member listed
+     * alive or suspect, or this node itself) with another identity key was
+     * refused. claimant is what the claim said (its address, generation,
+     * key); by_itself is true when the claimant sent the message itself
+     * (the whole message was refused), false for a record that a member
+     * passed on. */
+    void (*on_conflict)(void *ud, const mp_member *listed, const mp_member *claimant,
+                        bool by_itself);
 } mp_swim_delegate;
 
 /* One message to send: the driver sends payload (a GOSSIP envelope's
@@ -196,6 +233,8 @@ typedef struct mp_swim_self {
     const char *id;   /* this node's id, 1..MP_SWIM_MAX_ID bytes */
     const char *addr; /* the address others dial, "host:port"; NULL or "" = not dialable */
     uint64_t generation;
+    const uint8_t *key; /* identity key, 0..MP_SWIM_MAX_KEY bytes (0: none) */
+    size_t key_len;
 } mp_swim_self;
 
 /* NULL on a bad config/self or out of memory. rng is borrowed. */
@@ -221,7 +260,8 @@ mpreg_err mp_swim_broadcast(mp_swim *s, const char *key, const uint8_t *data, si
 
 /* A GOSSIP payload from a peer connection. from_conn_id is informative
  * only (the message names its sender). MPREG_E_DECODE / _INVALID /
- * _TOO_LARGE on bad bytes (nothing changes). */
+ * _TOO_LARGE on bad bytes, MPREG_E_IDENTITY when the sender claims the id
+ * of a live member (or of this node) with another key: nothing changes. */
 mpreg_err mp_swim_on_payload(mp_swim *s, const uint8_t *data, size_t len, uint64_t now_ms);
 /* The connection to member id broke or could not be made: a probe in
  * flight to it fails now instead of waiting for its timeout (a hint, not a
@@ -246,6 +286,12 @@ size_t mp_swim_member_count(const mp_swim *s, bool alive_only);
  * MP_MEMBER_ALIVE members only. */
 void mp_swim_each(const mp_swim *s, bool (*visit)(void *ud, const mp_member *m), void *ud);
 bool mp_swim_find(const mp_swim *s, const char *id, mp_member *out);
+/* Would a process that says it is `id` with key (len 0: none) be refused?
+ * True when id is this node's or a member's listed alive or suspect, with
+ * a key, and key is another one; *holder (may be NULL) then gets the
+ * listed member (this node itself when id is ours). For a peer's HELLO. */
+bool mp_swim_identity_conflict(const mp_swim *s, const char *id, const uint8_t *key, size_t key_len,
+                               mp_member *holder);
 uint64_t mp_swim_incarnation(const mp_swim *s);
 size_t mp_swim_queued(const mp_swim *s); /* news waiting for transmission */
 /* News waiting for transmission is bounded: past this many pieces the
@@ -253,8 +299,9 @@ size_t mp_swim_queued(const mp_swim *s); /* news waiting for transmission */
  * client that churns subscriptions cannot grow the queue without bound. */
 #define MP_SWIM_MAX_NEWS 2048u
 /* The digest of the member table that push-pull compares (PROTOCOL §12.9):
- * equal on two nodes that list the same members (self included) with the
- * same address, generation, incarnation and state. */
+ * equal on two nodes that list the same alive and suspect members (self
+ * included unless it left) with the same address, generation, incarnation
+ * and state; dead and left members do not count. */
 uint64_t mp_swim_members_digest(const mp_swim *s);
 
 typedef struct mp_swim_stats {
@@ -272,6 +319,7 @@ typedef struct mp_swim_stats {
     uint64_t member_syncs;       /* push-pulls (not joins) whose member digests differed */
     uint64_t reconnects;         /* push-pulls started with a DEAD member */
     uint64_t stale_sync_replies; /* duplicated or unsolicited answers, not used */
+    uint64_t identity_conflicts; /* claims refused: a live member's id with another key */
 } mp_swim_stats;
 void mp_swim_get_stats(const mp_swim *s, mp_swim_stats *out);
 

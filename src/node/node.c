@@ -43,6 +43,79 @@ void mp_node_log(const mp_node *n, mp_log_level level, const char *fmt, ...) {
     n->io.log(n->io.ud, level, line);
 }
 
+typedef struct mp_log_every {
+    uint64_t next_ms;    /* the next line with this key is logged from then on */
+    uint32_t suppressed; /* lines left out since the last one logged */
+} mp_log_every;
+
+/* The window's state for key, created if need be; when the table is full
+ * (a peer could make up ids to flood it), expired windows go, and if
+ * none has, every new key shares one window. */
+static mp_log_every *mp_log_every_get(mp_node *n, const char *key) {
+    mp_log_every *w = mp_map_get(&n->log_every, key, strlen(key));
+    if (w) {
+        return w;
+    }
+    if (mp_map_count(&n->log_every) >= MP_NODE_LOG_EVERY_KEYS) {
+        size_t iter = 0;
+        const void *k;
+        size_t klen;
+        void *val;
+        /* The map must not change while iterated: one expired key per pass. */
+        while (mp_map_count(&n->log_every) >= MP_NODE_LOG_EVERY_KEYS) {
+            bool found = false;
+            iter = 0;
+            while (mp_map_next(&n->log_every, &iter, &k, &klen, &val)) {
+                if (((mp_log_every *)val)->next_ms <= n->now_ms) {
+                    free(mp_map_remove(&n->log_every, k, klen));
+                    found = true;
+                    break;
+                }
+            }
+            if (!found) {
+                key = "*";
+                w = mp_map_get(&n->log_every, key, 1);
+                if (w) {
+                    return w;
+                }
+                break;
+            }
+        }
+    }
+    w = calloc(1, sizeof *w);
+    if (w && mp_map_put(&n->log_every, key, strlen(key), w, NULL) != MPREG_OK) {
+        free(w);
+        w = NULL;
+    }
+    return w;
+}
+
+void mp_node_log_every(mp_node *n, mp_log_level level, const char *key, const char *fmt, ...) {
+    if (!n->io.log || level > n->log_level) {
+        return;
+    }
+    mp_log_every *w = mp_log_every_get(n, key);
+    if (w && n->now_ms < w->next_ms) {
+        w->suppressed++;
+        return;
+    }
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    size_t at = len < 0 ? 0 : (size_t)len < sizeof line ? (size_t)len : sizeof line - 1;
+    if (w && w->suppressed > 0) {
+        snprintf(line + at, sizeof line - at, " (%u more like this in the last %u s)",
+                 w->suppressed, MP_NODE_LOG_EVERY_MS / 1000);
+    }
+    if (w) {
+        w->next_ms = mp_add_ms(n->now_ms, MP_NODE_LOG_EVERY_MS);
+        w->suppressed = 0;
+    }
+    n->io.log(n->io.ud, level, line);
+}
+
 static int mp_cstr_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -99,6 +172,9 @@ static bool mp_config_ok(const mp_node_config *cfg, const mp_node_io *io, mp_rng
     }
     if (cfg->resource_count > MP_ENTRY_MAX_RESOURCES ||
         (cfg->resource_count > 0 && !cfg->resources)) {
+        return false;
+    }
+    if (cfg->node_key_len > MP_SWIM_MAX_KEY || (cfg->node_key_len > 0 && !cfg->node_key)) {
         return false;
     }
     for (uint32_t i = 0; i < cfg->resource_count; i++) {
@@ -176,6 +252,10 @@ static mpreg_err mp_node_copy_config(mp_node *n, const mp_node_config *cfg) {
         }
     }
     n->incarnation = cfg->incarnation;
+    if (cfg->node_key_len) {
+        memcpy(n->node_key, cfg->node_key, cfg->node_key_len);
+        n->node_key_len = (uint8_t)cfg->node_key_len;
+    }
     n->max_frame = cfg->max_frame ? cfg->max_frame : MP_FRAME_DEFAULT_MAX;
     if (n->max_frame > MP_FRAME_LIMIT_MAX) {
         n->max_frame = MP_FRAME_LIMIT_MAX;
@@ -258,6 +338,7 @@ mp_node *mp_node_new(const mp_node_config *cfg, const mp_node_io *io, mp_rng *rn
     mp_list_init(&n->orphans);
     mp_map_init(&n->peers);
     mp_map_init(&n->origins);
+    mp_map_init(&n->log_every);
     mp_list_init(&n->peer_lru);
     if (mp_node_copy_config(n, cfg) || mp_node_compose(n, cfg) || mp_node_describe(n, cfg) ||
         (!cfg->no_builtins && mp_builtins_register(n)) || mp_cluster_start(n, cfg)) {
@@ -303,6 +384,7 @@ void mp_node_free(mp_node *n) {
     mp_engine_free(n->engine);
     mp_catalog_free(n->catalog);
     mp_strlist_free(&n->resources);
+    mp_map_free(&n->log_every, free);
     free(n->node_id);
     free(n->name);
     free(n->cluster);

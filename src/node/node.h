@@ -156,6 +156,16 @@ typedef struct mp_node_config {
     uint32_t tombstone_ttl_ms;
     bool no_builtins;      /* simulator: skip echo, echos, ... (small catalogs) */
     mp_node_limits limits; /* zero fields: the defaults */
+    /* This process's identity key, 0..MP_SWIM_MAX_KEY bytes (0 = none): the
+     * driver keeps it with the node's data, so that a restart keeps it and
+     * a second process started under the same node_id elsewhere has
+     * another. It goes in the peer HELLO and in this node's SWIM record. A
+     * peer or member that says this node's id, or the id of a member
+     * listed alive or suspect, with another key is refused (PROTOCOL §7.1,
+     * §12.6), and both sides log it at warn. Without a key, the node's id
+     * is not defended. */
+    const uint8_t *node_key;
+    size_t node_key_len;
 } mp_node_config;
 
 typedef struct mp_node mp_node;

@@ -382,6 +382,81 @@ static void mp_swim_on_member_cb(void *ud, mp_member_event_kind ev, const mp_mem
     }
 }
 
+/* --- identity ------------------------------------------------------------------------ */
+
+/* The membership refused a claim to a live member's id (or ours) by
+ * another process: a warning, once a minute per id. When the claimant
+ * sent the message itself, the GOSSIP's connection gets an ERROR saying
+ * why (mp_cluster_on_gossip), so that the other side can log it too. */
+static void mp_swim_on_conflict_cb(void *ud, const mp_member *listed, const mp_member *claimant,
+                                   bool by_itself) {
+    mp_node *n = ud;
+    bool us = strcmp(listed->id, n->node_id) == 0;
+    if (by_itself) {
+        snprintf(n->conflict, sizeof n->conflict,
+                 "identity conflict: node %s is alive at %s with another key", listed->id,
+                 listed->addr[0] ? listed->addr : "(no address)");
+    }
+    char key[MP_SWIM_MAX_ID + 16];
+    snprintf(key, sizeof key, "conflict:%s", listed->id);
+    if (us) {
+        mp_node_log_every(n, MP_LOG_WARN, key,
+                          "identity conflict: another process claims this node's id %s (at %s, "
+                          "generation %llu, another key)%s; refused",
+                          listed->id, claimant->addr[0] ? claimant->addr : "(no address)",
+                          (unsigned long long)claimant->generation,
+                          by_itself ? "" : ", as a member passed it on");
+    } else {
+        mp_node_log_every(n, MP_LOG_WARN, key,
+                          "identity conflict: a process at %s (generation %llu) claims to be "
+                          "member %s, which is %s at %s with another key%s; refused",
+                          claimant->addr[0] ? claimant->addr : "(no address)",
+                          (unsigned long long)claimant->generation, listed->id,
+                          mp_member_state_name(listed->state),
+                          listed->addr[0] ? listed->addr : "(no address)",
+                          by_itself ? "" : " (a member passed it on)");
+    }
+}
+
+/* An ERROR on a peer link. The peer refusing the HELLO of a link this
+ * node dialed (wrong token or cluster, this node's id held by another
+ * process) is what a person must see to fix it: its message at warn, once
+ * a minute per address (the join is retried every few seconds). Others
+ * (a GOSSIP it refused, ...) go to the info log with their message. */
+void mp_cluster_on_error(mp_node *n, mp_conn *c, const mp_envelope *env) {
+    mpreg_value_limits limits = {.max_depth = 4, .max_items = 64, .max_bytes = 16384};
+    mpreg_value v;
+    int64_t code = 0;
+    char message[MP_RPC_MAX_MESSAGE] = "(no message)";
+    if (mpreg_value_decode(env->payload.ptr, env->payload.len, &limits, &v) == MPREG_OK) {
+        const mpreg_value *cv = v.type == MPREG_MAP ? mpreg_map_get(&v, "code") : NULL;
+        const mpreg_value *mv = v.type == MPREG_MAP ? mpreg_map_get(&v, "message") : NULL;
+        code = cv && cv->type == MPREG_INT ? cv->u.i : 0;
+        if (mv && mv->type == MPREG_STR) {
+            snprintf(message, sizeof message, "%.*s", (int)mv->u.str.len, mv->u.str.ptr);
+        }
+        mpreg_value_free(&v);
+    }
+    const char *name = mpreg_err_name((mpreg_err)code);
+    if (c->role == MP_ROLE_PEER && c->outbound && !c->welcomed) {
+        c->refused = true;
+        char key[2 * MP_SWIM_MAX_ID + 16];
+        snprintf(key, sizeof key, "refused:%s", c->addr ? c->addr : "?");
+        mp_node_log_every(n, MP_LOG_WARN, key, "%s %s refused this node (%s): %s%s",
+                          c->peer_id ? "member" : "seed", c->addr ? c->addr : "?", name, message,
+                          code == MPREG_E_IDENTITY
+                              ? "; another process runs under this node's id: this node keeps "
+                                "trying, and is let in once that one is gone"
+                              : "");
+        return;
+    }
+    mp_node_log(n, MP_LOG_INFO, "conn %llu (%s) sent an ERROR (%s): %s", (unsigned long long)c->id,
+                c->peer_id ? c->peer_id
+                : c->addr  ? c->addr
+                           : "?",
+                name, message);
+}
+
 /* --- catalog liveness (TTL refresh) ------------------------------------------------ *
  *
  * Entries of other nodes carry no TTL of their own on the wire: refreshing
@@ -596,6 +671,9 @@ static mpreg_err mp_cluster_send_hello(mp_node *n, mp_conn *c) {
     if (!err && n->token) {
         err = mpreg_map_set(&h, "token", mpreg_str(n->token));
     }
+    if (!err && n->node_key_len) {
+        err = mpreg_map_set(&h, "key", mpreg_bin(n->node_key, n->node_key_len));
+    }
     err = err ? err : mp_node_send_value(n, c->id, MP_KIND_HELLO, NULL, NULL, &h);
     mpreg_value_free(&h);
     return err;
@@ -609,7 +687,9 @@ static mp_conn *mp_cluster_dial(mp_node *n, const char *id, const char *addr) {
     mp_cluster_make_room(n, NULL);
     uint64_t conn = n->io.dial(n->io.ud, addr);
     if (conn == 0) {
-        mp_node_log(n, MP_LOG_INFO, "cannot dial %s (%s)", addr, id ? id : "seed");
+        char key[2 * MP_SWIM_MAX_ID + 16];
+        snprintf(key, sizeof key, "reach:%s", addr);
+        mp_node_log_every(n, MP_LOG_WARN, key, "cannot dial %s (%s)", addr, id ? id : "seed");
         return NULL;
     }
     mp_conn *c = mp_conn_create(n, conn, addr);
@@ -667,26 +747,41 @@ mp_conn *mp_conn_for_node(mp_node *n, const char *node) {
     return c;
 }
 
-bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, const char **why) {
-    if (node.len == 0 || node.len > MP_SWIM_MAX_ID) {
-        *why = "node: a peer must name itself (1..255 bytes)";
+bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, mp_bytes key,
+                           mpreg_err *code, char *why, size_t cap) {
+    *code = MPREG_E_HANDSHAKE;
+    if (node.len == 0 || node.len > MP_SWIM_MAX_ID || memchr(node.ptr, '\0', node.len)) {
+        snprintf(why, cap, "node: a peer must name itself (1..255 bytes, no NUL)");
+        return false;
+    }
+    char id[MP_SWIM_MAX_ID + 1];
+    memcpy(id, node.ptr, node.len);
+    id[node.len] = '\0';
+    mp_member holder;
+    if (n->swim && mp_swim_identity_conflict(n->swim, id, key.ptr, key.len, &holder)) {
+        /* Another process says it is a live member (or this node): the
+         * member keeps its id; the newcomer is told, and keeps trying (it
+         * is let in once the member is dead or left). */
+        *code = MPREG_E_IDENTITY;
+        snprintf(why, cap, "identity conflict: node %s is alive at %s with another key", id,
+                 holder.addr[0] ? holder.addr : "(no address)");
         return false;
     }
     if (mp_str_eq_c(node, n->node_id)) {
-        *why = "node: that is this node's own id";
+        snprintf(why, cap, "node: %s is this node's own id", id);
         return false;
     }
     if (cluster.len && !mp_str_eq_c(cluster, n->cluster)) {
-        *why = "cluster: this node belongs to another cluster";
+        snprintf(why, cap, "cluster mismatch: node %s is in cluster \"%s\", not \"%.*s\"",
+                 n->node_id, n->cluster, (int)cluster.len, cluster.ptr);
         return false;
     }
-    c->peer_id = malloc(node.len + 1);
+    c->peer_id = mp_node_strdup(id);
     if (!c->peer_id) {
-        *why = "out of memory";
+        *code = MPREG_E_NOMEM;
+        snprintf(why, cap, "out of memory");
         return false;
     }
-    memcpy(c->peer_id, node.ptr, node.len);
-    c->peer_id[node.len] = '\0';
     mp_list_push(&n->peer_lru, &c->peer_link);
     n->peer_conns++;
     if (!mp_map_get(&n->peers, c->peer_id, node.len)) {
@@ -735,10 +830,32 @@ void mp_cluster_on_welcome(mp_node *n, mp_conn *c, const mp_envelope *env) {
     mp_timer_cancel(&n->timers, &c->handshake);
 }
 
+/* A link this node dialed that never came up (no connection, or no
+ * WELCOME): a warning once a minute per address, for a seed or a member
+ * the membership still counts on; for a member it holds dead (tried again
+ * every reconnect interval for hours) the debug log is enough. A refused
+ * HELLO was logged with its reason already. */
+static void mp_cluster_log_unreachable(mp_node *n, const mp_conn *c, mpreg_err reason) {
+    if (!c->outbound || c->welcomed || c->refused ||
+        (reason != MPREG_E_UNREACHABLE && reason != MPREG_E_CLOSED) || n->stopping) {
+        return;
+    }
+    mp_member m;
+    bool dead = c->peer_id && n->swim && mp_swim_find(n->swim, c->peer_id, &m) &&
+                (m.state == MP_MEMBER_DEAD || m.state == MP_MEMBER_LEFT);
+    char key[2 * MP_SWIM_MAX_ID + 16];
+    snprintf(key, sizeof key, "reach:%s", c->addr ? c->addr : "?");
+    const char *what = reason == MPREG_E_UNREACHABLE ? "cannot reach" : "connection closed by";
+    mp_node_log_every(n, dead ? MP_LOG_DEBUG : MP_LOG_WARN, key, "%s %s (%s%s); retrying", what,
+                      c->addr ? c->addr : "?", c->peer_id ? "member " : "seed",
+                      c->peer_id ? c->peer_id : "");
+}
+
 void mp_cluster_conn_closed(mp_node *n, mp_conn *c, mpreg_err reason) {
     if (c->role != MP_ROLE_PEER) {
         return;
     }
+    mp_cluster_log_unreachable(n, c, reason);
     mp_list_remove(&c->peer_link);
     n->peer_conns--;
     if (!c->peer_id) {
@@ -799,9 +916,16 @@ void mp_cluster_on_gossip(mp_node *n, mp_conn *c, const mp_envelope *env) {
     }
     mp_cluster_touch(n, c);
     n->in_swim = true;
+    n->conflict[0] = '\0';
     mpreg_err err = mp_swim_on_payload(n->swim, env->payload.ptr, env->payload.len, n->now_ms);
     n->in_swim = false;
-    if (err) {
+    if (err == MPREG_E_IDENTITY) {
+        /* Another process speaks under a live member's id (or ours): it is
+         * told why, and the link it came over goes. */
+        mp_node_send_errorf(n, c->id, &env->id, err, "%s",
+                            n->conflict[0] ? n->conflict : "identity conflict");
+        mp_node_close_conn(n, c, err);
+    } else if (err) {
         mp_node_log(n, MP_LOG_INFO, "conn %llu: bad GOSSIP: %s", (unsigned long long)c->id,
                     mpreg_err_name(err));
         mp_node_send_errorf(n, c->id, &env->id, err, "GOSSIP: %s", mpreg_strerror(err));
@@ -883,6 +1007,8 @@ mpreg_err mp_cluster_start(mp_node *n, const mp_node_config *cfg) {
         .id = n->node_id,
         .addr = n->advertise_addr ? n->advertise_addr : "",
         .generation = n->generation,
+        .key = n->node_key,
+        .key_len = n->node_key_len,
     };
     mp_swim_delegate d = {
         .ud = n,
@@ -891,6 +1017,7 @@ mpreg_err mp_cluster_start(mp_node *n, const mp_node_config *cfg) {
         .state_digest = mp_swim_digest_cb,
         .state_encode = mp_swim_state_encode_cb,
         .state_merge = mp_swim_state_merge_cb,
+        .on_conflict = mp_swim_on_conflict_cb,
     };
     n->swim = mp_swim_new(&sc, &self, &d, n->rng, n->now_ms);
     if (!n->swim) {
@@ -946,6 +1073,14 @@ static bool mp_members_visit(void *ud, const mp_member *m) {
     err = err ? err : mpreg_map_set(&v, "generation", mpreg_int((int64_t)m->generation));
     err = err ? err : mpreg_map_set(&v, "incarnation", mpreg_int((int64_t)m->incarnation));
     err = err ? err : mpreg_map_set(&v, "since_ms", mpreg_int((int64_t)m->since_ms));
+    if (!err && m->key_len) {
+        /* Hex, as mpregd prints it at start and keeps it in node_key. */
+        char hex[2 * MP_SWIM_MAX_KEY + 1];
+        for (size_t i = 0; i < m->key_len; i++) {
+            snprintf(hex + 2 * i, 3, "%02x", m->key[i]);
+        }
+        err = mpreg_map_set(&v, "key", mpreg_str(hex));
+    }
     err = err ? err : mpreg_array_push(a->list, v);
     if (err) {
         mpreg_value_free(&v);
@@ -970,7 +1105,9 @@ mpreg_err mp_node_members(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
                           .addr = n->advertise_addr ? n->advertise_addr : "",
                           .generation = n->generation,
                           .state = MP_MEMBER_ALIVE,
-                          .since_ms = n->started_ms};
+                          .since_ms = n->started_ms,
+                          .key = n->node_key_len ? n->node_key : NULL,
+                          .key_len = n->node_key_len};
         mp_members_visit(&acc, &self);
         err = acc.err;
     }
@@ -992,6 +1129,9 @@ mpreg_err mp_node_members(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
         err = err ? err : mpreg_map_set(&s, "refutations", mpreg_int((int64_t)st.refutations));
         err = err ? err : mpreg_map_set(&s, "push_pulls", mpreg_int((int64_t)st.push_pulls));
         err = err ? err : mpreg_map_set(&s, "peer_links", mpreg_int((int64_t)n->peer_conns));
+        err = err ? err
+                  : mpreg_map_set(&s, "identity_conflicts",
+                                  mpreg_int((int64_t)st.identity_conflicts));
         err =
             err ? err : mpreg_map_set(&s, "catalog_ttl_ms", mpreg_int((int64_t)n->catalog_ttl_ms));
         err = err ? err

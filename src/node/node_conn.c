@@ -197,7 +197,7 @@ static void mp_handshake_expired(mp_node *n, mp_timer *t) {
     mp_conn *c = MP_CONTAINER(t, mp_conn, handshake);
     if (c->outbound) {
         /* A link this node dialed: the peer never answered the HELLO. */
-        mp_node_log(n, MP_LOG_INFO, "conn %llu: no WELCOME from %s within %u ms",
+        mp_node_log(n, MP_LOG_DEBUG, "conn %llu: no WELCOME from %s within %u ms",
                     (unsigned long long)c->id, c->addr ? c->addr : "?", n->handshake_timeout_ms);
         mp_node_close_conn(n, c, MPREG_E_UNREACHABLE);
         return;
@@ -295,6 +295,7 @@ typedef struct mp_hello {
     mp_str token;
     mp_str node;    /* peers: the member id */
     mp_str cluster; /* peers: its cluster */
+    mp_bytes key;   /* peers: its identity key (len 0: none) */
 } mp_hello;
 
 static mp_str mp_value_view(const mpreg_value *v) {
@@ -339,6 +340,13 @@ static mpreg_err mp_hello_parse(const mpreg_value *v, mp_hello *h, const char **
         *why = "node, cluster: must be strings";
         return MPREG_E_HANDSHAKE;
     }
+    const mpreg_value *key = mpreg_map_get(v, "key");
+    if (key &&
+        (key->type != MPREG_BIN || key->u.bin.len == 0 || key->u.bin.len > MP_SWIM_MAX_KEY)) {
+        *why = "key: must be 1 to 32 bytes (bin)";
+        return MPREG_E_HANDSHAKE;
+    }
+    h->key = key ? (mp_bytes){key->u.bin.ptr, key->u.bin.len} : (mp_bytes){NULL, 0};
     h->node = node ? mp_value_view(node) : MP_STR_NULL;
     h->cluster = cluster ? mp_value_view(cluster) : MP_STR_NULL;
     h->name = name ? mp_value_view(name) : MP_STR_NULL;
@@ -366,6 +374,25 @@ static void mp_handshake_refuse(mp_node *n, mp_conn *c, const mp_id *id, mpreg_e
     mp_node_close_conn(n, c, code);
 }
 
+/* A node that wants to join and is refused (token, cluster, identity)
+ * retries every few seconds for as long as it runs: a warning once a
+ * minute per peer id says it all, the rest go to the debug log. */
+static void mp_peer_refuse(mp_node *n, mp_conn *c, const mp_hello *h, const mp_id *id,
+                           mpreg_err code, const char *why) {
+    char peer[MP_SWIM_MAX_ID + 1];
+    size_t len = h->node.len < MP_SWIM_MAX_ID ? h->node.len : MP_SWIM_MAX_ID;
+    memcpy(peer, h->node.ptr ? h->node.ptr : "", len);
+    peer[len] = '\0';
+    char key[MP_SWIM_MAX_ID + 16];
+    snprintf(key, sizeof key, "refuse:%s", peer);
+    mp_node_log_every(n, MP_LOG_WARN, key, "refused peer %s from %s: %s",
+                      peer[0] ? peer : "(unnamed)", c->addr ? c->addr : "?", why);
+    mp_node_log(n, MP_LOG_DEBUG, "conn %llu: handshake refused: %s", (unsigned long long)c->id,
+                why);
+    mp_node_send_errorf(n, c->id, id, code, "%s", why);
+    mp_node_close_conn(n, c, code);
+}
+
 static void mp_conn_on_hello(mp_node *n, mp_conn *c, const mp_envelope *env) {
     if (env->kind != MP_KIND_HELLO) {
         char why[96];
@@ -386,8 +413,12 @@ static void mp_conn_on_hello(mp_node *n, mp_conn *c, const mp_envelope *env) {
         err = mp_hello_parse(&v, &h, &why);
     }
     if (!err && n->token && (!h.has_token || !mp_token_equal(n->token, h.token))) {
-        mp_handshake_refuse(n, c, &env->id, MPREG_E_AUTH,
-                            h.has_token ? "token refused" : "token required");
+        const char *why_auth = h.has_token ? "token refused" : "token required";
+        if (h.role == MP_ROLE_PEER) {
+            mp_peer_refuse(n, c, &h, &env->id, MPREG_E_AUTH, why_auth);
+        } else {
+            mp_handshake_refuse(n, c, &env->id, MPREG_E_AUTH, why_auth);
+        }
         mpreg_value_free(&v);
         return;
     }
@@ -398,11 +429,12 @@ static void mp_conn_on_hello(mp_node *n, mp_conn *c, const mp_envelope *env) {
         mpreg_value_free(&v);
         return;
     }
-    if (h.role == MP_ROLE_PEER && !mp_cluster_peer_hello(n, c, h.node, h.cluster, &why)) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "peer refused: %s", why);
+    char msg[MP_RPC_MAX_MESSAGE];
+    mpreg_err code = MPREG_E_HANDSHAKE;
+    if (h.role == MP_ROLE_PEER &&
+        !mp_cluster_peer_hello(n, c, h.node, h.cluster, h.key, &code, msg, sizeof msg)) {
+        mp_peer_refuse(n, c, &h, &env->id, code, msg);
         mpreg_value_free(&v);
-        mp_handshake_refuse(n, c, &env->id, MPREG_E_HANDSHAKE, msg);
         return;
     }
     c->role = h.role;
@@ -479,8 +511,7 @@ static bool mp_conn_dispatch_common(mp_node *n, mp_conn *c, const mp_envelope *e
         mp_node_close_conn(n, c, MPREG_E_CLOSED);
         return true;
     case MP_KIND_ERROR:
-        mp_node_log(n, MP_LOG_INFO, "conn %llu sent an ERROR (%zu payload bytes)",
-                    (unsigned long long)c->id, env->payload.len);
+        mp_cluster_on_error(n, c, env);
         return true;
     default:
         return false;
@@ -629,8 +660,13 @@ void mp_node_on_close(mp_node *n, uint64_t conn, mpreg_err reason, uint64_t now_
     n->conn_total--;
     mp_timer_cancel(&n->timers, &c->handshake);
     mp_timer_cancel(&n->timers, &c->stall);
-    mp_node_log(n, MP_LOG_INFO, "conn %llu closed (%s): %u requests, %u calls in flight",
-                (unsigned long long)conn, mpreg_err_name(reason), c->request_count, c->inflight);
+    /* A handshake that failed, or a link this node dialed that never came
+     * up, was logged already (refused or unreachable, at warn once a
+     * minute): for a node that keeps knocking, a line per try is noise. */
+    bool never_up = c->role == MP_ROLE_NONE || (c->outbound && !c->welcomed);
+    mp_node_log(n, never_up ? MP_LOG_DEBUG : MP_LOG_INFO,
+                "conn %llu closed (%s): %u requests, %u calls in flight", (unsigned long long)conn,
+                mpreg_err_name(reason), c->request_count, c->inflight);
     /* Its own requests go quietly: nobody is left to answer. */
     mp_rpc_conn_requests_drop(n, c);
     /* Its functions leave the table before its calls fail, so the requests

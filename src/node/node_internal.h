@@ -43,6 +43,12 @@
 #define MP_NODE_MAX_HELLO_NAME 128u  /* the HELLO "name", bytes */
 #define MP_NODE_MAX_TOKEN 1024u      /* the HELLO "token", bytes */
 #define MP_NODE_SERVER "mpreg/0.1.0"
+/* Repeated warnings about one peer (refused joins, unreachable seeds,
+ * identity conflicts) are logged once per window, with a count of the
+ * ones left out (mp_node_log_every); at most this many keys are tracked,
+ * the rest share one. */
+#define MP_NODE_LOG_EVERY_MS 60000u
+#define MP_NODE_LOG_EVERY_KEYS 1024u
 #define MP_NODE_BUILTIN_VERSION "1.0.0"
 
 /* --- intrusive doubly linked lists ----------------------------------------- */
@@ -192,6 +198,7 @@ typedef struct mp_conn {
     uint64_t shed_drops;    /* deliveries the node itself dropped while shedding */
     /* Peer links (node_cluster.c). */
     char *peer_id;     /* the member at the other end; NULL until known */
+    bool refused;      /* outbound: the peer answered our HELLO with an ERROR (logged) */
     bool outbound;     /* this node dialed it (and sent the HELLO) */
     bool welcomed;     /* outbound: its WELCOME arrived */
     mp_link peer_link; /* in node->peer_lru, least recently used first */
@@ -335,9 +342,14 @@ void mp_cluster_entry_changed(mp_node *n, const mp_entry *e);
 void mp_cluster_on_gossip(mp_node *n, mp_conn *c, const mp_envelope *env);
 /* A WELCOME on a connection this node dialed. */
 void mp_cluster_on_welcome(mp_node *n, mp_conn *c, const mp_envelope *env);
-/* An inbound peer said HELLO naming itself: false when it is refused
- * (*why says why). */
-bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, const char **why);
+/* An inbound peer said HELLO naming itself (node, cluster, key: empty when
+ * absent): false when it is refused, *code and why (cap bytes) saying why;
+ * the refusal is logged here. */
+bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, mp_bytes key,
+                           mpreg_err *code, char *why, size_t cap);
+/* An outbound peer link got an ERROR: logged with its message (at warn,
+ * once a minute per peer, when it refuses our HELLO). */
+void mp_cluster_on_error(mp_node *n, mp_conn *c, const mp_envelope *env);
 void mp_cluster_conn_closed(mp_node *n, mp_conn *c, mpreg_err reason);
 /* A peer link carried something: it moves to the back of the LRU list. */
 void mp_cluster_touch(mp_node *n, mp_conn *c);
@@ -438,10 +450,22 @@ struct mp_node {
     uint32_t origin_sweeps;   /* sweeps done (marks the origins each one found) */
     uint64_t origins_expired; /* origins whose entries the sweep removed */
     mp_map origins;           /* origin id -> mp_origin_watch * (remote origins only) */
+    /* Identity (node_cluster.c): this process's key, and what the
+     * membership last refused a sender for (an ERROR for it). */
+    uint8_t node_key[MP_SWIM_MAX_KEY];
+    uint8_t node_key_len;
+    char conflict[256]; /* "" = none pending */
+    mp_map log_every;   /* key -> mp_log_every: repeated warnings (node.c) */
 };
 
 void mp_node_log(const mp_node *n, mp_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Like mp_node_log, but a line with the same key is logged at most once per
+ * MP_NODE_LOG_EVERY_MS: the next one after the window says how many were
+ * left out. For what repeats for as long as a misconfiguration lasts (a
+ * join refused every retry, a seed that cannot be reached). */
+void mp_node_log_every(mp_node *n, mp_log_level level, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* Applies an entry of this node with the next version (counter++). */
 mpreg_err mp_node_advertise(mp_node *n, mp_entry *e);
 static inline uint64_t mp_node_now(const mp_node *n) {

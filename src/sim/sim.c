@@ -503,8 +503,23 @@ uint32_t mp_sim_node_count(const mp_sim *s) {
     return s->node_count;
 }
 
+/* A new identity key for node i, as a fresh data dir would make (seeded:
+ * the same run, the same keys). */
+static void mp_sim_new_key(mp_sim *s, uint32_t i) {
+    mp_sim_slot *sn = &s->nodes[i];
+    mp_xoshiro x;
+    mp_xoshiro_seed(&x, mp_sim_derive_seed(s->cfg.seed, (2ull << 40) + i, sn->keys++));
+    for (size_t b = 0; b < sizeof sn->key; b += 8) {
+        uint64_t v = mp_rng_u64(&x.rng);
+        memcpy(sn->key + b, &v, 8);
+    }
+}
+
 static mpreg_err mp_sim_boot(mp_sim *s, uint32_t i, uint64_t incarnation) {
     mp_sim_slot *sn = &s->nodes[i];
+    if (sn->starts == 0) {
+        mp_sim_new_key(s, i);
+    }
     sn->starts++;
     sn->gen++;
     sn->incarnation = incarnation;
@@ -514,6 +529,8 @@ static mpreg_err mp_sim_boot(mp_sim *s, uint32_t i, uint64_t incarnation) {
     nc.node_id = sn->id;
     nc.advertise_addr = sn->addr;
     nc.incarnation = incarnation;
+    nc.node_key = sn->key;
+    nc.node_key_len = sizeof sn->key;
     if (!nc.cluster) {
         nc.cluster = "sim";
     }
@@ -597,6 +614,9 @@ mpreg_err mp_sim_node_restart(mp_sim *s, uint32_t i, bool keep_data) {
     mp_sim_node_crash(s, i);
     mp_sim_slot *sn = &s->nodes[i];
     uint64_t inc = keep_data ? sn->incarnation + 1 : s->now;
+    if (!keep_data) {
+        mp_sim_new_key(s, i); /* a fresh data dir: another process, as far as members know */
+    }
     s->stats.restarts++;
     return mp_sim_boot(s, i, inc);
 }

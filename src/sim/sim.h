@@ -148,9 +148,11 @@ mpreg_err mp_sim_start_all(mp_sim *s);
  * latency later (after the frames it had already sent). */
 void mp_sim_node_crash(mp_sim *s, uint32_t i);
 /* Starts a crashed (or never started) node again with the same id: with
- * its data the incarnation is the last one + 1; without, it is the
- * virtual clock's now in ms, as a fresh data dir would still be a newer
- * generation. Crashes it first when it is up. */
+ * its data the incarnation is the last one + 1 and the identity key is
+ * kept; without, the incarnation is the virtual clock's now in ms, as a
+ * fresh data dir would still be a newer generation, and the key is new
+ * (members take it only once they hold the old process dead or left:
+ * PROTOCOL §12.6). Crashes it first when it is up. */
 mpreg_err mp_sim_node_restart(mp_sim *s, uint32_t i, bool keep_data);
 
 bool mp_sim_node_up(const mp_sim *s, uint32_t i);

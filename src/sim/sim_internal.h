@@ -160,6 +160,8 @@ typedef struct mp_sim_slot {
     char id[MP_SIM_ID_MAX];
     char addr[MP_SIM_ADDR_MAX];
     uint64_t incarnation;
+    uint8_t key[16]; /* identity key: kept by a restart with data, new without */
+    uint32_t keys;   /* keys drawn so far */
     uint32_t starts;
     uint64_t gen;   /* grows at every start and crash: older events are stale */
     uint64_t armed; /* the tick scheduled as current; UINT64_MAX = none */

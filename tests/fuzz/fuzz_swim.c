@@ -59,7 +59,7 @@ static mp_swim *fz_new(mp_xoshiro *x, const char *id, uint64_t seed) {
     mp_swim_config_default(&cfg);
     mp_xoshiro_seed(x, seed);
     mp_swim_self self = {id, "127.0.0.1:7000", 1};
-    mp_swim_delegate d = {(void *)id, fz_item, fz_member, fz_digest, fz_encode, fz_merge};
+    mp_swim_delegate d = {(void *)id, fz_item, fz_member, fz_digest, fz_encode, fz_merge, NULL};
     mp_swim *s = mp_swim_new(&cfg, &self, &d, &x->rng, 0);
     if (!s) {
         abort();

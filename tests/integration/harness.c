@@ -128,6 +128,24 @@ bool mp_harness_file_contains(const char *path, const char *needle) {
     return found;
 }
 
+int mp_harness_file_count_lines(const char *path, const char *const *needles) {
+    char *text = mp_harness_read_file(path);
+    int count = 0;
+    for (char *line = text, *next; line != NULL && *line != '\0'; line = next) {
+        next = strchr(line, '\n');
+        if (next != NULL) {
+            *next++ = '\0';
+        }
+        bool all = true;
+        for (size_t i = 0; needles[i] != NULL && all; i++) {
+            all = strstr(line, needles[i]) != NULL;
+        }
+        count += all;
+    }
+    free(text);
+    return count;
+}
+
 /* ---- processes ------------------------------------------------------------------ */
 
 static void mp_harness_child_exec(const char *out_path, const char *err_path, char *const *argv,
@@ -665,7 +683,7 @@ int mp_harness_cluster_term(mp_harness_cluster *c, size_t i) {
     return mp_harness_daemon_stop(&c->daemons[i], MP_HARNESS_STOP_TIMEOUT_MS);
 }
 
-int mp_harness_cluster_restart(mp_harness_cluster *c, size_t i) {
+static int mp_harness_cluster_respawn(mp_harness_cluster *c, size_t i, bool same_port) {
     mp_harness_daemon *d = &c->daemons[i];
     if (mp_harness_running(d)) {
         return -1;
@@ -682,7 +700,7 @@ int mp_harness_cluster_restart(mp_harness_cluster *c, size_t i) {
     rename(d->err_path, old);
     /* The same port keeps the member's address; should someone have taken
      * it meanwhile, any port will do (the member tells the others). */
-    uint16_t port = d->port;
+    uint16_t port = same_port ? d->port : 0;
     if (mp_harness_cluster_spawn(c, i, port, seed) == 0) {
         return 0;
     }
@@ -692,6 +710,14 @@ int mp_harness_cluster_restart(mp_harness_cluster *c, size_t i) {
     }
     mp_harness_copy_stderr(d, "did not restart");
     return -1;
+}
+
+int mp_harness_cluster_restart(mp_harness_cluster *c, size_t i) {
+    return mp_harness_cluster_respawn(c, i, true);
+}
+
+int mp_harness_cluster_restart_elsewhere(mp_harness_cluster *c, size_t i) {
+    return mp_harness_cluster_respawn(c, i, false);
 }
 
 int mp_harness_cluster_stop(mp_harness_cluster *c) {

@@ -98,6 +98,9 @@ char *mp_harness_read_file(const char *path);
 int mp_harness_write_file(const char *path, const char *text);
 /* True when the file exists and contains needle. */
 bool mp_harness_file_contains(const char *path, const char *needle);
+/* How many lines of the file contain every one of the needles
+ * (NULL-terminated); 0 when it cannot be read. */
+int mp_harness_file_count_lines(const char *path, const char *const *needles);
 
 /* ---- one node, the simple way ------------------------------------------------ */
 
@@ -156,6 +159,9 @@ int mp_harness_cluster_term(mp_harness_cluster *c, size_t i);
  * dir, flags and, when it is free, port; it joins through the first other
  * member still running. 0 once it listens, -1 otherwise. */
 int mp_harness_cluster_restart(mp_harness_cluster *c, size_t i);
+/* The same, but on a new port (port 0): the member comes back from the same
+ * data dir at another address. */
+int mp_harness_cluster_restart_elsewhere(mp_harness_cluster *c, size_t i);
 /* SIGTERM to every member still running (bounded), then removes the
  * directory and frees c. 0 when each of them exited 0 and no member's log
  * holds a sanitizer report; otherwise -1 with the logs concerned copied to

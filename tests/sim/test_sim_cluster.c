@@ -215,6 +215,65 @@ Test(sim_cluster, a_restarted_node_rejoins_as_a_newer_generation) {
     }
 }
 
+/* Node *ud's generation as every other running node lists it: true when
+ * each lists it alive at the incarnation of its current start. */
+static bool all_take_current(mp_sim *s, void *ud) {
+    uint32_t j = *(uint32_t *)ud;
+    for (uint32_t i = 0; i < mp_sim_node_count(s); i++) {
+        mp_member m;
+        if (i == j || !mp_sim_node_up(s, i)) {
+            continue;
+        }
+        if (!mp_swim_find(mp_node_swim(mp_sim_node(s, i)), mp_sim_node_id(s, j), &m) ||
+            m.state != MP_MEMBER_ALIVE || m.generation != mp_sim_node_incarnation(s, j)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A node that crashes and comes straight back: from its data dir (same
+ * identity key) it is taken at once as a newer generation; without it (a
+ * new key: another process, as far as the members can tell) it is refused
+ * while they still hold the old one alive or suspect, and let in once they
+ * hold it dead. */
+Test(sim_cluster, a_restart_without_data_waits_for_the_old_process_to_be_dead) {
+    for (int keep = 1; keep >= 0; keep--) {
+        mp_sim *s = cluster(7, 6);
+        uint32_t victim = 3;
+        uint64_t t0 = mp_sim_now(s);
+        cr_assert_eq(mp_sim_node_restart(s, victim, keep), MPREG_OK);
+        uint64_t ms = mp_sim_run_until_true(s, all_take_current, &victim, 10, 60000);
+        cr_assert_neq(ms, UINT64_MAX, "the restarted node (%s data) was never taken",
+                      keep ? "with its" : "without");
+        uint64_t took = mp_sim_now(s) - t0;
+        uint64_t identity = 0;
+        for (uint32_t i = 0; i < 6; i++) {
+            mp_swim_stats st;
+            if (i != victim) {
+                mp_swim_get_stats(mp_node_swim(mp_sim_node(s, i)), &st);
+                identity += st.identity_conflicts;
+            }
+        }
+        fprintf(stderr, "test_sim_cluster: a restart %s its data is taken after %llu ms\n",
+                keep ? "with" : "without", (unsigned long long)took);
+        if (keep) {
+            cr_assert_lt(took, 1000, "with its data: taken after %llu ms",
+                         (unsigned long long)took);
+            cr_assert_eq(identity, 0);
+        } else {
+            /* The old process must first be suspected, then declared dead. */
+            cr_assert_gt(took, 3000,
+                         "without its data: taken after %llu ms, before the old "
+                         "process could have been declared dead",
+                         (unsigned long long)took);
+            cr_assert_gt(identity, 0, "its claims were refused meanwhile");
+        }
+        cr_assert_neq(mp_sim_run_until_true(s, converged, NULL, 50, 60000), UINT64_MAX);
+        mp_sim_free(s);
+    }
+}
+
 Test(sim_cluster, gossip_faults_do_not_stop_convergence) {
     mp_sim_config cfg;
     small_cluster_config(&cfg, 3, 8);

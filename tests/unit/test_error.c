@@ -30,6 +30,7 @@ static const mpreg_err all_codes[] = {
     MPREG_E_HOP_BUDGET,
     MPREG_E_HANDSHAKE,
     MPREG_E_AUTH,
+    MPREG_E_IDENTITY,
     MPREG_E_NOT_FOUND,
     MPREG_E_NO_VERSION,
     MPREG_E_NO_RESOURCES,
@@ -98,6 +99,8 @@ Test(error, some_names_are_pinned) {
     cr_assert_eq(MPREG_E_INVALID, 100);
     cr_assert_eq(MPREG_E_FRAME_EMPTY, 203);
     cr_assert_eq(MPREG_E_FRAME_TOO_LARGE, 204);
+    cr_assert_eq(MPREG_E_IDENTITY, 209);
+    cr_assert_str_eq(mpreg_err_name(MPREG_E_IDENTITY), "identity");
     cr_assert_eq(MPREG_E_NOT_FOUND, 300);
     cr_assert_eq(MPREG_E_ROUTE, 400);
     cr_assert_eq(MPREG_E_BACKPRESSURE, 500);
@@ -106,7 +109,7 @@ Test(error, some_names_are_pinned) {
 }
 
 Test(error, unknown_codes) {
-    const int unknown[] = {-1, 1, 99, 110, 199, 209, 299, 309, 405, 506, 899, 905, 999, 100000};
+    const int unknown[] = {-1, 1, 99, 110, 199, 210, 299, 309, 405, 506, 899, 905, 999, 100000};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         mpreg_err e = (mpreg_err)unknown[i];
         cr_assert_str_eq(mpreg_err_name(e), "unknown", "code %d", unknown[i]);

@@ -52,6 +52,8 @@ typedef struct fake {
     mp_node *node;
     int logs;
     char last_log[256];
+    int warns;
+    char last_warn[512];
 } fake;
 
 static fake F;
@@ -90,9 +92,12 @@ static void f_count_drop(void *ud, uint64_t conn, uint32_t frames) {
 }
 static void f_log(void *ud, mp_log_level level, const char *message) {
     fake *f = ud;
-    (void)level;
     f->logs++;
     snprintf(f->last_log, sizeof f->last_log, "%s", message);
+    if (level == MP_LOG_WARN) {
+        f->warns++;
+        snprintf(f->last_warn, sizeof f->last_warn, "%s", message);
+    }
 }
 
 static const mp_node_io IO = {
@@ -509,6 +514,42 @@ Test(node, peer_hello_must_name_another_node_of_this_cluster) {
                          "{\"role\": \"peer\", \"node\": \"p2\", \"cluster\": \"c1\"}");
     frame fr = expect(ok, MP_KIND_WELCOME, &id);
     frame_free(&fr);
+}
+
+/* A node that keeps knocking as a peer of another cluster is told why
+ * every time (an ERROR with the reason), but the warning is logged once a
+ * minute, the next one counting those left out. */
+Test(node, a_refused_peer_is_warned_about_once_a_minute) {
+    const char *hello = "{\"role\": \"peer\", \"node\": \"p2\", \"cluster\": \"zz\"}";
+    for (int i = 0; i < 5; i++) {
+        uint64_t c = open_conn();
+        mp_id id = send_json(c, MP_KIND_HELLO, NULL, hello);
+        frame fr = expect(c, MP_KIND_ERROR, &id);
+        cr_assert_eq(get_int(&fr.payload, "code"), MPREG_E_HANDSHAKE);
+        cr_assert_str_eq(get_str(&fr.payload, "message"),
+                         "cluster mismatch: node n1 is in cluster \"c1\", not \"zz\"");
+        frame_free(&fr);
+        cr_assert(F.c[c].closed);
+        mp_node_on_close(F.node, c, MPREG_E_HANDSHAKE, F.now);
+        F.c[c].gone = true;
+        advance(2000);
+    }
+    cr_assert_eq(F.warns, 1, "%d warnings, the last: %s", F.warns, F.last_warn);
+    cr_assert_str_eq(F.last_warn, "refused peer p2 from 127.0.0.1:5555: cluster mismatch: node "
+                                  "n1 is in cluster \"c1\", not \"zz\"");
+    advance(60000);
+    uint64_t c = open_conn();
+    mp_id id = send_json(c, MP_KIND_HELLO, NULL, hello);
+    expect_error(c, &id, MPREG_E_HANDSHAKE);
+    cr_assert_eq(F.warns, 2);
+    cr_assert(strstr(F.last_warn, "(4 more like this in the last 60 s)"), "%s", F.last_warn);
+    /* Another peer has a window of its own. */
+    c = open_conn();
+    id = send_json(c, MP_KIND_HELLO, NULL,
+                   "{\"role\": \"peer\", \"node\": \"p3\", \"cluster\": \"zz\"}");
+    expect_error(c, &id, MPREG_E_HANDSHAKE);
+    cr_assert_eq(F.warns, 3);
+    cr_assert(strstr(F.last_warn, "refused peer p3"), "%s", F.last_warn);
 }
 
 /* A peer runs one command of another node's request: RPC_INVOKE of a
@@ -1170,6 +1211,59 @@ Test(node, unreachable_node_call_is_retried_elsewhere) {
     mp_rpc_error err = expect_rpc_error(c, &id, MPREG_E_UNREACHABLE);
     cr_assert_not_null(strstr(mp_rpc_error_message(&err), "n2"), "%s", mp_rpc_error_message(&err));
     mp_rpc_error_free(&err);
+}
+
+/* The node joins through a seed that answers its HELLO with an ERROR (its
+ * token is wrong, say): the ERROR's message is logged at warn, once however
+ * many times the join is retried, and the failed links' closes are not. */
+Test(node, a_seed_s_refusal_is_logged_with_its_message_once) {
+    mp_node_io io = IO;
+    io.dial = f_dial;
+    mp_node_free(F.node);
+    const char *seeds[] = {"10.0.0.9:7000"};
+    mp_swim_config swim;
+    mp_swim_config_default(&swim);
+    F.node = mp_node_new(&(mp_node_config){.node_id = "n1",
+                                           .cluster = "c1",
+                                           .incarnation = 1,
+                                           .log_level = MP_LOG_INFO,
+                                           .advertise_addr = "10.0.0.1:7000",
+                                           .seeds = seeds,
+                                           .seed_count = 1,
+                                           .swim = swim,
+                                           .node_key = (const uint8_t *)"0123456789abcdef",
+                                           .node_key_len = 16},
+                         &io, &F.rng.rng, F.now);
+    cr_assert_not_null(F.node);
+    int logs = F.logs;
+    for (int i = 0; i < 4; i++) {
+        uint64_t link = F.next_id - 1;
+        cr_assert_str_eq(g_dialed[link], "10.0.0.9:7000", "try %d dialed the seed", i);
+        frame hello = expect(link, MP_KIND_HELLO, NULL);
+        const mpreg_value *key = mpreg_map_get(&hello.payload, "key");
+        cr_assert(key && key->type == MPREG_BIN && key->u.bin.len == 16 &&
+                      memcmp(key->u.bin.ptr, "0123456789abcdef", 16) == 0,
+                  "the HELLO carries the node key");
+        mpreg_value err =
+            json("{\"code\": 208, \"name\": \"auth\", \"message\": \"token refused\"}");
+        mp_buf b = MP_BUF_INIT;
+        cr_assert_eq(mpreg_value_encode(&err, &b), MPREG_OK);
+        mp_envelope e;
+        mp_envelope_init(&e, MP_KIND_ERROR);
+        e.correlation_id = hello.env.id;
+        e.payload = (mp_bytes){b.data, b.len};
+        send_env(link, &e);
+        mp_buf_free(&b);
+        mpreg_value_free(&err);
+        frame_free(&hello);
+        mp_node_on_close(F.node, link, MPREG_E_CLOSED, F.now);
+        F.c[link].gone = true;
+        /* The join is tried again every two probe intervals. */
+        advance(2 * swim.probe_interval_ms + 1);
+    }
+    cr_assert_eq(F.warns, 1, "%d warnings", F.warns);
+    cr_assert_str_eq(F.last_warn, "seed 10.0.0.9:7000 refused this node (auth): token refused");
+    cr_assert_eq(F.logs, logs + 1, "one line in all at info, the last: %s", F.last_log);
 }
 
 /* --- workers ------------------------------------------------------------------------------ */
