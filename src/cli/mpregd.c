@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1626,6 +1627,41 @@ static int mp_start(mp_daemon *d) {
     return mp_announce(d, bound);
 }
 
+/* File descriptors the node keeps for itself beyond its connections: the
+ * loop's own (epoll, signal pipes, eventfds, libuv's spare for EMFILE),
+ * the listener, standard streams, the data dir's files, logs; as Redis
+ * keeps 32. */
+#define MP_FD_RESERVE 32u
+
+/* Connections need file descriptors, and running out of them is the worst
+ * way to find a limit (libuv then closes whatever is waiting, unseen): so
+ * the soft RLIMIT_NOFILE goes up to the hard one, as most servers do, and
+ * the conns limit comes down to what the descriptors allow, saying so.
+ * Then a client past it gets ERROR 505 limit, not a connection that
+ * vanishes. */
+static void mp_fit_conns_to_fds(mp_options *o, bool conns_given) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit up = rl;
+        up.rlim_cur = rl.rlim_max > 1048576 ? 1048576 : rl.rlim_max;
+        if (up.rlim_cur > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &up) == 0) {
+            rl = up;
+        }
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > MP_FD_RESERVE + o->limits.node.conns) {
+        return;
+    }
+    uint32_t fit = rl.rlim_cur > MP_FD_RESERVE + 8 ? (uint32_t)(rl.rlim_cur - MP_FD_RESERVE) : 8u;
+    mp_log_write(conns_given ? MP_LOG_WARN : MP_LOG_INFO, NULL,
+                 "limit conns lowered from %u to %u: the process may open %llu file "
+                 "descriptors (ulimit -n), %u of them kept for the node itself",
+                 o->limits.node.conns, fit, (unsigned long long)rl.rlim_cur, MP_FD_RESERVE);
+    o->limits.node.conns = fit;
+}
+
 int main(int argc, char **argv) {
     /* A peer's reset must fail a write, not kill the daemon (transport.h). */
     signal(SIGPIPE, SIG_IGN);
@@ -1637,6 +1673,11 @@ int main(int argc, char **argv) {
     mp_token_from_env(&d.flags);
     mp_merge(&d.flags, &d.file);
     mp_check(&d.flags, &d.opts);
+    bool conns_given = false;
+    for (size_t i = 0; i < d.flags.limits.len; i++) {
+        conns_given = conns_given || strncmp(d.flags.limits.items[i], "conns=", 6) == 0;
+    }
+    mp_fit_conns_to_fds(&d.opts, conns_given);
     if (sodium_init() < 0) {
         mp_fail(NULL, "libsodium failed to initialise");
         mp_daemon_free(&d);

@@ -262,8 +262,17 @@ void mp_node_on_open(mp_node *n, uint64_t conn, const char *peer_addr, uint64_t 
         /* Over the limit: told why, then closed, rather than held open or
          * dropped without a word (file descriptors are a node's to keep). */
         n->limit_refusals++;
-        mp_node_log(n, MP_LOG_WARN, "conn %llu from %s refused: limit conns (%u) reached",
-                    (unsigned long long)conn, peer_addr ? peer_addr : "?", n->limits.conns);
+        n->conns_refused++;
+        /* Said at warn once a minute at most, with how many since. */
+        if (n->conns_warned_at == 0 || n->now_ms - n->conns_warned_at >= 60000) {
+            mp_node_log(n, MP_LOG_WARN,
+                        "connection from %s refused: limit conns (%u) reached (%llu refused "
+                        "since the last report; mpregd --limit conns=N, ulimit -n)",
+                        peer_addr ? peer_addr : "?", n->limits.conns,
+                        (unsigned long long)n->conns_refused);
+            n->conns_warned_at = n->now_ms ? n->now_ms : 1;
+            n->conns_refused = 0;
+        }
         mp_node_send_errorf(n, conn, NULL, MPREG_E_LIMIT,
                             "connection refused: limit conns reached (at most %u connections; "
                             "mpregd --limit conns=N)",

@@ -400,6 +400,8 @@ struct mp_node {
     uint32_t request_total;   /* RPC requests in flight, and peers' invokes served */
     uint64_t result_bytes;    /* results held by requests in flight */
     uint64_t limit_refusals;  /* ERROR 505 limit answers sent */
+    uint64_t conns_refused;   /* connections refused at limits.conns since the last warning */
+    uint64_t conns_warned_at; /* when that warning was logged; 0 = never */
     uint32_t handshake_timeout_ms;
     uint32_t rpc_timeout_ms;
     mp_log_level log_level;
