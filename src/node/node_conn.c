@@ -640,7 +640,17 @@ void mp_node_on_protocol_error(mp_node *n, uint64_t conn, mpreg_err err, uint64_
     n->counters.frame_errors++;
     mp_node_log(n, MP_LOG_INFO, "conn %llu: broken framing: %s", (unsigned long long)conn,
                 mpreg_err_name(err));
-    mp_node_send_errorf(n, conn, NULL, err, "%s", mpreg_strerror(err));
+    if (err == MPREG_E_TIMEOUT) {
+        mp_node_send_errorf(n, conn, NULL, err,
+                            "read timeout: part of a frame arrived, then nothing for "
+                            "read_timeout_ms; closing");
+    } else if (err == MPREG_E_LIMIT) {
+        mp_node_send_errorf(n, conn, NULL, err,
+                            "limit partial_bytes reached: the node holds too many half-read "
+                            "frames of all connections; closing this one (retry later)");
+    } else {
+        mp_node_send_errorf(n, conn, NULL, err, "%s", mpreg_strerror(err));
+    }
     mp_node_close_conn(n, c, err);
 }
 
