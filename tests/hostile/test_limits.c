@@ -89,7 +89,7 @@ Test(limits, a_worker_flood_stops_at_functions_per_node) {
                 ok, refused, base, peak, (unsigned long long)worst);
     cr_assert_eq(ok, 10000 / FNS, "functions_per_node is 10 000: 39 workers of 256");
     cr_assert_eq(refused, WORKERS - ok);
-    cr_assert_lt(peak - base, 160 * 1024, "the flood cost %ld KiB", peak - base);
+    cr_assert_lt(peak - base, MP_HOSTILE_KIB(160 * 1024), "the flood cost %ld KiB", peak - base);
     cr_assert_lt(worst, MP_HOSTILE_CALL_MS);
     for (int w = 0; w < WORKERS; w++) {
         close(fds[w]);
@@ -143,7 +143,8 @@ Test(limits, a_request_that_doubles_its_input_is_refused_naming_the_command) {
     uint64_t worst = hostile_worst_echo(port, 5, 50);
     cr_log_info("doubling requests: RSS %ld KiB -> peak %ld KiB; worst ordinary call %llu ms", base,
                 peak, (unsigned long long)worst);
-    cr_assert_lt(peak - base, 96 * 1024, "four doubling requests cost %ld KiB", peak - base);
+    cr_assert_lt(peak - base, MP_HOSTILE_KIB(96 * 1024), "four doubling requests cost %ld KiB",
+                 peak - base);
     cr_assert_lt(worst, MP_HOSTILE_CALL_MS);
     for (int i = 0; i < 4; i++) {
         close(fds[i]);
@@ -207,7 +208,8 @@ Test(limits, stalled_half_frames_are_capped_and_timed_out) {
     cr_assert_eq(closed, CONNS, "%d of %d stalled connections were closed", closed, CONNS);
     cr_assert_eq(partial_after, 0);
     cr_assert_eq(refused + timeouts, CONNS);
-    cr_assert_lt(held - base, 128 * 1024, "stalled frames held %ld KiB", held - base);
+    cr_assert_lt(held - base, MP_HOSTILE_KIB(128 * 1024), "stalled frames held %ld KiB",
+                 held - base);
     cr_assert_lt(worst, MP_HOSTILE_CALL_MS);
 }
 

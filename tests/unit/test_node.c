@@ -2105,7 +2105,14 @@ Test(node, bad_config) {
 
 /* ---- limits: every client-held resource is bounded (PROTOCOL §7.7) ------------ */
 
+/* The next frame is an OK to id (its payload not looked at). */
+static void expect_ok(uint64_t conn, const mp_id *id) {
+    frame fr = expect(conn, MP_KIND_OK, id);
+    frame_free(&fr);
+}
+
 static void limited_node(const mp_node_limits *limits) {
+    teardown(); /* the suite's default node */
     mp_node_config cfg = {.node_id = "n1",
                           .name = "alpha",
                           .cluster = "c1",
@@ -2164,7 +2171,7 @@ Test(node, subscriptions_and_patterns_are_bounded_per_connection_and_node, .fini
     char unsub[64];
     snprintf(unsub, sizeof unsub, "{\"subscription\": %llu}", (unsigned long long)third);
     id = send_json(a, MP_KIND_UNSUBSCRIBE, NULL, unsub);
-    expect(a, MP_KIND_OK, &id);
+    expect_ok(a, &id);
     cr_assert_eq(limit_used("patterns_per_node"), 5);
     /* A closed connection gives everything back. */
     close_conn(a);
@@ -2180,13 +2187,13 @@ Test(node, worker_functions_are_bounded_per_node, .fini = teardown) {
     uint64_t w1 = client();
     mp_id id = send_json(w1, MP_KIND_REGISTER, NULL,
                          "{\"functions\": [{\"name\": \"f1\"}, {\"name\": \"f2\"}]}");
-    expect(w1, MP_KIND_OK, &id);
+    expect_ok(w1, &id);
     uint64_t w2 = client();
     id = send_json(w2, MP_KIND_REGISTER, NULL,
                    "{\"functions\": [{\"name\": \"g1\"}, {\"name\": \"g2\"}]}");
     expect_limit(w2, &id, "functions_per_node");
     id = send_json(w2, MP_KIND_REGISTER, NULL, "{\"functions\": [{\"name\": \"g1\"}]}");
-    expect(w2, MP_KIND_OK, &id);
+    expect_ok(w2, &id);
     cr_assert_eq(limit_used("functions_per_node"), 3);
     close_conn(w1);
     cr_assert_eq(limit_used("functions_per_node"), 1);
