@@ -10,7 +10,7 @@
 #   make bench      micro-benchmarks (BENCH lines)
 #   make bench-compare
 #                   mpreg-bench against nats-server, side by side
-#                   (../shared/bench/compare.sh; ROUNDS=3 by default)
+#                   (bench/compare/compare.sh; ROUNDS=3 by default)
 #   make run        build and start a node
 #   make install    install library, headers, binaries (PREFIX=/usr/local)
 #   make format     clang-format every C file in place; format-check only checks
@@ -65,8 +65,9 @@ fuzz: $(FUZZ_BUILD)/build.ninja
 bench: build
 	scripts/run-benches $(BUILD)
 
-# The side-by-side comparison lives in the steering repository, next to ours.
-COMPARE ?= $(CURDIR)/../shared/bench/compare.sh
+# The side-by-side comparison: the peers' load generators and the script
+# that alternates them with ours (bench/compare/README.md).
+COMPARE ?= $(CURDIR)/bench/compare/compare.sh
 ROUNDS  ?= 3
 
 bench-compare: build
