@@ -98,7 +98,7 @@ static const mp_limit_field mp_limit_fields[] = {
     MP_LIMIT_NODE(conns, 1, 1000000, false, "10000: connections at once"),
     MP_LIMIT_NODE(subs_per_conn, 1, UINT32_MAX, false, "10000: subscriptions, one conn."),
     MP_LIMIT_NODE(subs_per_node, 1, UINT32_MAX, false, "100000: subscriptions, all"),
-    MP_LIMIT_NODE(patterns_per_conn, 1, UINT32_MAX, false, "10000: patterns, one connection"),
+    MP_LIMIT_NODE(patterns_per_conn, 1, UINT32_MAX, false, "4096: patterns, one connection"),
     MP_LIMIT_NODE(patterns_per_node, 1, UINT32_MAX, false, "100000: patterns, all"),
     MP_LIMIT_NODE(functions_per_conn, 1, UINT32_MAX, false, "256: functions, one worker"),
     MP_LIMIT_NODE(functions_per_node, 1, UINT32_MAX, false, "10000: functions, all workers"),

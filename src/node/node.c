@@ -190,7 +190,7 @@ void mp_node_limits_default(mp_node_limits *l) {
         .conns = 10000,
         .subs_per_conn = 10000,
         .subs_per_node = 100000,
-        .patterns_per_conn = 10000,
+        .patterns_per_conn = 4096,
         .patterns_per_node = 100000,
         .functions_per_conn = 256,
         .functions_per_node = 10000,

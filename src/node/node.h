@@ -109,7 +109,7 @@ typedef struct mp_node_limits {
     uint32_t conns;              /* connections at once, clients and peers: 10 000 */
     uint32_t subs_per_conn;      /* subscriptions of one connection: 10 000 */
     uint32_t subs_per_node;      /* of all connections: 100 000 */
-    uint32_t patterns_per_conn;  /* patterns over one connection's subscriptions: 10 000 */
+    uint32_t patterns_per_conn;  /* patterns over one connection's subscriptions: 4096 */
     uint32_t patterns_per_node;  /* of all connections: 100 000 */
     uint32_t functions_per_conn; /* functions one worker connection registers: 256 */
     uint32_t functions_per_node; /* registered by all workers: 10 000 */

@@ -331,11 +331,14 @@ static void mp_server_on_trim(uv_timer_t *h) {
         return; /* nothing worth it: the next close starts again */
     }
     uint64_t before = mp_rss_kib();
+    uint64_t t0 = uv_hrtime();
     malloc_trim(0);
+    uint64_t trim_us = (uv_hrtime() - t0) / 1000u;
     mp_server_log(s, MP_LOG_DEBUG,
                   "memory: %zu KiB in use; resident %llu KiB before giving free memory back, "
-                  "%llu KiB after",
-                  mi.uordblks / 1024, (unsigned long long)before, (unsigned long long)mp_rss_kib());
+                  "%llu KiB after (%llu us)",
+                  mi.uordblks / 1024, (unsigned long long)before, (unsigned long long)mp_rss_kib(),
+                  (unsigned long long)trim_us);
     if (s->trim_delay_ms < MP_TRIM_MAX_DELAY_MS && s->state == MP_SERVER_RUNNING) {
         s->trim_delay_ms *= 2;
         uv_timer_start(&s->trim_timer, mp_server_on_trim, s->trim_delay_ms, 0);
@@ -362,7 +365,13 @@ static void mp_server_on_close(void *ud, uint64_t conn, mpreg_err reason) {
     if (s->node == NULL) {
         return;
     }
+    uint64_t t0 = uv_hrtime();
     mp_node_on_close(s->node, conn, reason, mp_server_now(s));
+    uint64_t took_us = (uv_hrtime() - t0) / 1000u;
+    if (took_us >= 20000u) {
+        mp_server_log(s, MP_LOG_DEBUG, "conn %llu: its close took %llu ms",
+                      (unsigned long long)conn, (unsigned long long)(took_us / 1000u));
+    }
     mp_server_rearm(s);
 }
 

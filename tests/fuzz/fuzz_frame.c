@@ -1,5 +1,6 @@
 /* fuzz_frame.c - the frame decoder must give the same frames and the same
- * final result whatever the chunking, and agree with a naive whole-buffer
+ * final result whatever the chunking and wherever a reader pauses
+ * (mp_frame_decoder_feed_some), and agree with a naive whole-buffer
  * parser.
  *
  * Input: byte 0 picks the chunk size (low 5 bits) and a small maximum frame
@@ -99,6 +100,38 @@ static mpreg_err decode(const uint8_t *data, size_t len, size_t chunk, uint32_t 
     return err;
 }
 
+/* Records, then pauses on every other frame. */
+static int record_pausing(void *ud, const uint8_t *frame, size_t len) {
+    frame_list *l = ud;
+    list_add(l, frame, len);
+    return l->count % 2 ? MP_FRAME_PAUSE : MP_FRAME_GO;
+}
+
+/* As decode, with pauses: after each one the rest of the chunk is fed
+ * again (as the transport does on resume). Must give the same frames. */
+static mpreg_err decode_pausing(const uint8_t *data, size_t len, size_t chunk, uint32_t max_frame,
+                                frame_list *out, size_t *trailing) {
+    mp_frame_decoder d;
+    mp_frame_decoder_init(&d, max_frame);
+    mpreg_err err = MPREG_OK;
+    for (size_t off = 0; off < len && !err; off += chunk) {
+        size_t n = len - off < chunk ? len - off : chunk;
+        size_t done = 0;
+        while (done < n && !err) {
+            size_t consumed = 0;
+            err = mp_frame_decoder_feed_some(&d, data + off + done, n - done, record_pausing, out,
+                                             &consumed);
+            if (!err && (consumed == 0 || consumed > n - done)) {
+                abort(); /* a feed always makes progress and never overruns */
+            }
+            done += consumed;
+        }
+    }
+    *trailing = mp_frame_decoder_buffered(&d);
+    mp_frame_decoder_free(&d);
+    return err;
+}
+
 /* The obvious non-incremental parser, as the reference. */
 static mpreg_err reference(const uint8_t *data, size_t len, uint32_t max_frame, frame_list *out,
                            size_t *trailing) {
@@ -135,15 +168,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     frame_list chunked = {NULL, 0, 0, max_frame};
     frame_list whole = {NULL, 0, 0, max_frame};
     frame_list ref = {NULL, 0, 0, max_frame};
-    size_t trail_chunked, trail_whole, trail_ref;
+    frame_list paused = {NULL, 0, 0, max_frame};
+    size_t trail_chunked, trail_whole, trail_ref, trail_paused;
     mpreg_err e1 = decode(data, size, chunk, max_frame, &chunked, &trail_chunked);
     mpreg_err e2 = decode(data, size, size ? size : 1, max_frame, &whole, &trail_whole);
     mpreg_err e3 = reference(data, size, max_frame, &ref, &trail_ref);
-    if (e1 != e2 || e1 != e3 || trail_chunked != trail_whole || trail_chunked != trail_ref) {
+    mpreg_err e4 = decode_pausing(data, size, chunk, max_frame, &paused, &trail_paused);
+    if (e1 != e2 || e1 != e3 || e1 != e4 || trail_chunked != trail_whole ||
+        trail_chunked != trail_ref || trail_chunked != trail_paused) {
         abort();
     }
     check_same(&chunked, &whole);
     check_same(&chunked, &ref);
+    check_same(&chunked, &paused);
+    free(paused.items);
     free(chunked.items);
     free(whole.items);
     free(ref.items);

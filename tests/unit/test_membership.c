@@ -3070,3 +3070,34 @@ Test(swim_config, refusals_say_what_is_required) {
     cr_assert_str_eq(msg, "gossip_nodes=0 is out of range: it must be from 1 to 64");
     cr_assert_eq(mp_swim_config_explain(&cfg, NULL, NULL, 0), MPREG_E_RANGE);
 }
+
+/* A node that nobody hears (alone, or all its members gone) used to queue
+ * every catalog change it ever made. The queue is bounded: past
+ * MP_SWIM_MAX_NEWS the oldest items go, the newest stay. */
+Test(membership, queued_news_is_bounded) {
+    mp_swim_config c;
+    mp_swim_config_default(&c);
+    mp_xoshiro x;
+    mp_xoshiro_seed(&x, 1);
+    mp_swim_delegate d = {NULL, cb_item, cb_member, cb_digest, cb_encode, cb_merge};
+    mp_swim_self self = {"a", "h:1", 1};
+    mp_swim *s = mp_swim_new(&c, &self, &d, &x.rng, 0);
+    cr_assert_not_null(s);
+    size_t most = 0;
+    for (int i = 0; i < 3 * (int)MP_SWIM_MAX_NEWS; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "entry-%d", i);
+        cr_assert_eq(mp_swim_broadcast(s, key, (const uint8_t *)key, strlen(key)), MPREG_OK);
+        size_t q = mp_swim_queued(s);
+        most = q > most ? q : most;
+    }
+    cr_assert_leq(most, MP_SWIM_MAX_NEWS, "the queue reached %zu", most);
+    cr_assert_geq(mp_swim_queued(s), MP_SWIM_MAX_NEWS / 2);
+    /* The same key again replaces, it does not add. */
+    size_t before = mp_swim_queued(s);
+    char last[32];
+    snprintf(last, sizeof last, "entry-%d", 3 * (int)MP_SWIM_MAX_NEWS - 1);
+    cr_assert_eq(mp_swim_broadcast(s, last, (const uint8_t *)"x", 1), MPREG_OK);
+    cr_assert_eq(mp_swim_queued(s), before, "the newest item was dropped or doubled");
+    mp_swim_free(s);
+}
