@@ -1347,7 +1347,7 @@ static int mp_load_node_key(const char *node, const char *dir, uint8_t key[MP_NO
         bool ok = (n == 2 * MP_NODE_KEY_BYTES ||
                    (n == 2 * MP_NODE_KEY_BYTES + 1 && buf[2 * MP_NODE_KEY_BYTES] == '\n'));
         for (size_t i = 0; ok && i < MP_NODE_KEY_BYTES; i++) {
-            unsigned byte;
+            unsigned byte = 0;
             char pair[3] = {buf[2 * i], buf[2 * i + 1], '\0'};
             ok = isxdigit((unsigned char)pair[0]) && isxdigit((unsigned char)pair[1]) &&
                  sscanf(pair, "%2x", &byte) == 1;
