@@ -399,6 +399,8 @@ struct mp_node {
     uint32_t worker_fn_total; /* functions registered by workers */
     uint32_t request_total;   /* RPC requests in flight, and peers' invokes served */
     uint64_t result_bytes;    /* results held by requests in flight */
+    uint64_t frame_conn;      /* the connection whose frame is being handled; 0 = none */
+    bool frame_out;           /* that frame produced output for that same connection */
     uint64_t limit_refusals;  /* ERROR 505 limit answers sent */
     uint64_t conns_refused;   /* connections refused at limits.conns since the last warning */
     uint64_t conns_warned_at; /* when that warning was logged; 0 = never */
@@ -470,6 +472,13 @@ void mp_node_log_every(mp_node *n, mp_log_level level, const char *key, const ch
     __attribute__((format(printf, 4, 5)));
 /* Applies an entry of this node with the next version (counter++). */
 mpreg_err mp_node_advertise(mp_node *n, mp_entry *e);
+/* Output was committed for conn: remembered when it is the connection
+ * whose frame is being handled (the backpressure check after it). */
+static inline void mp_node_note_output(mp_node *n, uint64_t conn) {
+    if (conn == n->frame_conn) {
+        n->frame_out = true;
+    }
+}
 static inline uint64_t mp_node_now(const mp_node *n) {
     return n->now_ms;
 }

@@ -182,6 +182,7 @@ static mpreg_err mp_ps_send_deliver(mp_node *n, mp_conn *c, const mp_pubsub_deli
                                             mp_str_c(n->cluster), n->max_frame, out);
     if (err == MPREG_OK) {
         n->io.output_commit(n->io.ud, c->id, 1);
+        mp_node_note_output(n, c->id);
         return MPREG_OK;
     }
     char sub_text[MP_PUBSUB_SUB_TEXT];
