@@ -107,12 +107,18 @@ static void mp_ps_flush_shedding(mp_node *n) {
     n->shed_len = 0;
 }
 
-static void mp_ps_count_drop(mp_node *n, mp_conn *c) {
-    c->shed_drops++;
-    n->counters.shed++;
+/* A delivery the node itself did not make (c full while it wrote, or the
+ * frame not written): the deliver hook says so and the service counts it
+ * as dropped, for its subscription (and the "missed" of its next DELIVER).
+ * The transport's stats hear of it at once. Returns false, for the hook. */
+static bool mp_ps_dropped(mp_node *n, mp_conn *c) {
+    if (c->shedding) {
+        c->shed_drops++;
+    }
     if (n->io.count_drop) {
         n->io.count_drop(n->io.ud, c->id, 1);
     }
+    return false;
 }
 
 void mp_ps_on_writable(mp_node *n, mp_conn *c) {
@@ -120,16 +126,20 @@ void mp_ps_on_writable(mp_node *n, mp_conn *c) {
         return;
     }
     c->shedding = false;
-    /* Subscriptions that ended while shedding take their counts with
-     * them: never report a negative episode. */
+    /* The episode's drops: the service counted them all, the node's own
+     * included; those went to the transport already. Subscriptions that
+     * ended while shedding take their counts with them: never report a
+     * negative episode. */
     uint64_t now_dropped = mp_conn_subs_dropped(n, c);
     uint64_t dropped = now_dropped > c->dropped_base ? now_dropped - c->dropped_base : 0;
+    uint64_t unreported = dropped > c->shed_drops ? dropped - c->shed_drops : 0;
     mp_pubsub_set_accepting(n->pubsub, c->id, true);
-    if (dropped && n->io.count_drop) {
-        n->io.count_drop(n->io.ud, c->id, dropped > UINT32_MAX ? UINT32_MAX : (uint32_t)dropped);
+    if (unreported && n->io.count_drop) {
+        n->io.count_drop(n->io.ud, c->id,
+                         unreported > UINT32_MAX ? UINT32_MAX : (uint32_t)unreported);
     }
     mp_node_log(n, MP_LOG_INFO, "conn %llu: caught up; %llu deliveries were dropped",
-                (unsigned long long)c->id, (unsigned long long)(dropped + c->shed_drops));
+                (unsigned long long)c->id, (unsigned long long)dropped);
     c->shed_drops = 0;
 }
 
@@ -171,8 +181,9 @@ void mp_ps_stall_over(mp_node *n, mp_timer *t) {
  * from the encoding the message's deliveries share (what mp_node_send would
  * write, without encoding and checking the envelope once per subscriber);
  * what it leaves to the envelope path (a message without id, which needs a
- * fresh one per DELIVER, or one it finds invalid) goes through mp_node_send,
- * which fills in the id and gives the error. */
+ * fresh one per DELIVER, one it finds invalid, or a delivery that carries
+ * a "missed" count) goes through mp_node_send, which fills in the id and
+ * gives the error. */
 static mpreg_err mp_ps_send_deliver(mp_node *n, mp_conn *c, const mp_pubsub_delivery *d) {
     mp_buf *out = n->io.output(n->io.ud, c->id);
     if (!out) {
@@ -184,37 +195,36 @@ static mpreg_err mp_ps_send_deliver(mp_node *n, mp_conn *c, const mp_pubsub_deli
         n->io.output_commit(n->io.ud, c->id, 1);
         return MPREG_OK;
     }
-    char sub_text[MP_PUBSUB_SUB_TEXT];
+    char sub_text[MP_PUBSUB_SUB_TEXT], missed_text[MP_PUBSUB_SUB_TEXT];
     mp_envelope env;
-    err = mp_pubsub_deliver_envelope(d, sub_text, &env);
+    err = mp_pubsub_deliver_envelope(d, sub_text, missed_text, &env);
     return err ? err : mp_node_send(n, c->id, &env);
 }
 
-void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
+bool mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
     mp_node *n = ud;
     /* Subscriptions carry their connection (they leave the service before
      * it is freed): no lookup by id per delivery. */
     mp_conn *c = d->owner_ud ? d->owner_ud : mp_conn_get(n, d->owner);
     if (!c || c->state == MP_CONN_CLOSING) {
-        return;
+        return false;
     }
     if (c->shedding || n->io.over_high_water(n->io.ud, c->id)) {
         mp_ps_start_shedding(n, c);
-        mp_ps_count_drop(n, c);
-        return;
+        return mp_ps_dropped(n, c);
     }
     mpreg_err err = mp_ps_send_deliver(n, c, d);
     if (err) {
         mp_node_log(n, MP_LOG_DEBUG, "conn %llu: DELIVER not sent: %s", (unsigned long long)c->id,
                     mpreg_err_name(err));
-        mp_ps_count_drop(n, c);
-        return;
+        return mp_ps_dropped(n, c);
     }
     if (n->io.over_high_water(n->io.ud, c->id)) {
         mp_ps_start_shedding(n, c);
     } else if (n->io.over_soft_water && n->io.over_soft_water(n->io.ud, c->id)) {
         mp_ps_stall_publisher(n);
     }
+    return true;
 }
 
 /* A (pattern, group) pair gained its first local subscriber, or lost its

@@ -553,6 +553,8 @@ typedef struct inbox {
     char data[MAX_SEEN][64];
     uint64_t subs[MAX_SEEN];
     bool replay[MAX_SEEN];
+    uint64_t missed; /* the sum of the messages' "missed" */
+    int carrying;    /* messages that said something was missed */
 } inbox;
 
 static void on_msg(const mpreg_message *m, void *ud) {
@@ -563,6 +565,8 @@ static void on_msg(const mpreg_message *m, void *ud) {
         in->subs[in->n] = m->subscription;
         in->replay[in->n] = m->replay;
     }
+    in->missed += m->missed;
+    in->carrying += m->missed != 0;
     in->n++;
 }
 
@@ -738,6 +742,42 @@ Test(client_pubsub, slow_subscriber_is_shed, .init = node_up, .fini = node_down)
     }
     cr_assert_gt(in.n, 0);
     cr_assert_lt(in.n, 2048);
+    mpreg_close(pub);
+    mpreg_close(slow);
+}
+
+/* Issue 10: nothing dropped in silence. A subscriber shed as a slow
+ * consumer learns how many messages it missed from the next message it
+ * gets, and what it got plus what it was told it missed is all that was
+ * published. */
+Test(client_pubsub, slow_subscriber_learns_what_it_missed, .init = node_up, .fini = node_down) {
+    mpreg_client *slow = connect_ok("slow"), *pub = connect_ok("pub");
+    inbox in = {0};
+    const char *pats[] = {"flood.#"};
+    cr_assert_eq(mpreg_subscribe(slow, pats, 1, NULL, on_msg, &in, NULL, NULL), MPREG_OK);
+    enum { FLOOD = 2048 };
+    static char chunk[16384];
+    memset(chunk, 'x', sizeof chunk);
+    mpreg_error err = {0};
+    for (int i = 0; i < FLOOD; i++) { /* 32 MiB while slow does not read */
+        cr_assert_eq(mpreg_publish(pub, "flood.data", chunk, sizeof chunk, &err), MPREG_OK,
+                     "publish %d: %s", i, err.message);
+    }
+    /* slow catches up with what was buffered for it ... */
+    while (mpreg_poll(slow, 300) > 0) {
+    }
+    int64_t dropped = status_number(pub, "counters", "dropped");
+    cr_assert_gt(dropped, 0, "nothing was shed: the test proves nothing");
+    cr_assert_eq(in.missed, 0, "nothing says missed before a message after the drops");
+    /* ... and the next message tells it what it lost. */
+    publish(pub, "flood.tail", "tail");
+    poll_until(slow, &in, in.n + 1);
+    cr_assert_eq(in.carrying, 1);
+    cr_assert_eq((int64_t)in.missed, dropped, "told %llu missed, the node dropped %lld",
+                 (unsigned long long)in.missed, (long long)dropped);
+    cr_assert_eq((uint64_t)in.n + in.missed, FLOOD + 1, "got %d, missed %llu, of %d", in.n,
+                 (unsigned long long)in.missed, FLOOD + 1);
+    cr_assert_eq(mpreg_client_dropped(slow), 0);
     mpreg_close(pub);
     mpreg_close(slow);
 }

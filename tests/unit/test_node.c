@@ -442,6 +442,21 @@ static void expect_deliver(uint64_t conn, const char *topic, const char *payload
     frame_free(&fr);
 }
 
+/* The next frame on conn is a live DELIVER of payload whose "missed" header
+ * says missed (absent when 0). */
+static void expect_deliver_missed(uint64_t conn, const char *payload, uint64_t missed) {
+    frame fr = expect(conn, MP_KIND_DELIVER, NULL);
+    cr_assert_eq(fr.env.payload.len, strlen(payload));
+    cr_assert(memcmp(fr.env.payload.ptr, payload, strlen(payload)) == 0);
+    mp_str h = mp_envelope_header(&fr.env, "missed");
+    cr_assert_eq(h.ptr != NULL, missed != 0, "a \"missed\" header only after drops");
+    uint64_t got = 0;
+    cr_assert_eq(mp_pubsub_deliver_missed(&fr.env, &got), MPREG_OK);
+    cr_assert_eq(got, missed, "missed %llu, want %llu", (unsigned long long)got,
+                 (unsigned long long)missed);
+    frame_free(&fr);
+}
+
 /* --- handshake ---------------------------------------------------------------------- */
 
 Test(node, handshake_ok) {
@@ -1582,16 +1597,59 @@ Test(node, pubsub_slow_subscriber) {
     cr_assert_eq(get_int(get(&st, "counters"), "delivered"), 1);
     mpreg_value_free(&st);
     cr_assert_eq(sub, 1);
+    /* Exact per subscription: the one the node shed as it wrote (2) is a
+     * drop there too, not a delivery. */
     mpreg_value mine = control(s, "subscriptions");
-    assert_json_eq(&mine, "{\"subscriptions\": [{\"subscription\": 1, \"delivered\": 2, "
-                          "\"dropped\": 2}]}");
+    assert_json_eq(&mine, "{\"subscriptions\": [{\"subscription\": 1, \"delivered\": 1, "
+                          "\"dropped\": 3}]}");
     mpreg_value_free(&mine);
     /* Drained: accepted again, and the driver hears about the drops. */
     F.c[s].high = false;
     mp_node_on_writable(F.node, s, F.now);
     cr_assert_eq(F.c[s].drops, 3);
+    /* The subscriber hears it too, from the next DELIVER: 3 missed. */
     publish(p, "x", "5");
-    expect_deliver(s, "x", "5", false);
+    expect_deliver_missed(s, "5", 3);
+    publish(p, "x", "6");
+    expect_deliver_missed(s, "6", 0);
+}
+
+Test(node, pubsub_missed_counts_each_subscription_of_a_connection) {
+    uint64_t s = client();
+    uint64_t a = subscribe(s, "{\"patterns\": [\"x.*\"], \"tag\": \"a\"}");
+    uint64_t b = subscribe(s, "{\"patterns\": [\"x.b\"], \"tag\": \"b\"}");
+    uint64_t p = client();
+    F.c[s].high = true;
+    publish(p, "x.a", "1"); /* a: shed as the node writes */
+    publish(p, "x.b", "2"); /* a and b: dropped by the service */
+    publish(p, "x.a", "3"); /* a */
+    F.c[s].high = false;
+    mp_node_on_writable(F.node, s, F.now);
+    publish(p, "x.b", "4");
+    /* One DELIVER per subscription, each with its own count. */
+    for (int i = 0; i < 2; i++) {
+        frame fr = expect(s, MP_KIND_DELIVER, NULL);
+        uint64_t sub = 0, missed = 0;
+        mp_str tag;
+        cr_assert_eq(mp_pubsub_deliver_parse(&fr.env, &sub, &tag), MPREG_OK);
+        cr_assert_eq(mp_pubsub_deliver_missed(&fr.env, &missed), MPREG_OK);
+        cr_assert_eq(missed, sub == a ? 3 : 1, "subscription %llu missed %llu",
+                     (unsigned long long)sub, (unsigned long long)missed);
+        cr_assert(sub == a || sub == b);
+        frame_free(&fr);
+    }
+    mpreg_value mine = control(s, "subscriptions");
+    char want[256];
+    snprintf(want, sizeof want,
+             "{\"subscriptions\": [{\"subscription\": %llu, \"delivered\": 1, \"dropped\": 3}, "
+             "{\"subscription\": %llu, \"delivered\": 1, \"dropped\": 1}]}",
+             (unsigned long long)a, (unsigned long long)b);
+    assert_json_eq(&mine, want);
+    mpreg_value_free(&mine);
+    mpreg_value st = control(p, "status");
+    cr_assert_eq(get_int(get(&st, "counters"), "delivered"), 2);
+    cr_assert_eq(get_int(get(&st, "counters"), "dropped"), 4);
+    mpreg_value_free(&st);
 }
 
 Test(node, pubsub_stalls_a_publisher_that_outruns_a_subscriber) {
