@@ -186,7 +186,12 @@ typedef struct mp_conn {
     uint32_t pattern_count; /* over its subscriptions (limits.patterns_per_conn) */
     bool reading_paused;    /* we told the driver to stop reading it (RPC backpressure) */
     bool stalled;           /* a publisher paused while a subscriber catches up */
-    mp_timer stall;         /* ends the stall */
+    mp_timer stall;         /* checks on the stall */
+    uint64_t stall_on;      /* stalled: the subscriber's connection it waits for */
+    uint64_t stall_since;   /* stalled: when that subscriber last drained enough */
+    size_t stall_mark;      /* stalled: its output_pending then */
+    bool stall_exempt;      /* a subscriber that drained too little while stalling a
+                               publisher: stalls nobody until back under the soft mark */
     bool shedding;          /* over high water: pub/sub deliveries are dropped */
     uint64_t dropped_base;  /* the subscriptions' drop count when shedding began */
     uint64_t shed_drops;    /* of those since, the ones the node dropped as it wrote */

@@ -17,9 +17,19 @@
  *
  * Fast publishers. Before it comes to shedding, a delivery that leaves its
  * subscriber's output past half the mark (io->over_soft_water) stalls the
- * publisher: its reading pauses for MP_NODE_STALL_MS. A subscriber that
- * keeps up, only less quickly than the publisher writes, then slows the
- * publisher down instead of losing messages.
+ * publisher: its reading pauses until that subscriber is back under the
+ * soft mark, checked every MP_NODE_STALL_CHECK_MS. A subscriber that keeps
+ * up, only less quickly than the publisher writes, then slows the
+ * publisher down to its own pace instead of losing messages. The stall is
+ * bounded: a subscriber that drains less than MP_NODE_STALL_MIN_DRAIN
+ * bytes in MP_NODE_STALL_MAX_MS (io->output_pending) is not keeping up,
+ * it is stuck; the publisher goes on, and that subscriber stalls nobody
+ * until it is back under the soft mark (c->stall_exempt): its output
+ * reaches the high-water mark and it is shed, as above. So one stuck
+ * subscriber costs a publisher at most about a second, where the old
+ * fixed stall of 2 ms per delivery let a subscriber that read nothing
+ * slow its publisher to one message per 2 ms until its output was full
+ * (20 000 messages of 1 KiB took 8 s; 100 000 of 16 bytes, 24 s).
  *
  * Queue groups span the cluster. Interest is advertised per (pattern,
  * group) pair, and a client's PUBLISH goes, besides every node with
@@ -35,6 +45,7 @@
 #include "core/topic.h"
 #include "fabric/catalog.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,6 +137,7 @@ void mp_ps_on_writable(mp_node *n, mp_conn *c) {
         return;
     }
     c->shedding = false;
+    c->stall_exempt = false; /* drained under the low-water mark */
     /* The episode's drops: the service counted them all, the node's own
      * included; those went to the transport already. Subscriptions that
      * ended while shedding take their counts with them: never report a
@@ -145,33 +157,76 @@ void mp_ps_on_writable(mp_node *n, mp_conn *c) {
 
 /* --- stalling a fast publisher ---------------------------------------------- */
 
-/* A stall pauses the publisher's reading for this long, at most; a
- * subscriber that stays behind longer goes over high water and is shed. */
-#define MP_NODE_STALL_MS 2
+/* How often a stall looks at its subscriber again. */
+#define MP_NODE_STALL_CHECK_MS 2
+/* A subscriber that drains less than MP_NODE_STALL_MIN_DRAIN bytes of its
+ * output in MP_NODE_STALL_MAX_MS, while a publisher waits for it, is stuck
+ * rather than slow. A second is what nats-server long allowed a stall at
+ * most (stallClientMaxDuration, 1 s before 2.10); it is far longer than a
+ * live subscriber takes to read a little (a scheduling hiccup, a GC pause
+ * of a few hundred ms), and short enough that a publisher whose subscriber
+ * died goes on promptly. 64 KiB a second is a very slow reader. */
+#define MP_NODE_STALL_MAX_MS 1000
+#define MP_NODE_STALL_MIN_DRAIN (64u * 1024u)
 
-/* The delivery just queued left its subscriber past the soft mark: stop
- * reading from the publisher for a moment rather than let the subscriber's
+static size_t mp_ps_pending(mp_node *n, uint64_t conn) {
+    return n->io.output_pending ? n->io.output_pending(n->io.ud, conn) : SIZE_MAX;
+}
+
+/* The delivery just queued left sub past the soft mark: stop reading from
+ * the publisher until sub has drained back under it, rather than let sub's
  * output reach the high-water mark and lose messages (nats-server does the
  * same to a producer that outruns a consumer). */
-static void mp_ps_stall_publisher(mp_node *n) {
+static void mp_ps_stall_publisher(mp_node *n, mp_conn *sub) {
     mp_conn *pub = n->ps_publisher ? mp_conn_get(n, n->ps_publisher) : NULL;
     if (!pub || pub->stalled || pub->state == MP_CONN_CLOSING) {
         return;
     }
-    if (mp_timer_arm(&n->timers, &pub->stall, mp_add_ms(n->now_ms, MP_NODE_STALL_MS))) {
+    if (mp_timer_arm(&n->timers, &pub->stall, mp_add_ms(n->now_ms, MP_NODE_STALL_CHECK_MS))) {
         return; /* no memory for the timer: no stall, shedding still protects */
     }
     pub->stalled = true;
+    pub->stall_on = sub->id;
+    pub->stall_since = n->now_ms;
+    pub->stall_mark = mp_ps_pending(n, sub->id);
     if (!pub->reading_paused) {
         n->io.set_reading(n->io.ud, pub->id, false);
     }
 }
 
+static void mp_ps_stall_end(mp_node *n, mp_conn *pub) {
+    pub->stalled = false;
+    pub->stall_on = 0;
+    if (!pub->reading_paused && pub->state != MP_CONN_CLOSING) {
+        n->io.set_reading(n->io.ud, pub->id, true);
+    }
+}
+
+/* Is the subscriber a stall waits for drained, draining, or stuck? */
 void mp_ps_stall_over(mp_node *n, mp_timer *t) {
-    mp_conn *c = MP_CONTAINER(t, mp_conn, stall);
-    c->stalled = false;
-    if (!c->reading_paused && c->state != MP_CONN_CLOSING) {
-        n->io.set_reading(n->io.ud, c->id, true);
+    mp_conn *pub = MP_CONTAINER(t, mp_conn, stall);
+    mp_conn *sub = mp_conn_get(n, pub->stall_on);
+    if (!sub || sub->state == MP_CONN_CLOSING || sub->shedding || sub->stall_exempt ||
+        !n->io.over_soft_water(n->io.ud, sub->id)) {
+        mp_ps_stall_end(n, pub);
+        return;
+    }
+    size_t pending = mp_ps_pending(n, sub->id);
+    if (pending != SIZE_MAX && pending + MP_NODE_STALL_MIN_DRAIN <= pub->stall_mark) {
+        pub->stall_mark = pending; /* draining: a slow subscriber, not a stuck one */
+        pub->stall_since = n->now_ms;
+    } else if (n->now_ms >= pub->stall_since + MP_NODE_STALL_MAX_MS) {
+        sub->stall_exempt = true;
+        mp_node_log(n, MP_LOG_INFO,
+                    "conn %llu: slow consumer drained under %u bytes in %u ms; it no longer "
+                    "stalls publishers (conn %llu goes on)",
+                    (unsigned long long)sub->id, MP_NODE_STALL_MIN_DRAIN, MP_NODE_STALL_MAX_MS,
+                    (unsigned long long)pub->id);
+        mp_ps_stall_end(n, pub);
+        return;
+    }
+    if (mp_timer_arm(&n->timers, &pub->stall, mp_add_ms(n->now_ms, MP_NODE_STALL_CHECK_MS))) {
+        mp_ps_stall_end(n, pub);
     }
 }
 
@@ -222,7 +277,11 @@ bool mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
     if (n->io.over_high_water(n->io.ud, c->id)) {
         mp_ps_start_shedding(n, c);
     } else if (n->io.over_soft_water && n->io.over_soft_water(n->io.ud, c->id)) {
-        mp_ps_stall_publisher(n);
+        if (!c->stall_exempt) {
+            mp_ps_stall_publisher(n, c);
+        }
+    } else if (c->stall_exempt) {
+        c->stall_exempt = false; /* back under the soft mark */
     }
     return true;
 }

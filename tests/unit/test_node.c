@@ -32,10 +32,11 @@ typedef struct fconn {
     mp_buf out;  /* every frame the node appended */
     size_t read; /* how far the test has read */
     uint32_t commits;
-    bool gone;    /* after on_close: output() is NULL */
-    bool high;    /* over_high_water answer */
-    bool soft;    /* over_soft_water answer */
-    bool reading; /* last set_reading */
+    bool gone;      /* after on_close: output() is NULL */
+    bool high;      /* over_high_water answer */
+    bool soft;      /* over_soft_water answer */
+    size_t pending; /* output_pending answer */
+    bool reading;   /* last set_reading */
     int reading_calls;
     bool closed;
     bool flush;
@@ -73,6 +74,10 @@ static bool f_soft(void *ud, uint64_t conn) {
     fake *f = ud;
     return f->c[conn].soft;
 }
+static size_t f_pending(void *ud, uint64_t conn) {
+    fake *f = ud;
+    return f->c[conn].pending;
+}
 static void f_set_reading(void *ud, uint64_t conn, bool reading) {
     fake *f = ud;
     f->c[conn].reading = reading;
@@ -102,6 +107,7 @@ static const mp_node_io IO = {
     .over_high_water = f_high,
     .set_reading = f_set_reading,
     .over_soft_water = f_soft,
+    .output_pending = f_pending,
     .close = f_close,
     .count_drop = f_count_drop,
     .log = f_log,
@@ -1658,8 +1664,9 @@ Test(node, pubsub_stalls_a_publisher_that_outruns_a_subscriber) {
     uint64_t p = client();
     int calls = F.c[p].reading_calls;
     /* Past the soft mark the message still goes out, and the publisher
-     * stops being read for a moment instead of the subscriber being shed. */
+     * stops being read instead of the subscriber being shed. */
     F.c[s].soft = true;
+    F.c[s].pending = 5u << 20;
     publish(p, "x", "1");
     expect_deliver(s, "x", "1", false);
     cr_assert_eq(F.c[p].reading_calls, calls + 1);
@@ -1668,11 +1675,63 @@ Test(node, pubsub_stalls_a_publisher_that_outruns_a_subscriber) {
     expect_deliver(s, "x", "2", false);
     cr_assert_eq(F.c[p].reading_calls, calls + 1);
     cr_assert_eq(F.c[s].drops, 0);
-    /* The stall ends on its own, however far behind the subscriber is. */
+    /* The stall lasts while the subscriber is still past the mark and
+     * draining (here 64 KiB every 100 ms), not a fixed moment: a publisher
+     * let go early would only fill the subscriber up to the point where it
+     * is shed. */
+    for (int ms = 0; ms < 3000; ms += 2) {
+        advance(2);
+        if (ms % 100 == 0) {
+            F.c[s].pending -= 64u * 1024u;
+        }
+        cr_assert_not(F.c[p].reading, "the stall ended at %d ms, the subscriber still behind", ms);
+    }
+    cr_assert_eq(F.c[p].reading_calls, calls + 1);
+    /* Back under the mark: the publisher is read again. */
+    F.c[s].soft = false;
     advance(2);
     cr_assert_eq(F.c[p].reading_calls, calls + 2);
     cr_assert(F.c[p].reading);
     cr_assert_eq(mp_node_next_wakeup(F.node), UINT64_MAX);
+    cr_assert_eq(F.c[s].drops, 0);
+}
+
+Test(node, pubsub_a_stuck_subscriber_stalls_a_publisher_for_a_second_at_most) {
+    uint64_t s = client();
+    subscribe(s, "{\"patterns\": [\"x\"], \"tag\": \"t\"}");
+    uint64_t p = client();
+    int calls = F.c[p].reading_calls;
+    F.c[s].soft = true;
+    F.c[s].pending = 5u << 20; /* and it never drains */
+    publish(p, "x", "1");
+    expect_deliver(s, "x", "1", false);
+    cr_assert_not(F.c[p].reading);
+    uint64_t t0 = F.now;
+    while (!F.c[p].reading) {
+        advance(2);
+        cr_assert_leq(F.now - t0, 1010, "the stall outlasted its bound");
+    }
+    cr_assert_geq(F.now - t0, 1000, "released after %llu ms, before the bound",
+                  (unsigned long long)(F.now - t0));
+    cr_assert_eq(F.c[p].reading_calls, calls + 2);
+    /* It stalls nobody now: its output fills at the publisher's pace (and
+     * is shed at high water, as ever). */
+    publish(p, "x", "2");
+    expect_deliver(s, "x", "2", false);
+    cr_assert(F.c[p].reading);
+    cr_assert_eq(F.c[p].reading_calls, calls + 2);
+    /* Back under the soft mark it is a subscriber like any other. */
+    F.c[s].soft = false;
+    publish(p, "x", "3");
+    expect_deliver(s, "x", "3", false);
+    F.c[s].soft = true;
+    publish(p, "x", "4");
+    expect_deliver(s, "x", "4", false);
+    cr_assert_not(F.c[p].reading, "stalled again");
+    /* A subscriber that goes away ends the stall at the next look. */
+    mp_node_on_close(F.node, s, MPREG_E_CLOSED, F.now);
+    advance(2);
+    cr_assert(F.c[p].reading);
 }
 
 Test(node, pubsub_goes_over_high_water_while_delivering) {
