@@ -25,7 +25,8 @@
  * bytes in MP_NODE_STALL_MAX_MS (io->output_pending) is not keeping up,
  * it is stuck; the publisher goes on, and that subscriber stalls nobody
  * until it is back under the soft mark (c->stall_exempt): its output
- * reaches the high-water mark and it is shed, as above. So one stuck
+ * reaches the high-water mark and it is shed, as above. A peer link is
+ * paused for one look only (it carries more than publishes). So one stuck
  * subscriber costs a publisher at most about a second, where the old
  * fixed stall of 2 ms per delivery let a subscriber that read nothing
  * slow its publisher to one message per 2 ms until its output was full
@@ -202,12 +203,16 @@ static void mp_ps_stall_end(mp_node *n, mp_conn *pub) {
     }
 }
 
-/* Is the subscriber a stall waits for drained, draining, or stuck? */
+/* Is the subscriber a stall waits for drained, draining, or stuck? A peer
+ * link is only ever paused for one look: it carries the other node's
+ * gossip and RPC as well as its publishes, which must not wait a second
+ * for one subscriber here (nats-server stalls client producers only, never
+ * its routes). */
 void mp_ps_stall_over(mp_node *n, mp_timer *t) {
     mp_conn *pub = MP_CONTAINER(t, mp_conn, stall);
     mp_conn *sub = mp_conn_get(n, pub->stall_on);
-    if (!sub || sub->state == MP_CONN_CLOSING || sub->shedding || sub->stall_exempt ||
-        !n->io.over_soft_water(n->io.ud, sub->id)) {
+    if (pub->role == MP_ROLE_PEER || !sub || sub->state == MP_CONN_CLOSING || sub->shedding ||
+        sub->stall_exempt || !n->io.over_soft_water(n->io.ud, sub->id)) {
         mp_ps_stall_end(n, pub);
         return;
     }

@@ -1817,6 +1817,21 @@ static uint64_t peer_as(const char *node) {
     return c;
 }
 
+/* A peer link carries the other node's gossip and RPC too: a subscriber
+ * here that is behind pauses it for one look (2 ms), not until it drains. */
+Test(node, pubsub_a_peer_link_is_stalled_for_a_moment_only) {
+    uint64_t s = client();
+    subscribe(s, "{\"patterns\": [\"x\"], \"tag\": \"t\"}");
+    uint64_t peer = peer_as("n2");
+    F.c[s].soft = true;
+    F.c[s].pending = 5u << 20;
+    publish(peer, "x", "1");
+    expect_deliver(s, "x", "1", false);
+    cr_assert_not(F.c[peer].reading);
+    advance(2);
+    cr_assert(F.c[peer].reading, "the peer link waited for the subscriber");
+}
+
 static void remote_group_entry(const char *node, const char *pattern, const char *group) {
     mp_entry e;
     cr_assert_eq(mp_entry_topic_group(&e, node, "c1", pattern, group), MPREG_OK);
