@@ -188,13 +188,15 @@ typedef struct mp_conn {
     bool stalled;           /* a publisher paused while a subscriber catches up */
     mp_timer stall;         /* checks on the stall */
     uint64_t stall_on;      /* stalled: the subscriber's connection it waits for */
-    uint64_t stall_since;   /* stalled: when that subscriber last drained enough */
-    size_t stall_mark;      /* stalled: its output_pending then */
-    bool stall_exempt;      /* a subscriber that drained too little while stalling a
-                               publisher: stalls nobody until back under the soft mark */
-    bool shedding;          /* over high water: pub/sub deliveries are dropped */
-    uint64_t dropped_base;  /* the subscriptions' drop count when shedding began */
-    uint64_t shed_drops;    /* of those since, the ones the node dropped as it wrote */
+    /* As a subscriber past the soft mark (node_pubsub.c, "Fast publishers"). */
+    bool behind;           /* past the soft mark since behind_since */
+    uint64_t behind_since; /* ... or since it last drained MP_NODE_STALL_MIN_DRAIN */
+    size_t behind_mark;    /* its output_pending then */
+    bool stall_exempt;     /* stuck (drained too little for too long): stalls nobody
+                              until it is back under the soft mark */
+    bool shedding;         /* over high water: pub/sub deliveries are dropped */
+    uint64_t dropped_base; /* the subscriptions' drop count when shedding began */
+    uint64_t shed_drops;   /* of those since, the ones the node dropped as it wrote */
     /* Peer links (node_cluster.c). */
     char *peer_id;     /* the member at the other end; NULL until known */
     bool outbound;     /* this node dialed it (and sent the HELLO) */

@@ -21,13 +21,15 @@
  * soft mark, checked every MP_NODE_STALL_CHECK_MS. A subscriber that keeps
  * up, only less quickly than the publisher writes, then slows the
  * publisher down to its own pace instead of losing messages. The stall is
- * bounded: a subscriber that drains less than MP_NODE_STALL_MIN_DRAIN
- * bytes in MP_NODE_STALL_MAX_MS (io->output_pending) is not keeping up,
- * it is stuck; the publisher goes on, and that subscriber stalls nobody
- * until it is back under the soft mark (c->stall_exempt): its output
- * reaches the high-water mark and it is shed, as above. A peer link is
- * paused for one look only (it carries more than publishes). So one stuck
- * subscriber costs a publisher at most about a second, where the old
+ * bounded: a subscriber that has been past the soft mark for
+ * MP_NODE_STALL_MAX_MS without draining MP_NODE_STALL_MIN_DRAIN bytes
+ * (io->output_pending) is not keeping up, it is stuck; the publisher goes
+ * on, and that subscriber stalls nobody until it is back under the soft
+ * mark (c->stall_exempt): its output reaches the high-water mark and it is
+ * shed, as above. The clock is the subscriber's, not the stall's, so that
+ * many subscribers stuck at once cost a publisher one bound, not one each.
+ * A peer link is paused for one look only (it carries more than
+ * publishes). So stuck subscribers cost a publisher about a second, where the old
  * fixed stall of 2 ms per delivery let a subscriber that read nothing
  * slow its publisher to one message per 2 ms until its output was full
  * (20 000 messages of 1 KiB took 8 s; 100 000 of 16 bytes, 24 s).
@@ -133,12 +135,19 @@ static bool mp_ps_dropped(mp_node *n, mp_conn *c) {
     return false;
 }
 
+/* sub is back under the soft mark (or drained after shedding): a subscriber like
+ * any other again. */
+static void mp_ps_caught_up(mp_conn *sub) {
+    sub->behind = false;
+    sub->stall_exempt = false;
+}
+
 void mp_ps_on_writable(mp_node *n, mp_conn *c) {
     if (!c->shedding) {
         return;
     }
     c->shedding = false;
-    c->stall_exempt = false; /* drained under the low-water mark */
+    mp_ps_caught_up(c); /* drained under the low-water mark */
     /* The episode's drops: the service counted them all, the node's own
      * included; those went to the transport already. Subscriptions that
      * ended while shedding take their counts with them: never report a
@@ -174,11 +183,41 @@ static size_t mp_ps_pending(mp_node *n, uint64_t conn) {
     return n->io.output_pending ? n->io.output_pending(n->io.ud, conn) : SIZE_MAX;
 }
 
+/* sub is past the soft mark. Keeps its record of how long it has been and
+ * what it drained; true when it is stuck: past the mark for
+ * MP_NODE_STALL_MAX_MS without draining MP_NODE_STALL_MIN_DRAIN bytes
+ * (then it stalls nobody until it is back under the mark). */
+static bool mp_ps_stuck(mp_node *n, mp_conn *sub) {
+    if (sub->stall_exempt) {
+        return true;
+    }
+    size_t pending = mp_ps_pending(n, sub->id);
+    if (!sub->behind ||
+        (pending != SIZE_MAX && pending + MP_NODE_STALL_MIN_DRAIN <= sub->behind_mark)) {
+        sub->behind = true; /* just fell behind, or draining: slow, not stuck */
+        sub->behind_since = n->now_ms;
+        sub->behind_mark = pending;
+        return false;
+    }
+    if (n->now_ms < sub->behind_since + MP_NODE_STALL_MAX_MS) {
+        return false;
+    }
+    sub->stall_exempt = true;
+    mp_node_log(n, MP_LOG_INFO,
+                "conn %llu: slow consumer drained under %u bytes in %u ms; it stalls no "
+                "publisher until it catches up",
+                (unsigned long long)sub->id, MP_NODE_STALL_MIN_DRAIN, MP_NODE_STALL_MAX_MS);
+    return true;
+}
+
 /* The delivery just queued left sub past the soft mark: stop reading from
  * the publisher until sub has drained back under it, rather than let sub's
  * output reach the high-water mark and lose messages (nats-server does the
- * same to a producer that outruns a consumer). */
+ * same to a producer that outruns a consumer). Not for a stuck sub. */
 static void mp_ps_stall_publisher(mp_node *n, mp_conn *sub) {
+    if (mp_ps_stuck(n, sub)) { /* first: its record starts at once, stall or not */
+        return;
+    }
     mp_conn *pub = n->ps_publisher ? mp_conn_get(n, n->ps_publisher) : NULL;
     if (!pub || pub->stalled || pub->state == MP_CONN_CLOSING) {
         return;
@@ -188,8 +227,6 @@ static void mp_ps_stall_publisher(mp_node *n, mp_conn *sub) {
     }
     pub->stalled = true;
     pub->stall_on = sub->id;
-    pub->stall_since = n->now_ms;
-    pub->stall_mark = mp_ps_pending(n, sub->id);
     if (!pub->reading_paused) {
         n->io.set_reading(n->io.ud, pub->id, false);
     }
@@ -211,26 +248,13 @@ static void mp_ps_stall_end(mp_node *n, mp_conn *pub) {
 void mp_ps_stall_over(mp_node *n, mp_timer *t) {
     mp_conn *pub = MP_CONTAINER(t, mp_conn, stall);
     mp_conn *sub = mp_conn_get(n, pub->stall_on);
+    if (sub && sub->state != MP_CONN_CLOSING && !sub->shedding &&
+        !n->io.over_soft_water(n->io.ud, sub->id)) {
+        mp_ps_caught_up(sub);
+    }
     if (pub->role == MP_ROLE_PEER || !sub || sub->state == MP_CONN_CLOSING || sub->shedding ||
-        sub->stall_exempt || !n->io.over_soft_water(n->io.ud, sub->id)) {
-        mp_ps_stall_end(n, pub);
-        return;
-    }
-    size_t pending = mp_ps_pending(n, sub->id);
-    if (pending != SIZE_MAX && pending + MP_NODE_STALL_MIN_DRAIN <= pub->stall_mark) {
-        pub->stall_mark = pending; /* draining: a slow subscriber, not a stuck one */
-        pub->stall_since = n->now_ms;
-    } else if (n->now_ms >= pub->stall_since + MP_NODE_STALL_MAX_MS) {
-        sub->stall_exempt = true;
-        mp_node_log(n, MP_LOG_INFO,
-                    "conn %llu: slow consumer drained under %u bytes in %u ms; it no longer "
-                    "stalls publishers (conn %llu goes on)",
-                    (unsigned long long)sub->id, MP_NODE_STALL_MIN_DRAIN, MP_NODE_STALL_MAX_MS,
-                    (unsigned long long)pub->id);
-        mp_ps_stall_end(n, pub);
-        return;
-    }
-    if (mp_timer_arm(&n->timers, &pub->stall, mp_add_ms(n->now_ms, MP_NODE_STALL_CHECK_MS))) {
+        !sub->behind || mp_ps_stuck(n, sub) ||
+        mp_timer_arm(&n->timers, &pub->stall, mp_add_ms(n->now_ms, MP_NODE_STALL_CHECK_MS))) {
         mp_ps_stall_end(n, pub);
     }
 }
@@ -282,11 +306,9 @@ bool mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
     if (n->io.over_high_water(n->io.ud, c->id)) {
         mp_ps_start_shedding(n, c);
     } else if (n->io.over_soft_water && n->io.over_soft_water(n->io.ud, c->id)) {
-        if (!c->stall_exempt) {
-            mp_ps_stall_publisher(n, c);
-        }
-    } else if (c->stall_exempt) {
-        c->stall_exempt = false; /* back under the soft mark */
+        mp_ps_stall_publisher(n, c);
+    } else if (c->behind) {
+        mp_ps_caught_up(c); /* back under the soft mark */
     }
     return true;
 }

@@ -1817,6 +1817,32 @@ static uint64_t peer_as(const char *node) {
     return c;
 }
 
+/* Many subscribers stuck at once cost a publisher one bound, not one each:
+ * the clock is each subscriber's, started when it fell behind. */
+Test(node, pubsub_stuck_subscribers_together_stall_a_publisher_for_a_second) {
+    enum { K = 4 };
+    uint64_t subs[K];
+    for (int i = 0; i < K; i++) {
+        subs[i] = client();
+        subscribe(subs[i], "{\"patterns\": [\"x\"], \"tag\": \"t\"}");
+        F.c[subs[i]].soft = true;
+        F.c[subs[i]].pending = 5u << 20;
+    }
+    uint64_t p = client();
+    uint64_t t0 = F.now;
+    for (int m = 0; m < 10; m++) {
+        publish(p, "x", "m");
+        while (!F.c[p].reading) {
+            advance(2);
+        }
+    }
+    cr_assert_leq(F.now - t0, 1100, "%d stuck subscribers held the publisher %llu ms", K,
+                  (unsigned long long)(F.now - t0));
+    for (int i = 0; i < K; i++) {
+        cr_assert_eq(pending(subs[i]), 10, "every message still went to subscriber %d", i);
+    }
+}
+
 /* A peer link carries the other node's gossip and RPC too: a subscriber
  * here that is behind pauses it for one look (2 ms), not until it drains. */
 Test(node, pubsub_a_peer_link_is_stalled_for_a_moment_only) {
