@@ -169,10 +169,11 @@ void mp_ps_on_writable(mp_node *n, mp_conn *c) {
 
 /* How often a stall looks at its subscriber again. */
 #define MP_NODE_STALL_CHECK_MS 2
-/* A subscriber that drains less than MP_NODE_STALL_MIN_DRAIN bytes of its
- * output in MP_NODE_STALL_MAX_MS, while a publisher waits for it, is stuck
- * rather than slow. A second is what nats-server long allowed a stall at
- * most (stallClientMaxDuration, 1 s before 2.10); it is far longer than a
+/* A subscriber past the soft mark that drains less than
+ * MP_NODE_STALL_MIN_DRAIN bytes of its output in MP_NODE_STALL_MAX_MS is
+ * stuck rather than slow. A second is what older nats-server releases
+ * allowed a stall at most (stallClientMaxDuration; recent ones stall 2 to
+ * 5 ms at a time, 10 ms per read, and then shed); it is far longer than a
  * live subscriber takes to read a little (a scheduling hiccup, a GC pause
  * of a few hundred ms), and short enough that a publisher whose subscriber
  * died goes on promptly. 64 KiB a second is a very slow reader. */
