@@ -3,6 +3,11 @@
  *   mpreg-bench pubsub COUNT SIZE     one publisher -> one subscriber
  *   mpreg-bench fanout COUNT SIZE K   one publisher -> K subscribers
  *   mpreg-bench reqrep COUNT SIZE     sequential RPC to a function of a worker
+ *   mpreg-bench slowsub COUNT SIZE EVERY US
+ *                                     pubsub with a subscriber that sleeps US
+ *                                     microseconds every EVERY deliveries (one
+ *                                     that keeps up, only less quickly: PROTOCOL
+ *                                     §9.6); received= says what it lost
  *
  * It mirrors peers/nats_raw_bench.c: a lean load generator speaking the
  * native protocol over plain sockets (the project's frame and envelope codec,
@@ -241,7 +246,12 @@ typedef struct bench_sub_rx {
     long got;
     double first;
     mp_envelope env;
+    long sleep_every; /* slowsub: sleep sleep_us every sleep_every deliveries */
+    long sleep_us;
 } bench_sub_rx;
+
+/* slowsub's pace, set from the command line before the subscriber forks. */
+static long g_sleep_every, g_sleep_us;
 
 /* The kind of an envelope as every encoder writes it: a map whose first
  * entries are field 1 (version 1) and field 2 (kind), kind < 128. Like
@@ -273,6 +283,9 @@ static int on_deliver(void *ud, const uint8_t *frame, size_t len) {
             rx->first = now_s();
         }
         rx->got++;
+        if (rx->sleep_every > 0 && rx->got % rx->sleep_every == 0) {
+            usleep((useconds_t)rx->sleep_us);
+        }
     }
     return 0;
 }
@@ -297,7 +310,7 @@ static void run_subscriber(int port, long count, int ready_fd, int report_fd) {
     if (write(ready_fd, &one, 1) != 1) {
         die("ready");
     }
-    bench_sub_rx rx = {0};
+    bench_sub_rx rx = {.sleep_every = g_sleep_every, .sleep_us = g_sleep_us};
     double last = 0;
     while (rx.got < count) {
         int r = conn_pump(&c, rx.got ? BENCH_IDLE_MS : BENCH_FIRST_MS, on_deliver, &rx);
@@ -701,7 +714,10 @@ static void node_stop(bench_node *nd) {
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s pubsub|fanout|reqrep COUNT SIZE [K]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s pubsub|fanout|reqrep COUNT SIZE [K]\n"
+                "       %s slowsub COUNT SIZE EVERY US\n",
+                argv[0], argv[0]);
         return 2;
     }
     const char *mode = argv[1];
@@ -709,6 +725,16 @@ int main(int argc, char **argv) {
     int size = atoi(argv[3]);
     int k = argc > 4 ? atoi(argv[4]) : 1;
     bool pubsub = !strcmp(mode, "pubsub"), fanout = !strcmp(mode, "fanout");
+    if (!strcmp(mode, "slowsub")) {
+        pubsub = true;
+        g_sleep_every = k;
+        g_sleep_us = argc > 5 ? atol(argv[5]) : -1;
+        k = 1;
+        if (g_sleep_every < 1 || g_sleep_us < 0) {
+            fprintf(stderr, "mpreg-bench: slowsub needs EVERY >= 1 and US >= 0\n");
+            return 2;
+        }
+    }
     if ((!pubsub && !fanout && strcmp(mode, "reqrep")) || count <= 0 || size < 0 || k < 1 ||
         k > BENCH_MAX_SUBS) {
         fprintf(stderr, "mpreg-bench: bad arguments\n");

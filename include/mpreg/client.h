@@ -129,6 +129,13 @@ typedef struct mpreg_message {
     uint64_t subscription; /* the id mpreg_subscribe returned */
     bool replay;           /* from the node's retention, not live */
     char id[33];           /* the message id, 32 hex digits */
+    /* Messages of this subscription that were dropped before this one and
+     * after the previous one it received: 0 normally. The node drops
+     * messages for a subscriber that does not keep up (a slow consumer,
+     * docs/PROTOCOL.md 9.6) and says how many on the next message it
+     * delivers; the blocking client adds the ones it dropped itself (see
+     * max_queued_bytes). Nothing is dropped in silence. */
+    uint64_t missed;
 } mpreg_message;
 
 typedef void (*mpreg_message_cb)(const mpreg_message *msg, void *ud);
@@ -256,7 +263,8 @@ const char *mpreg_client_cluster(const mpreg_client *c);
 /* The socket, for applications that multiplex it with their own poll():
  * when it is readable, call mpreg_poll(c, 0). -1 once closed. */
 int mpreg_client_fd(const mpreg_client *c);
-/* Deliveries dropped because more than max_queued_bytes were waiting. */
+/* Deliveries dropped because more than max_queued_bytes were waiting (each
+ * is also counted in the `missed` of its subscription's next message). */
 uint64_t mpreg_client_dropped(const mpreg_client *c);
 
 /* ==== asynchronous client on a libuv loop ==================================== */

@@ -136,7 +136,10 @@ static const char *const usage_sub =
     "and prints each message on its own line, as a JSON object:\n"
     "  {\"topic\": ..., \"data\": ..., \"subscription\": N}\n"
     "data is a string when the bytes are UTF-8, else {\"$bin\": \"<base64>\"};\n"
-    "replayed messages carry \"replay\": true.\n"
+    "replayed messages carry \"replay\": true. When the node dropped messages\n"
+    "for this subscriber because it did not keep up (a slow consumer), the\n"
+    "next message carries \"missed\": N, the number lost just before it, and\n"
+    "stderr says so; at exit stderr gives the total missed, if any.\n"
     "\n"
     "options:\n"
     "  --count N             exit after N messages\n"
@@ -757,6 +760,8 @@ static int cmd_pub(const cli *c, mpreg_client *client) {
 typedef struct sub_state {
     const cli *c;
     uint64_t seen;
+    uint64_t sub_id;
+    uint64_t missed; /* in all: messages the node (or the client) dropped for us */
     int status;
 } sub_state;
 
@@ -771,6 +776,13 @@ static void on_message(const mpreg_message *msg, void *ud) {
     sub_state *s = ud;
     if (s->c->count && s->seen >= s->c->count) {
         return; /* the rest of a batch that arrived together */
+    }
+    if (msg->missed) {
+        /* Said on stderr, in JSON mode too: stdout stays one message per
+         * line, and that line carries "missed" for scripts. */
+        s->missed += msg->missed;
+        fprintf(stderr, "mpreg: subscription %llu missed %llu messages (slow consumer)\n",
+                (unsigned long long)msg->subscription, (unsigned long long)msg->missed);
     }
     mpreg_value v;
     if (mp_client_message_value(msg, &v) != MPREG_OK) {
@@ -789,23 +801,11 @@ static bool sub_done(const sub_state *s) {
     return s->status != 0 || interrupted || (s->c->count && s->seen >= s->c->count);
 }
 
-static int cmd_sub(const cli *c, mpreg_client *client) {
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal; /* no SA_RESTART: poll() returns at once */
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sub_state s = {.c = c};
-    mpreg_subscribe_options o = {.group = c->group,
-                                 .replay_last = c->replay_last,
-                                 .has_replay_since = c->has_replay_since,
-                                 .replay_since_ms = c->replay_since};
+/* cmd_sub's receiving, until done: its exit status. */
+static int sub_loop(const cli *c, mpreg_client *client, sub_state *s) {
     mpreg_error err = {0};
-    mpreg_err rc = mpreg_subscribe_ex(client, c->pos, c->npos, &o, on_message, &s, NULL, &err);
-    if (rc != MPREG_OK) {
-        return fail(&err);
-    }
     uint64_t deadline = c->has_timeout ? mp_client_mono_ms() + c->timeout_ms : 0;
-    while (!sub_done(&s)) {
+    while (!sub_done(s)) {
         int slice = 250; /* wake up now and then to notice signals */
         if (deadline) {
             uint64_t now = mp_client_mono_ms();
@@ -824,15 +824,39 @@ static int cmd_sub(const cli *c, mpreg_client *client) {
             return err.code ? fail(&err) : fail_msg(MPREG_E_CLOSED, "connection closed");
         }
     }
-    if (s.status != 0) {
-        return s.status;
+    if (s->status != 0) {
+        return s->status;
     }
-    if (c->count && s.seen < c->count && !interrupted) {
+    if (c->count && s->seen < c->count && !interrupted) {
         return fail_msg(MPREG_E_TIMEOUT, "%llu of %llu messages within %u ms",
-                        (unsigned long long)s.seen, (unsigned long long)c->count,
+                        (unsigned long long)s->seen, (unsigned long long)c->count,
                         (unsigned)c->timeout_ms);
     }
     return 0;
+}
+
+static int cmd_sub(const cli *c, mpreg_client *client) {
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal; /* no SA_RESTART: poll() returns at once */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sub_state s = {.c = c};
+    mpreg_subscribe_options o = {.group = c->group,
+                                 .replay_last = c->replay_last,
+                                 .has_replay_since = c->has_replay_since,
+                                 .replay_since_ms = c->replay_since};
+    mpreg_error err = {0};
+    mpreg_err rc = mpreg_subscribe_ex(client, c->pos, c->npos, &o, on_message, &s, &s.sub_id, &err);
+    if (rc != MPREG_OK) {
+        return fail(&err);
+    }
+    int status = sub_loop(c, client, &s);
+    /* However it ends: what was lost, in all, is the last word. */
+    if (s.missed) {
+        fprintf(stderr, "mpreg: subscription %llu missed %llu messages in all (slow consumer)\n",
+                (unsigned long long)s.sub_id, (unsigned long long)s.missed);
+    }
+    return status;
 }
 
 static int cmd_status(const cli *c, mpreg_client *client) {

@@ -73,11 +73,19 @@ typedef struct mp_node_io {
     void (*set_reading)(void *ud, uint64_t conn, bool reading);
     /* Optional: true when the connection's pending output is past half its
      * high-water mark. A publish whose delivery leaves a subscriber there
-     * stalls the publisher (its reading pauses for MP_NODE_STALL_MS), as
-     * nats-server stalls a fast producer, so that a subscriber that keeps
-     * up, only less quickly, is slowed down to rather than shed. Shedding
-     * at the high-water mark is unchanged. NULL = never stall. */
+     * stalls the publisher (its reading pauses until the subscriber is back
+     * under that mark), as nats-server stalls a fast producer, so that a
+     * subscriber that keeps up, only less quickly, slows the publisher down
+     * rather than being shed. A subscriber that drains too little for too
+     * long stalls nobody any more (node_pubsub.c). Shedding at the
+     * high-water mark is unchanged. NULL = never stall. */
     bool (*over_soft_water)(void *ud, uint64_t conn);
+    /* Optional: the bytes of the connection's output not yet taken by the
+     * kernel, as exactly as the driver knows (a write in progress counts
+     * what is left of it): how the node sees a stalled-for subscriber
+     * drain. NULL = the node cannot see it, and a stall on a subscriber
+     * still over the soft mark lasts its whole bound. */
+    size_t (*output_pending)(void *ud, uint64_t conn);
     /* Closes the connection; with flush_first its pending output goes first.
      * The driver later reports mp_node_on_close. */
     void (*close)(void *ud, uint64_t conn, bool flush_first, mpreg_err reason);

@@ -129,11 +129,10 @@ mpreg_err mp_node_status(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
     err = mp_set(err, &counters, "rpc_requests", mp_uint_value(n->counters.rpc_requests));
     err = mp_set(err, &counters, "rpc_errors", mp_uint_value(n->counters.rpc_errors));
     err = mp_set(err, &counters, "published", mp_uint_value(n->counters.published));
-    /* The service counts a delivery when it hands it to the node, which
-     * may still shed it: those are drops, not deliveries. */
-    uint64_t delivered = ps.delivered > n->counters.shed ? ps.delivered - n->counters.shed : 0;
-    err = mp_set(err, &counters, "delivered", mp_uint_value(delivered));
-    err = mp_set(err, &counters, "dropped", mp_uint_value(ps.dropped + n->counters.shed));
+    /* The service counts what the node sheds as it writes as dropped (the
+     * deliver hook says so), not delivered. */
+    err = mp_set(err, &counters, "delivered", mp_uint_value(ps.delivered));
+    err = mp_set(err, &counters, "dropped", mp_uint_value(ps.dropped));
     err = mp_set(err, &counters, "unreachable", mp_uint_value(n->counters.unreachable));
     err = mp_set(err, &counters, "frame_errors", mp_uint_value(n->counters.frame_errors));
     err = mp_set(err, &counters, "overflow_closes", mp_uint_value(n->counters.overflow_closes));

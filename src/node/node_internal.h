@@ -192,10 +192,17 @@ typedef struct mp_conn {
     uint32_t pattern_count; /* over its subscriptions (limits.patterns_per_conn) */
     bool reading_paused;    /* we told the driver to stop reading it (RPC backpressure) */
     bool stalled;           /* a publisher paused while a subscriber catches up */
-    mp_timer stall;         /* ends the stall */
-    bool shedding;          /* over high water: pub/sub deliveries are dropped */
-    uint64_t dropped_base;  /* the subscriptions' drop count when shedding began */
-    uint64_t shed_drops;    /* deliveries the node itself dropped while shedding */
+    mp_timer stall;         /* checks on the stall */
+    uint64_t stall_on;      /* stalled: the subscriber's connection it waits for */
+    /* As a subscriber past the soft mark (node_pubsub.c, "Fast publishers"). */
+    bool behind;           /* past the soft mark since behind_since */
+    uint64_t behind_since; /* ... or since it last drained MP_NODE_STALL_MIN_DRAIN */
+    size_t behind_mark;    /* its output_pending then */
+    bool stall_exempt;     /* stuck (drained too little for too long): stalls nobody
+                              until it is back under the soft mark */
+    bool shedding;         /* over high water: pub/sub deliveries are dropped */
+    uint64_t dropped_base; /* the subscriptions' drop count when shedding began */
+    uint64_t shed_drops;   /* of those since, the ones the node dropped as it wrote */
     /* Peer links (node_cluster.c). */
     char *peer_id;     /* the member at the other end; NULL until known */
     bool refused;      /* outbound: the peer answered our HELLO with an ERROR (logged) */
@@ -328,7 +335,7 @@ void mp_ps_on_writable(mp_node *n, mp_conn *c);
 /* A publisher's stall (node_pubsub.c) is over: it reads again. */
 void mp_ps_stall_over(mp_node *n, mp_timer *t);
 void mp_ps_conn_drop(mp_node *n, mp_conn *c);
-void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d);
+bool mp_ps_deliver(void *ud, const mp_pubsub_delivery *d);
 void mp_ps_interest(void *ud, mp_str pattern, mp_str group, bool added);
 
 /* --- clustering (node_cluster.c) ------------------------------------------- */
@@ -376,7 +383,6 @@ typedef struct mp_node_counters {
     uint64_t rpc_requests;    /* RPC_REQUESTs accepted */
     uint64_t rpc_errors;      /* RPC_REPLYs that carried an error */
     uint64_t published;       /* PUBLISHes accepted (routed, not refused) */
-    uint64_t shed;            /* deliveries the node dropped itself (slow consumers) */
     uint64_t unreachable;     /* sends to other nodes that had no connection */
     uint64_t frame_errors;    /* ERRORs sent for bad frames */
     uint64_t overflow_closes; /* connections closed with answers owed and output full */

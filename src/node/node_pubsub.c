@@ -17,9 +17,22 @@
  *
  * Fast publishers. Before it comes to shedding, a delivery that leaves its
  * subscriber's output past half the mark (io->over_soft_water) stalls the
- * publisher: its reading pauses for MP_NODE_STALL_MS. A subscriber that
- * keeps up, only less quickly than the publisher writes, then slows the
- * publisher down instead of losing messages.
+ * publisher: its reading pauses until that subscriber is back under the
+ * soft mark, checked every MP_NODE_STALL_CHECK_MS. A subscriber that keeps
+ * up, only less quickly than the publisher writes, then slows the
+ * publisher down to its own pace instead of losing messages. The stall is
+ * bounded: a subscriber that has been past the soft mark for
+ * MP_NODE_STALL_MAX_MS without draining MP_NODE_STALL_MIN_DRAIN bytes
+ * (io->output_pending) is not keeping up, it is stuck; the publisher goes
+ * on, and that subscriber stalls nobody until it is back under the soft
+ * mark (c->stall_exempt): its output reaches the high-water mark and it is
+ * shed, as above. The clock is the subscriber's, not the stall's, so that
+ * many subscribers stuck at once cost a publisher one bound, not one each.
+ * A peer link is paused for one look only (it carries more than
+ * publishes). So stuck subscribers cost a publisher about a second, where the old
+ * fixed stall of 2 ms per delivery let a subscriber that read nothing
+ * slow its publisher to one message per 2 ms until its output was full
+ * (20 000 messages of 1 KiB took 8 s; 100 000 of 16 bytes, 24 s).
  *
  * Queue groups span the cluster. Interest is advertised per (pattern,
  * group) pair, and a client's PUBLISH goes, besides every node with
@@ -35,6 +48,7 @@
 #include "core/topic.h"
 #include "fabric/catalog.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,12 +121,25 @@ static void mp_ps_flush_shedding(mp_node *n) {
     n->shed_len = 0;
 }
 
-static void mp_ps_count_drop(mp_node *n, mp_conn *c) {
-    c->shed_drops++;
-    n->counters.shed++;
+/* A delivery the node itself did not make (c full while it wrote, or the
+ * frame not written): the deliver hook says so and the service counts it
+ * as dropped, for its subscription (and the "missed" of its next DELIVER).
+ * The transport's stats hear of it at once. Returns false, for the hook. */
+static bool mp_ps_dropped(mp_node *n, mp_conn *c) {
+    if (c->shedding) {
+        c->shed_drops++;
+    }
     if (n->io.count_drop) {
         n->io.count_drop(n->io.ud, c->id, 1);
     }
+    return false;
+}
+
+/* sub is back under the soft mark (or drained after shedding): a subscriber like
+ * any other again. */
+static void mp_ps_caught_up(mp_conn *sub) {
+    sub->behind = false;
+    sub->stall_exempt = false;
 }
 
 void mp_ps_on_writable(mp_node *n, mp_conn *c) {
@@ -120,48 +147,116 @@ void mp_ps_on_writable(mp_node *n, mp_conn *c) {
         return;
     }
     c->shedding = false;
-    /* Subscriptions that ended while shedding take their counts with
-     * them: never report a negative episode. */
+    mp_ps_caught_up(c); /* drained under the low-water mark */
+    /* The episode's drops: the service counted them all, the node's own
+     * included; those went to the transport already. Subscriptions that
+     * ended while shedding take their counts with them: never report a
+     * negative episode. */
     uint64_t now_dropped = mp_conn_subs_dropped(n, c);
     uint64_t dropped = now_dropped > c->dropped_base ? now_dropped - c->dropped_base : 0;
+    uint64_t unreported = dropped > c->shed_drops ? dropped - c->shed_drops : 0;
     mp_pubsub_set_accepting(n->pubsub, c->id, true);
-    if (dropped && n->io.count_drop) {
-        n->io.count_drop(n->io.ud, c->id, dropped > UINT32_MAX ? UINT32_MAX : (uint32_t)dropped);
+    if (unreported && n->io.count_drop) {
+        n->io.count_drop(n->io.ud, c->id,
+                         unreported > UINT32_MAX ? UINT32_MAX : (uint32_t)unreported);
     }
     mp_node_log(n, MP_LOG_INFO, "conn %llu: caught up; %llu deliveries were dropped",
-                (unsigned long long)c->id, (unsigned long long)(dropped + c->shed_drops));
+                (unsigned long long)c->id, (unsigned long long)dropped);
     c->shed_drops = 0;
 }
 
 /* --- stalling a fast publisher ---------------------------------------------- */
 
-/* A stall pauses the publisher's reading for this long, at most; a
- * subscriber that stays behind longer goes over high water and is shed. */
-#define MP_NODE_STALL_MS 2
+/* How often a stall looks at its subscriber again. */
+#define MP_NODE_STALL_CHECK_MS 2
+/* A subscriber past the soft mark that drains less than
+ * MP_NODE_STALL_MIN_DRAIN bytes of its output in MP_NODE_STALL_MAX_MS is
+ * stuck rather than slow. A second is what older nats-server releases
+ * allowed a stall at most (stallClientMaxDuration; recent ones stall 2 to
+ * 5 ms at a time, 10 ms per read, and then shed); it is far longer than a
+ * live subscriber takes to read a little (a scheduling hiccup, a GC pause
+ * of a few hundred ms), and short enough that a publisher whose subscriber
+ * died goes on promptly. 64 KiB a second is a very slow reader. */
+#define MP_NODE_STALL_MAX_MS 1000
+#define MP_NODE_STALL_MIN_DRAIN (64u * 1024u)
 
-/* The delivery just queued left its subscriber past the soft mark: stop
- * reading from the publisher for a moment rather than let the subscriber's
+static size_t mp_ps_pending(mp_node *n, uint64_t conn) {
+    return n->io.output_pending ? n->io.output_pending(n->io.ud, conn) : SIZE_MAX;
+}
+
+/* sub is past the soft mark. Keeps its record of how long it has been and
+ * what it drained; true when it is stuck: past the mark for
+ * MP_NODE_STALL_MAX_MS without draining MP_NODE_STALL_MIN_DRAIN bytes
+ * (then it stalls nobody until it is back under the mark). */
+static bool mp_ps_stuck(mp_node *n, mp_conn *sub) {
+    if (sub->stall_exempt) {
+        return true;
+    }
+    size_t pending = mp_ps_pending(n, sub->id);
+    if (!sub->behind ||
+        (pending != SIZE_MAX && pending + MP_NODE_STALL_MIN_DRAIN <= sub->behind_mark)) {
+        sub->behind = true; /* just fell behind, or draining: slow, not stuck */
+        sub->behind_since = n->now_ms;
+        sub->behind_mark = pending;
+        return false;
+    }
+    if (n->now_ms < sub->behind_since + MP_NODE_STALL_MAX_MS) {
+        return false;
+    }
+    sub->stall_exempt = true;
+    mp_node_log(n, MP_LOG_INFO,
+                "conn %llu: slow consumer drained under %u bytes in %u ms; it stalls no "
+                "publisher until it catches up",
+                (unsigned long long)sub->id, MP_NODE_STALL_MIN_DRAIN, MP_NODE_STALL_MAX_MS);
+    return true;
+}
+
+/* The delivery just queued left sub past the soft mark: stop reading from
+ * the publisher until sub has drained back under it, rather than let sub's
  * output reach the high-water mark and lose messages (nats-server does the
- * same to a producer that outruns a consumer). */
-static void mp_ps_stall_publisher(mp_node *n) {
+ * same to a producer that outruns a consumer). Not for a stuck sub. */
+static void mp_ps_stall_publisher(mp_node *n, mp_conn *sub) {
+    if (mp_ps_stuck(n, sub)) { /* first: its record starts at once, stall or not */
+        return;
+    }
     mp_conn *pub = n->ps_publisher ? mp_conn_get(n, n->ps_publisher) : NULL;
     if (!pub || pub->stalled || pub->state == MP_CONN_CLOSING) {
         return;
     }
-    if (mp_timer_arm(&n->timers, &pub->stall, mp_add_ms(n->now_ms, MP_NODE_STALL_MS))) {
+    if (mp_timer_arm(&n->timers, &pub->stall, mp_add_ms(n->now_ms, MP_NODE_STALL_CHECK_MS))) {
         return; /* no memory for the timer: no stall, shedding still protects */
     }
     pub->stalled = true;
+    pub->stall_on = sub->id;
     if (!pub->reading_paused) {
         n->io.set_reading(n->io.ud, pub->id, false);
     }
 }
 
+static void mp_ps_stall_end(mp_node *n, mp_conn *pub) {
+    pub->stalled = false;
+    pub->stall_on = 0;
+    if (!pub->reading_paused && pub->state != MP_CONN_CLOSING) {
+        n->io.set_reading(n->io.ud, pub->id, true);
+    }
+}
+
+/* Is the subscriber a stall waits for drained, draining, or stuck? A peer
+ * link is only ever paused for one look: it carries the other node's
+ * gossip and RPC as well as its publishes, which must not wait a second
+ * for one subscriber here (nats-server stalls client producers only, never
+ * its routes). */
 void mp_ps_stall_over(mp_node *n, mp_timer *t) {
-    mp_conn *c = MP_CONTAINER(t, mp_conn, stall);
-    c->stalled = false;
-    if (!c->reading_paused && c->state != MP_CONN_CLOSING) {
-        n->io.set_reading(n->io.ud, c->id, true);
+    mp_conn *pub = MP_CONTAINER(t, mp_conn, stall);
+    mp_conn *sub = mp_conn_get(n, pub->stall_on);
+    if (sub && sub->state != MP_CONN_CLOSING && !sub->shedding &&
+        !n->io.over_soft_water(n->io.ud, sub->id)) {
+        mp_ps_caught_up(sub);
+    }
+    if (pub->role == MP_ROLE_PEER || !sub || sub->state == MP_CONN_CLOSING || sub->shedding ||
+        !sub->behind || mp_ps_stuck(n, sub) ||
+        mp_timer_arm(&n->timers, &pub->stall, mp_add_ms(n->now_ms, MP_NODE_STALL_CHECK_MS))) {
+        mp_ps_stall_end(n, pub);
     }
 }
 
@@ -171,8 +266,9 @@ void mp_ps_stall_over(mp_node *n, mp_timer *t) {
  * from the encoding the message's deliveries share (what mp_node_send would
  * write, without encoding and checking the envelope once per subscriber);
  * what it leaves to the envelope path (a message without id, which needs a
- * fresh one per DELIVER, or one it finds invalid) goes through mp_node_send,
- * which fills in the id and gives the error. */
+ * fresh one per DELIVER, one it finds invalid, or a delivery that carries
+ * a "missed" count) goes through mp_node_send, which fills in the id and
+ * gives the error. */
 static mpreg_err mp_ps_send_deliver(mp_node *n, mp_conn *c, const mp_pubsub_delivery *d) {
     mp_buf *out = n->io.output(n->io.ud, c->id);
     if (!out) {
@@ -185,37 +281,38 @@ static mpreg_err mp_ps_send_deliver(mp_node *n, mp_conn *c, const mp_pubsub_deli
         mp_node_note_output(n, c->id);
         return MPREG_OK;
     }
-    char sub_text[MP_PUBSUB_SUB_TEXT];
+    char sub_text[MP_PUBSUB_SUB_TEXT], missed_text[MP_PUBSUB_SUB_TEXT];
     mp_envelope env;
-    err = mp_pubsub_deliver_envelope(d, sub_text, &env);
+    err = mp_pubsub_deliver_envelope(d, sub_text, missed_text, &env);
     return err ? err : mp_node_send(n, c->id, &env);
 }
 
-void mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
+bool mp_ps_deliver(void *ud, const mp_pubsub_delivery *d) {
     mp_node *n = ud;
     /* Subscriptions carry their connection (they leave the service before
      * it is freed): no lookup by id per delivery. */
     mp_conn *c = d->owner_ud ? d->owner_ud : mp_conn_get(n, d->owner);
     if (!c || c->state == MP_CONN_CLOSING) {
-        return;
+        return false;
     }
     if (c->shedding || n->io.over_high_water(n->io.ud, c->id)) {
         mp_ps_start_shedding(n, c);
-        mp_ps_count_drop(n, c);
-        return;
+        return mp_ps_dropped(n, c);
     }
     mpreg_err err = mp_ps_send_deliver(n, c, d);
     if (err) {
         mp_node_log(n, MP_LOG_DEBUG, "conn %llu: DELIVER not sent: %s", (unsigned long long)c->id,
                     mpreg_err_name(err));
-        mp_ps_count_drop(n, c);
-        return;
+        return mp_ps_dropped(n, c);
     }
     if (n->io.over_high_water(n->io.ud, c->id)) {
         mp_ps_start_shedding(n, c);
     } else if (n->io.over_soft_water && n->io.over_soft_water(n->io.ud, c->id)) {
-        mp_ps_stall_publisher(n);
+        mp_ps_stall_publisher(n, c);
+    } else if (c->behind) {
+        mp_ps_caught_up(c); /* back under the soft mark */
     }
+    return true;
 }
 
 /* A (pattern, group) pair gained its first local subscriber, or lost its

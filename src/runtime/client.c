@@ -50,6 +50,7 @@
 
 typedef struct mp_cl_frame {
     struct mp_cl_frame *next;
+    uint64_t missed; /* a delivery: what this client dropped of its subscription before it */
     size_t len;
     uint8_t data[];
 } mp_cl_frame;
@@ -89,6 +90,7 @@ struct mpreg_client {
     mp_client_functions funcs;
     mp_client_welcome welcome;
     uint64_t dropped;
+    uint64_t owed; /* dropped deliveries not yet attached to a later one */
     int serve_depth;
     uint8_t rbuf[MP_CL_READ_CHUNK];
 };
@@ -109,6 +111,7 @@ static mp_cl_frame *mp_cl_frame_new(const uint8_t *data, size_t len) {
     mp_cl_frame *f = malloc(sizeof *f + len);
     if (f) {
         f->next = NULL;
+        f->missed = 0;
         f->len = len;
         memcpy(f->data, data, len);
     }
@@ -213,15 +216,53 @@ static void mp_cl_sort_reply(mpreg_client *c, const mp_envelope *e, const uint8_
     }
 }
 
+/* The subscription a delivery frame is for; NULL when it names none this
+ * client has. */
+static mp_client_sub *mp_cl_delivery_sub(mpreg_client *c, const uint8_t *frame, size_t len,
+                                         uint64_t *node_missed) {
+    mp_envelope e;
+    uint64_t sub = 0;
+    mp_str tag;
+    if (mp_envelope_decode(frame, len, &e, NULL) != MPREG_OK ||
+        mp_pubsub_deliver_parse(&e, &sub, &tag) != MPREG_OK) {
+        return NULL;
+    }
+    if (node_missed) {
+        (void)mp_pubsub_deliver_missed(&e, node_missed);
+    }
+    return mp_client_subs_find_mut(&c->subs, sub);
+}
+
+/* A delivery the client cannot keep: counted, and owed to the next message
+ * of its subscription that it does keep (with whatever the node said was
+ * missed before this one), so that the application hears of it. */
+static void mp_cl_drop_delivery(mpreg_client *c, const uint8_t *frame, size_t len) {
+    c->dropped++;
+    uint64_t missed = 0;
+    mp_client_sub *s = mp_cl_delivery_sub(c, frame, len, &missed);
+    if (s) {
+        s->missed += 1 + missed;
+        c->owed += 1 + missed;
+    }
+}
+
 static void mp_cl_sort_delivery(mpreg_client *c, const uint8_t *frame, size_t len) {
     if (c->deliveries.bytes + len > c->max_queued) {
-        c->dropped++;
+        mp_cl_drop_delivery(c, frame, len);
         return;
     }
     mp_cl_frame *f = mp_cl_frame_new(frame, len);
     if (f == NULL) {
-        c->dropped++;
+        mp_cl_drop_delivery(c, frame, len);
         return;
+    }
+    if (c->owed) { /* only after drops: the frame is read for its subscription */
+        mp_client_sub *s = mp_cl_delivery_sub(c, frame, len, NULL);
+        if (s && s->missed) {
+            f->missed = s->missed;
+            c->owed -= s->missed < c->owed ? s->missed : c->owed;
+            s->missed = 0;
+        }
     }
     mp_cl_queue_push(&c->deliveries, f);
 }
@@ -863,6 +904,10 @@ mpreg_err mpreg_unsubscribe(mpreg_client *c, uint64_t sub_id, mpreg_error *err) 
     if (c == NULL) {
         return mp_client_error_set(err, MPREG_E_INVALID, "no client");
     }
+    const mp_client_sub *gone = mp_client_subs_find(&c->subs, sub_id);
+    if (gone) {
+        c->owed -= gone->missed < c->owed ? gone->missed : c->owed; /* nobody to tell */
+    }
     mp_client_subs_remove(&c->subs, sub_id);
     mp_buf payload = MP_BUF_INIT;
     mpreg_err rc = mp_pubsub_subscription_encode(sub_id, &payload);
@@ -972,6 +1017,7 @@ static void mp_cl_dispatch_one(mpreg_client *c, mp_cl_frame *f) {
         mp_client_message_read(&e, topic, &msg) == MPREG_OK) {
         const mp_client_sub *s = mp_client_subs_find(&c->subs, msg.subscription);
         if (s) {
+            msg.missed += f->missed; /* what this client dropped itself */
             /* Copy out: the callback may unsubscribe, moving the table. */
             mp_client_sub sub = *s;
             sub.cb(&msg, sub.ud);

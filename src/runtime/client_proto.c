@@ -920,6 +920,10 @@ const mp_client_sub *mp_client_subs_find(const mp_client_subs *s, uint64_t id) {
     return NULL;
 }
 
+mp_client_sub *mp_client_subs_find_mut(mp_client_subs *s, uint64_t id) {
+    return (mp_client_sub *)mp_client_subs_find(s, id);
+}
+
 mpreg_err mp_client_subscribe_payload(const char *const *patterns, size_t n,
                                       const mpreg_subscribe_options *opts, mp_buf *out,
                                       mpreg_error *err) {
@@ -985,6 +989,7 @@ mpreg_err mp_client_message_read(const mp_envelope *e, char topic_buf[MP_MAX_TOP
     msg->data = e->payload.len ? (const void *)e->payload.ptr : (const void *)"";
     msg->len = e->payload.len;
     msg->replay = mp_str_eq_c(mp_envelope_header(e, "replay"), "1");
+    (void)mp_pubsub_deliver_missed(e, &msg->missed); /* unreadable: 0 */
     mp_id_to_hex(&e->id, msg->id);
     return MPREG_OK;
 }
@@ -1033,6 +1038,10 @@ mpreg_err mp_client_message_value(const mpreg_message *msg, mpreg_value *out) {
     rc = rc ? rc : mpreg_map_set(&m, "subscription", mpreg_int((int64_t)msg->subscription));
     if (!rc && msg->replay) {
         rc = mpreg_map_set(&m, "replay", mpreg_bool(true));
+    }
+    if (!rc && msg->missed) {
+        uint64_t missed = msg->missed > INT64_MAX ? INT64_MAX : msg->missed;
+        rc = mpreg_map_set(&m, "missed", mpreg_int((int64_t)missed));
     }
     if (rc) {
         mpreg_value_free(&m);

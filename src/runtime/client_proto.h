@@ -184,6 +184,7 @@ typedef struct mp_client_sub {
     uint64_t id;
     mpreg_message_cb cb;
     void *ud;
+    uint64_t missed; /* dropped here since its last message (blocking client's queue) */
 } mp_client_sub;
 
 typedef struct mp_client_subs {
@@ -196,6 +197,7 @@ void mp_client_subs_free(mp_client_subs *s);
 mpreg_err mp_client_subs_add(mp_client_subs *s, uint64_t id, mpreg_message_cb cb, void *ud);
 bool mp_client_subs_remove(mp_client_subs *s, uint64_t id);
 const mp_client_sub *mp_client_subs_find(const mp_client_subs *s, uint64_t id);
+mp_client_sub *mp_client_subs_find_mut(mp_client_subs *s, uint64_t id);
 
 /* The SUBSCRIBE payload; patterns are checked first (MPREG_E_TOPIC naming
  * the bad one, MPREG_E_INVALID for none or too many). */
@@ -206,7 +208,8 @@ mpreg_err mp_client_subscribe_payload(const char *const *patterns, size_t n,
 mpreg_err mp_client_check_topic(const char *topic, mpreg_error *err);
 
 /* Fills *msg from a DELIVER envelope; the topic is copied into topic_buf
- * (NUL-terminated), the payload is borrowed from the envelope. */
+ * (NUL-terminated), the payload is borrowed from the envelope. A "missed"
+ * header that does not read as a count is taken as absent (0). */
 mpreg_err mp_client_message_read(const mp_envelope *e, char topic_buf[MP_MAX_TOPIC_LEN + 1],
                                  mpreg_message *msg);
 
@@ -225,7 +228,8 @@ mpreg_err mp_client_arg_value(const char *arg, mpreg_value *out, char *errbuf, s
  * and mp_client_arg_value's refusals, naming the keyword. */
 mpreg_err mp_client_kw_arg(const char *arg, mpreg_value *map, char *errbuf, size_t errbuf_len);
 /* A message as the CLI prints it: {"topic", "data", "subscription"} plus
- * "replay": true for replayed ones; data is a string when the bytes are
+ * "replay": true for replayed ones and "missed": N when messages of the
+ * subscription were dropped before it; data is a string when the bytes are
  * UTF-8, else {"$bin": base64}. */
 mpreg_err mp_client_message_value(const mpreg_message *msg, mpreg_value *out);
 /* Splits "a,b,c" into an array of strings, skipping empty items. */

@@ -402,6 +402,11 @@ static bool mp_io_over_soft_water(void *ud, uint64_t conn) {
     return mp_transport_over_soft_water(s->transport, conn);
 }
 
+static size_t mp_io_output_pending(void *ud, uint64_t conn) {
+    mp_server *s = ud;
+    return mp_transport_output_pending(s->transport, conn);
+}
+
 static void mp_io_set_reading(void *ud, uint64_t conn, bool reading) {
     mp_server *s = ud;
     /* MPREG_E_CLOSED (the connection is already gone) needs no answer: its
@@ -700,6 +705,7 @@ mpreg_err mp_server_start(mp_server *s, const mp_node_config *cfg) {
         .over_high_water = mp_io_over_high_water,
         .set_reading = mp_io_set_reading,
         .over_soft_water = mp_io_over_soft_water,
+        .output_pending = mp_io_output_pending,
         .close = mp_io_close,
         .count_drop = mp_io_count_drop,
         .log = mp_io_log,

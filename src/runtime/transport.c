@@ -1532,6 +1532,15 @@ bool mp_transport_over_soft_water(mp_transport *t, uint64_t conn_id) {
     return c && mp_conn_pending(c) >= t->cfg.high_water / 2;
 }
 
+size_t mp_transport_output_pending(mp_transport *t, uint64_t conn_id) {
+    const mp_conn *c = mp_conn_lookup(t, conn_id);
+    if (!c) {
+        return 0;
+    }
+    size_t left = c->writing ? uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) : 0;
+    return c->out[c->cur].len + (left < c->inflight ? left : c->inflight);
+}
+
 bool mp_transport_over_high_water(mp_transport *t, uint64_t conn_id) {
     mp_conn *c = mp_conn_lookup(t, conn_id);
     if (!c) {

@@ -235,6 +235,11 @@ bool mp_transport_over_high_water(mp_transport *t, uint64_t conn_id);
 /* True while the connection's pending output is at or over half the
  * high-water mark (no callback follows). False for unknown ids. */
 bool mp_transport_over_soft_water(mp_transport *t, uint64_t conn_id);
+/* The bytes of output the kernel has not taken yet: what is queued, plus
+ * what is left of a write in progress (which the marks above count whole
+ * until it completes). It shrinks as a slow reader reads. 0 for unknown
+ * ids. */
+size_t mp_transport_output_pending(mp_transport *t, uint64_t conn_id);
 
 /* Stops / restarts reading from a connection (pushback). A pause takes
  * effect at once, also from inside on_frame: the frames left in that read

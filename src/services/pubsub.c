@@ -716,19 +716,20 @@ bool mp_pubsub_is_accepting(const mp_pubsub *ps, uint64_t owner) {
 
 /* --- delivering ------------------------------------------------------------- */
 
-/* Hands one message to s, or drops it when s's owner is not accepting.
- * Returns whether it was delivered. */
+static bool mp_drop(mp_pubsub *ps, mp_sub *s) {
+    s->stats.dropped++;
+    s->stats.missed++;
+    ps->counters.dropped++;
+    return false;
+}
+
+/* Hands one message to s, or drops it when s's owner is not accepting or
+ * the hook could not make the delivery. Returns whether it was delivered.
+ * What s missed since its last delivery goes with the next one. */
 static bool mp_emit(mp_pubsub *ps, mp_sub *s, const mp_pubsub_message *msg, uint64_t published_ms,
                     bool replay, uint64_t seq) {
     if (!s->owner->accepting) {
-        s->stats.dropped++;
-        ps->counters.dropped++;
-        return false;
-    }
-    s->stats.delivered++;
-    ps->counters.delivered++;
-    if (replay) {
-        ps->counters.replayed++;
+        return mp_drop(ps, s);
     }
     if (ps->hooks.deliver) {
         mp_pubsub_delivery d = {
@@ -741,8 +742,17 @@ static bool mp_emit(mp_pubsub *ps, mp_sub *s, const mp_pubsub_message *msg, uint
             .replay = replay,
             .seq = seq,
             .sub_headers = s->headers,
+            .missed = s->stats.missed,
         };
-        ps->hooks.deliver(ps->hooks.ud, &d);
+        if (!ps->hooks.deliver(ps->hooks.ud, &d)) {
+            return mp_drop(ps, s);
+        }
+    }
+    s->stats.missed = 0;
+    s->stats.delivered++;
+    ps->counters.delivered++;
+    if (replay) {
+        ps->counters.replayed++;
     }
     return true;
 }
@@ -1979,7 +1989,8 @@ mpreg_err mp_pubsub_subscription_decode(const void *data, size_t len, uint64_t *
 /* --- DELIVER envelopes ----------------------------------------------------------- */
 
 static bool mp_header_reserved(mp_str key) {
-    return mp_str_eq_c(key, "sub") || mp_str_eq_c(key, "tag") || mp_str_eq_c(key, "replay");
+    return mp_str_eq_c(key, "sub") || mp_str_eq_c(key, "tag") || mp_str_eq_c(key, "replay") ||
+           mp_str_eq_c(key, "missed");
 }
 
 /* v in decimal into out (at least MP_PUBSUB_SUB_TEXT bytes), NUL-terminated;
@@ -2001,7 +2012,7 @@ static size_t mp_u64_text(uint64_t v, char *out) {
 }
 
 mpreg_err mp_pubsub_deliver_envelope(const mp_pubsub_delivery *d, char sub_text[MP_PUBSUB_SUB_TEXT],
-                                     mp_envelope *out) {
+                                     char missed_text[MP_PUBSUB_SUB_TEXT], mp_envelope *out) {
     const mp_pubsub_message *msg = d->msg;
     mp_envelope_init(out, MP_KIND_DELIVER);
     out->id = msg->id;
@@ -2027,6 +2038,10 @@ mpreg_err mp_pubsub_deliver_envelope(const mp_pubsub_delivery *d, char sub_text[
     }
     if (!err && d->replay) {
         err = mp_envelope_add_header(out, mp_str_c("replay"), mp_str_c("1"));
+    }
+    if (!err && d->missed) {
+        mp_str missed = {missed_text, mp_u64_text(d->missed, missed_text)};
+        err = mp_envelope_add_header(out, mp_str_c("missed"), missed);
     }
     return err;
 }
@@ -2190,7 +2205,7 @@ static mpreg_err mp_dtmpl_build(mp_dtmpl *t, const mp_pubsub_delivery *d) {
 mpreg_err mp_pubsub_deliver_frame(mp_pubsub *ps, const mp_pubsub_delivery *d, mp_str source_node,
                                   mp_str source_cluster, uint32_t max_frame, mp_buf *out) {
     mp_dtmpl *t = &ps->tmpl;
-    if (d->sub_headers.len == 0 || d->seq == 0) {
+    if (d->sub_headers.len == 0 || d->seq == 0 || d->missed) {
         return MPREG_E_INVALID;
     }
     mpreg_err err = mp_dtmpl_names(t, source_node, source_cluster);
@@ -2251,6 +2266,18 @@ static mpreg_err mp_parse_sub(mp_str s, uint64_t *out) {
     }
     *out = v;
     return MPREG_OK;
+}
+
+mpreg_err mp_pubsub_deliver_missed(const mp_envelope *e, uint64_t *missed) {
+    *missed = 0;
+    const mp_header *h = mp_header_find(e, "missed");
+    if (!h) {
+        return MPREG_OK;
+    }
+    if (h->value.len == 1 && h->value.ptr[0] == '0') {
+        return MPREG_OK;
+    }
+    return mp_parse_sub(h->value, missed);
 }
 
 mpreg_err mp_pubsub_deliver_parse(const mp_envelope *e, uint64_t *sub, mp_str *tag) {

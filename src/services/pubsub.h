@@ -47,7 +47,13 @@
  * full. Deliveries to its ungrouped subscriptions are then dropped and
  * counted per subscription (mp_pubsub_sub_stats_get), never queued here:
  * pub/sub does not buffer for a slow consumer, it tells the user how much
- * it lost.
+ * it lost. The deliver hook may drop a delivery as well (the node finds
+ * the connection full while writing): it returns false, and the delivery
+ * is counted as dropped, not delivered, exactly as if the owner had not
+ * been accepting. Each subscription also counts what it missed since its
+ * last delivery, and hands that number to the next delivery it gets
+ * (mp_pubsub_delivery.missed): how the subscriber learns, from the stream
+ * itself, that messages were dropped for it (DELIVER's "missed" header).
  *
  * Replay. With retain_per_topic > 0 the service keeps, for each topic (exact
  * topic, not pattern), the last retain_per_topic messages published to it:
@@ -100,7 +106,8 @@
 #define MP_PUBSUB_MAX_TAG 255     /* tag bytes */
 #define MP_PUBSUB_MAX_GROUP 255   /* queue group name bytes */
 /* Headers a published message may carry: DELIVER adds "sub", "tag" and
- * "replay", and an envelope holds MP_MAX_HEADERS. */
+ * "replay" or "missed" (a replay carries no message headers, so "missed"
+ * on a replay still fits), and an envelope holds MP_MAX_HEADERS. */
 #define MP_PUBSUB_MAX_MSG_HEADERS (MP_MAX_HEADERS - 3)
 /* Room for a subscription id in decimal and its NUL. */
 #define MP_PUBSUB_SUB_TEXT 21
@@ -146,11 +153,17 @@ typedef struct mp_pubsub_delivery {
      * encoded when it subscribed, for mp_pubsub_deliver_frame. */
     mp_bytes sub_headers;
     void *owner_ud; /* the subscription's spec.owner_ud */
+    /* Messages dropped for this subscription since its previous delivery
+     * (0 almost always): the DELIVER's "missed" header. */
+    uint64_t missed;
 } mp_pubsub_delivery;
 
 typedef struct mp_pubsub_hooks {
     void *ud;
-    void (*deliver)(void *ud, const mp_pubsub_delivery *d); /* may be NULL */
+    /* Makes the delivery; false when it could not (the connection is full):
+     * the service then counts it as dropped, and its `missed` as still
+     * owed to the next delivery. May be NULL (every delivery made). */
+    bool (*deliver)(void *ud, const mp_pubsub_delivery *d);
     /* (pattern, group) gained its first subscription (added) or lost its
      * last; group is empty for ungrouped subscriptions. May be NULL. */
     void (*on_interest)(void *ud, mp_str pattern, mp_str group, bool added);
@@ -213,8 +226,8 @@ bool mp_pubsub_is_accepting(const mp_pubsub *ps, uint64_t owner);
 /* --- publishing ------------------------------------------------------------- */
 
 typedef struct mp_pubsub_result {
-    size_t delivered; /* deliveries handed to the deliver hook (live ones) */
-    size_t dropped;   /* deliveries dropped because the owner was not accepting */
+    size_t delivered; /* deliveries the deliver hook made (live ones) */
+    size_t dropped;   /* deliveries dropped: owner not accepting, or the hook said no */
     bool duplicate;   /* id seen within the window: ignored, nothing else done */
     bool retained;    /* kept for replay */
 } mp_pubsub_result;
@@ -262,7 +275,8 @@ void mp_pubsub_expire(mp_pubsub *ps, uint64_t now_ms);
 
 typedef struct mp_pubsub_sub_stats {
     uint64_t delivered; /* live and replayed */
-    uint64_t dropped;   /* not accepting at the time */
+    uint64_t dropped;   /* not accepting at the time, or dropped by the hook */
+    uint64_t missed;    /* of those, dropped since its last delivery */
     uint32_t patterns;  /* its distinct patterns */
 } mp_pubsub_sub_stats;
 
@@ -333,11 +347,12 @@ mpreg_err mp_pubsub_subscription_decode(const void *data, size_t len, uint64_t *
                                         const char **why);
 
 /* Fills *out as the DELIVER envelope for d: kind, the message's id, topic
- * and payload, its headers except the reserved "sub", "tag" and "replay",
- * then "sub" (d->sub in decimal, written to sub_text), "tag" and, for a
- * replay, "replay" = "1". *out borrows from d and sub_text. */
+ * and payload, its headers except the reserved "sub", "tag", "replay" and
+ * "missed", then "sub" (d->sub in decimal, written to sub_text), "tag",
+ * for a replay "replay" = "1", and when d->missed is not 0 "missed" (in
+ * decimal, written to missed_text). *out borrows from d and the texts. */
 mpreg_err mp_pubsub_deliver_envelope(const mp_pubsub_delivery *d, char sub_text[MP_PUBSUB_SUB_TEXT],
-                                     mp_envelope *out);
+                                     char missed_text[MP_PUBSUB_SUB_TEXT], mp_envelope *out);
 /* Appends to out the whole frame (length prefix, then the envelope) of the
  * DELIVER for d with source_node and source_cluster: byte for byte what
  * encoding mp_pubsub_deliver_envelope's envelope with those names would
@@ -350,7 +365,10 @@ mpreg_err mp_pubsub_deliver_envelope(const mp_pubsub_delivery *d, char sub_text[
  * for what needs the envelope path (mp_pubsub_deliver_envelope, then
  * mp_envelope_encode): MPREG_E_INVALID for the zero message id (each DELIVER
  * then needs an id of its own) or a delivery without sub_headers, and the
- * error mp_envelope_validate gives for bad message headers or names. */
+ * error mp_envelope_validate gives for bad message headers or names.
+ * A delivery that carries a "missed" count (d->missed, rare) is left to the
+ * envelope path too (MPREG_E_INVALID), so that the shared encoding stays
+ * the same for every other. */
 mpreg_err mp_pubsub_deliver_frame(mp_pubsub *ps, const mp_pubsub_delivery *d, mp_str source_node,
                                   mp_str source_cluster, uint32_t max_frame, mp_buf *out);
 
@@ -396,5 +414,9 @@ mpreg_err mp_pubsub_publish_encoded(mp_pubsub *ps, const mp_pubsub_message *msg,
  * MPREG_E_MISSING_FIELD without them, MPREG_E_INVALID when "sub" is not a
  * canonical decimal id (1 .. 2^63-1, no sign, no leading zero). */
 mpreg_err mp_pubsub_deliver_parse(const mp_envelope *e, uint64_t *sub, mp_str *tag);
+/* The "missed" header of a DELIVER envelope: 0 when absent; MPREG_E_INVALID
+ * (*missed 0) when it is not canonical decimal (0 .. 2^63-1: digits only,
+ * no sign, no leading zero). */
+mpreg_err mp_pubsub_deliver_missed(const mp_envelope *e, uint64_t *missed);
 
 #endif

@@ -742,6 +742,87 @@ Test(cli, sub_timeout, .init = node_up, .fini = node_down) {
     cr_assert(strncmp(r.err, "error: topic: ", 14) == 0, "%s", r.err);
 }
 
+/* Issue 10: `mpreg sub` says what it missed. It is stopped (SIGSTOP) while
+ * 32 MiB are published, so the node sheds it; once it runs again and has
+ * read its backlog, the next message tells it how many it lost: a line on
+ * stderr, "missed" in the message's JSON, and the total at exit, all the
+ * number the node counted. Its stdout goes to a file (it prints more than a
+ * pipe holds). */
+Test(cli, sub_says_how_many_messages_it_missed, .init = node_up, .fini = node_down) {
+    char out_path[] = "/tmp/mpreg-cli-missed-XXXXXX";
+    int out_fd = mkstemp(out_path);
+    cr_assert_geq(out_fd, 0);
+    int perr[2];
+    cr_assert_eq(pipe2(perr, O_CLOEXEC), 0);
+    const char *argv[] = {cli_path(),  "--url", mp_harness_url(node),
+                          "--json",    "sub",   "flood.#",
+                          "--timeout", "5000",  NULL};
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(out_fd, 1);
+        dup2(perr[1], 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(perr[1]);
+    wait_subscriptions(1);
+    kill(pid, SIGSTOP);
+    mpreg_client *pub = mpreg_connect(mp_harness_url(node), NULL, NULL);
+    cr_assert_not_null(pub);
+    static char chunk[16384];
+    memset(chunk, 'x', sizeof chunk);
+    for (int i = 0; i < 2048; i++) {
+        cr_assert_eq(mpreg_publish(pub, "flood.data", chunk, sizeof chunk, NULL), MPREG_OK);
+    }
+    kill(pid, SIGCONT);
+    usleep(1500 * 1000); /* it reads what was buffered for it */
+    cr_assert_eq(mpreg_publish(pub, "flood.tail", "tail", 4, NULL), MPREG_OK);
+    mpreg_value st;
+    cr_assert_eq(mpreg_status(pub, &st, NULL), MPREG_OK);
+    int64_t dropped = mpreg_map_get(mpreg_map_get(&st, "counters"), "dropped")->u.i;
+    mpreg_value_free(&st);
+    mpreg_close(pub);
+    cr_assert_gt(dropped, 0, "nothing was shed: the test proves nothing");
+
+    char err[4096];
+    size_t err_len = 0;
+    ssize_t n;
+    while ((n = read(perr[0], err + err_len, sizeof err - 1 - err_len)) > 0) {
+        err_len += (size_t)n;
+    }
+    err[err_len] = '\0';
+    close(perr[0]);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit %d: %s", status, err);
+    char want[160];
+    snprintf(want, sizeof want,
+             "mpreg: subscription 1 missed %lld messages (slow consumer)\n"
+             "mpreg: subscription 1 missed %lld messages in all (slow consumer)\n",
+             (long long)dropped, (long long)dropped);
+    cr_assert_str_eq(err, want);
+    /* The tail's JSON line says so too, for scripts. */
+    FILE *f = fopen(out_path, "r");
+    cr_assert_not_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    char key[64];
+    snprintf(key, sizeof key, "\"missed\":%lld", (long long)dropped);
+    int with = 0;
+    while (getline(&line, &cap, f) > 0) {
+        if (strstr(line, "\"missed\"")) {
+            with++;
+            cr_assert(strstr(line, key) && strstr(line, "\"flood.tail\""), "%s", line);
+        }
+    }
+    free(line);
+    fclose(f);
+    close(out_fd);
+    unlink(out_path);
+    cr_assert_eq(with, 1);
+}
+
 Test(cli, sub_in_a_queue_group, .init = node_up, .fini = node_down) {
     const char *a1[] = {"--url", mp_harness_url(node), "sub",   "jobs.*", "--group", "g", "--count",
                         "2",     "--timeout",          "10000", NULL};

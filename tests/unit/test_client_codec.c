@@ -589,9 +589,9 @@ Test(client_pubsub, delivery_to_message, .init = setup) {
                            .topic = mp_str_c("orders.eu"),
                            .payload = {(const uint8_t *)"\x00\xff", 2}};
     mp_pubsub_delivery d = {.sub = 12, .tag = mp_str_c("t"), .msg = &m, .replay = true};
-    char sub_text[MP_PUBSUB_SUB_TEXT];
+    char sub_text[MP_PUBSUB_SUB_TEXT], missed_text[MP_PUBSUB_SUB_TEXT];
     mp_envelope e;
-    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, &e), MPREG_OK);
+    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, missed_text, &e), MPREG_OK);
     char topic[MP_MAX_TOPIC_LEN + 1];
     mpreg_message msg;
     cr_assert_eq(mp_client_message_read(&e, topic, &msg), MPREG_OK);
@@ -611,12 +611,24 @@ Test(client_pubsub, delivery_to_message, .init = setup) {
 
     d.replay = false;
     m.payload = (mp_bytes){(const uint8_t *)"h\xc3\xa9", 3};
-    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, &e), MPREG_OK);
+    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, missed_text, &e), MPREG_OK);
     cr_assert_eq(mp_client_message_read(&e, topic, &msg), MPREG_OK);
     cr_assert(!msg.replay);
     cr_assert_eq(mp_client_message_value(&msg, &v), MPREG_OK);
     assert_json_eq(&v, "{\"topic\": \"orders.eu\", \"data\": \"h\\u00e9\", \"subscription\": 12}");
     mpreg_value_free(&v);
+    cr_assert_eq(msg.missed, 0);
+
+    /* The node dropped 42 messages of this subscription before this one. */
+    d.missed = 42;
+    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, missed_text, &e), MPREG_OK);
+    cr_assert_eq(mp_client_message_read(&e, topic, &msg), MPREG_OK);
+    cr_assert_eq(msg.missed, 42);
+    cr_assert_eq(mp_client_message_value(&msg, &v), MPREG_OK);
+    assert_json_eq(&v, "{\"topic\": \"orders.eu\", \"data\": \"h\\u00e9\", \"subscription\": 12, "
+                       "\"missed\": 42}");
+    mpreg_value_free(&v);
+    d.missed = 0;
 
     /* Without a "sub" header it is no delivery of ours. */
     mp_envelope plain;

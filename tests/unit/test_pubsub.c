@@ -28,6 +28,7 @@ typedef struct rec_delivery {
     const mp_header *headers;
     uint64_t published_ms;
     bool replay;
+    uint64_t missed;
 } rec_delivery;
 
 typedef struct rec_interest {
@@ -42,6 +43,8 @@ typedef struct recorder {
     size_t cap;
     rec_interest ev[256];
     size_t nev;
+    uint64_t refuse_owner; /* the hook says no to this owner's deliveries (0 = none) */
+    size_t refused;
 } recorder;
 
 static void copy_str(char *dst, size_t cap, mp_str s) {
@@ -52,8 +55,12 @@ static void copy_str(char *dst, size_t cap, mp_str s) {
     dst[s.len] = '\0';
 }
 
-static void on_deliver(void *ud, const mp_pubsub_delivery *d) {
+static bool on_deliver(void *ud, const mp_pubsub_delivery *d) {
     recorder *r = ud;
+    if (r->refuse_owner && d->owner == r->refuse_owner) {
+        r->refused++;
+        return false;
+    }
     if (r->n == r->cap) {
         r->cap = r->cap ? r->cap * 2 : 64;
         r->d = realloc(r->d, r->cap * sizeof *r->d);
@@ -74,6 +81,8 @@ static void on_deliver(void *ud, const mp_pubsub_delivery *d) {
     x->headers = d->msg->headers;
     x->published_ms = d->published_ms;
     x->replay = d->replay;
+    x->missed = d->missed;
+    return true;
 }
 
 static void on_interest(void *ud, mp_str pattern, mp_str group, bool added) {
@@ -121,13 +130,13 @@ static void expect_frame_as_envelope(mp_pubsub *ps, const mp_pubsub_delivery *d,
     mp_buf got = MP_BUF_INIT, want = MP_BUF_INIT;
     cr_assert_eq(mp_buf_append(&got, "pre", 3), MPREG_OK);
     mpreg_err err = mp_pubsub_deliver_frame(ps, d, mp_str_c(node), mp_str_c(cluster), 0, &got);
-    if (mp_id_is_zero(&d->msg->id)) {
-        cr_assert_eq(err, MPREG_E_INVALID, "zero id: the envelope path's");
+    if (mp_id_is_zero(&d->msg->id) || d->missed) {
+        cr_assert_eq(err, MPREG_E_INVALID, "zero id or a missed count: the envelope path's");
         cr_assert_eq(got.len, 3, "out left alone");
     } else {
-        char sub_text[MP_PUBSUB_SUB_TEXT];
+        char sub_text[MP_PUBSUB_SUB_TEXT], missed_text[MP_PUBSUB_SUB_TEXT];
         mp_envelope env;
-        cr_assert_eq(mp_pubsub_deliver_envelope(d, sub_text, &env), MPREG_OK);
+        cr_assert_eq(mp_pubsub_deliver_envelope(d, sub_text, missed_text, &env), MPREG_OK);
         env.source_node = mp_str_c(node);
         env.source_cluster = mp_str_c(cluster);
         cr_assert_eq(mp_envelope_encode_frame(&env, &want), MPREG_OK);
@@ -740,6 +749,83 @@ Test(pubsub, slow_consumer_drops_are_counted) {
     pub(ps, "a", 11, 0);
     cr_expect_eq(sub_stats(ps, later).dropped, 1);
     cr_assert_eq(mp_pubsub_set_accepting(ps, 60, true), MPREG_OK);
+    mp_pubsub_free(ps);
+    rec_free(&r);
+}
+
+/* The last delivery recorded for sub. */
+static const rec_delivery *last_for(const recorder *r, uint64_t sub) {
+    for (size_t i = r->n; i-- > 0;) {
+        if (r->d[i].sub == sub) {
+            return &r->d[i];
+        }
+    }
+    return NULL;
+}
+
+Test(pubsub, the_delivery_after_drops_says_how_many_were_missed) {
+    recorder r = {0};
+    mp_pubsub_config cfg = plain_config();
+    mp_pubsub *ps = new_ps(&cfg, &r);
+    uint64_t slow = SUB(ps, 1, NULL, "#");
+    uint64_t fast = SUB(ps, 2, NULL, "#");
+    pub(ps, "a", 1, 0);
+    cr_expect_eq(last_for(&r, slow)->missed, 0);
+    /* Not accepting: 3 dropped by the service. */
+    cr_assert_eq(mp_pubsub_set_accepting(ps, 1, false), MPREG_OK);
+    for (uint64_t k = 2; k <= 4; k++) {
+        pub(ps, "a", k, 0);
+    }
+    cr_expect_eq(sub_stats(ps, slow).missed, 3);
+    /* Accepting again, but the hook drops 2 more (the connection filled
+     * as the node wrote): dropped, not delivered, and still owed. */
+    cr_assert_eq(mp_pubsub_set_accepting(ps, 1, true), MPREG_OK);
+    r.refuse_owner = 1;
+    mp_pubsub_result res;
+    cr_assert_eq(pub_full(ps, "a", 5, 0, "x", &res), MPREG_OK);
+    cr_expect_eq(res.delivered, 1);
+    cr_expect_eq(res.dropped, 1);
+    pub(ps, "a", 6, 0);
+    cr_expect_eq(r.refused, 2);
+    cr_expect_eq(sub_stats(ps, slow).dropped, 5);
+    cr_expect_eq(sub_stats(ps, slow).delivered, 1);
+    cr_expect_eq(stats(ps).dropped, 5);
+    cr_expect_eq(stats(ps).delivered, 7);
+    /* The next delivery made carries all 5, once. */
+    r.refuse_owner = 0;
+    pub(ps, "a", 7, 0);
+    const rec_delivery *d = last_for(&r, slow);
+    cr_assert_not_null(d);
+    cr_expect_eq(d->missed, 5);
+    cr_expect_eq(sub_stats(ps, slow).missed, 0);
+    cr_expect_eq(sub_stats(ps, slow).delivered, 2);
+    cr_expect_eq(last_for(&r, fast)->missed, 0, "the fast subscriber missed nothing");
+    pub(ps, "a", 8, 0);
+    cr_expect_eq(last_for(&r, slow)->missed, 0);
+    mp_pubsub_free(ps);
+    rec_free(&r);
+}
+
+Test(pubsub, a_replay_carries_what_was_missed_too) {
+    recorder r = {0};
+    mp_pubsub_config cfg = plain_config();
+    cfg.retain_per_topic = 4;
+    mp_pubsub *ps = new_ps(&cfg, &r);
+    pub(ps, "a", 1, 0);
+    pub(ps, "a", 2, 0);
+    /* A subscription made while its owner is not accepting: its replay is
+     * dropped; the first message it then gets says so. */
+    cr_assert_eq(mp_pubsub_set_accepting(ps, 1, false), MPREG_OK);
+    mp_str pat = mp_str_c("#");
+    mp_pubsub_sub_spec spec = {
+        .owner = 1, .patterns = &pat, .pattern_count = 1, .replay = {.has_last = true, .last = 2}};
+    uint64_t sub = 0;
+    cr_assert_eq(mp_pubsub_subscribe(ps, &spec, &sub), MPREG_OK);
+    cr_expect_eq(mp_pubsub_replay(ps, sub), 0);
+    cr_expect_eq(sub_stats(ps, sub).missed, 2);
+    cr_assert_eq(mp_pubsub_set_accepting(ps, 1, true), MPREG_OK);
+    pub(ps, "a", 3, 0);
+    cr_expect_eq(last_for(&r, sub)->missed, 2);
     mp_pubsub_free(ps);
     rec_free(&r);
 }
@@ -1377,10 +1463,11 @@ typedef struct ud_seen {
     size_t n;
 } ud_seen;
 
-static void ud_deliver(void *ud, const mp_pubsub_delivery *d) {
+static bool ud_deliver(void *ud, const mp_pubsub_delivery *d) {
     ud_seen *u = ud;
     cr_assert_lt(u->n, 8);
     u->got[u->n++] = d->owner_ud;
+    return true;
 }
 
 Test(pubsub, owner_ud_comes_back_with_each_delivery) {
@@ -1457,10 +1544,11 @@ typedef struct frame_ud {
     size_t checked;
 } frame_ud;
 
-static void frame_deliver(void *ud, const mp_pubsub_delivery *d) {
+static bool frame_deliver(void *ud, const mp_pubsub_delivery *d) {
     frame_ud *f = ud;
     expect_frame_as_envelope(f->ps, d, f->node, f->cluster);
     f->checked++;
+    return true;
 }
 
 Test(pubsub_frame, same_bytes_as_the_envelope_path) {
@@ -1558,10 +1646,11 @@ typedef struct frame_err_ud {
     size_t calls;
 } frame_err_ud;
 
-static void frame_err_deliver(void *ud, const mp_pubsub_delivery *d) {
+static bool frame_err_deliver(void *ud, const mp_pubsub_delivery *d) {
     frame_err_ud *f = ud;
     f->calls++;
     f->check(f, d);
+    return true;
 }
 
 static mpreg_err frame_try(frame_err_ud *f, const mp_pubsub_delivery *d, const char *node,
@@ -2084,9 +2173,9 @@ Test(pubsub_codec, deliver_envelope_round_trip) {
         .header_count = 3,
     };
     mp_pubsub_delivery d = {.owner = 1, .sub = 1234567, .tag = mp_str_c("cb"), .msg = &msg};
-    char sub_text[MP_PUBSUB_SUB_TEXT];
+    char sub_text[MP_PUBSUB_SUB_TEXT], missed_text[MP_PUBSUB_SUB_TEXT];
     mp_envelope env;
-    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, &env), MPREG_OK);
+    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, missed_text, &env), MPREG_OK);
     mp_buf buf = MP_BUF_INIT;
     cr_assert_eq(mp_envelope_encode(&env, &buf), MPREG_OK);
     mp_envelope got;
@@ -2109,7 +2198,7 @@ Test(pubsub_codec, deliver_envelope_round_trip) {
     /* A replay, with an empty tag. */
     d.replay = true;
     d.tag = MP_STR_NULL;
-    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, &env), MPREG_OK);
+    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, missed_text, &env), MPREG_OK);
     cr_expect(mp_str_eq_c(mp_envelope_header(&env, "replay"), "1"));
     cr_assert_eq(mp_envelope_encode(&env, &buf), MPREG_OK);
     cr_assert_eq(mp_envelope_decode(buf.data, buf.len, &got, NULL), MPREG_OK);
@@ -2126,12 +2215,70 @@ Test(pubsub_codec, deliver_envelope_round_trip) {
     }
     msg.headers = many;
     msg.header_count = MP_PUBSUB_MAX_MSG_HEADERS;
-    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, &env), MPREG_OK);
+    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, missed_text, &env), MPREG_OK);
     cr_expect_eq(env.header_count, MP_MAX_HEADERS);
     cr_expect_eq(mp_envelope_encode(&env, &buf), MPREG_OK);
     msg.header_count = MP_PUBSUB_MAX_MSG_HEADERS + 1;
-    cr_expect_eq(mp_pubsub_deliver_envelope(&d, sub_text, &env), MPREG_E_TOO_LARGE);
+    cr_expect_eq(mp_pubsub_deliver_envelope(&d, sub_text, missed_text, &env), MPREG_E_TOO_LARGE);
     mp_buf_free(&buf);
+
+    /* A live message with the most headers and a "missed" count fits too;
+     * so does a replay (no message headers) with one. */
+    d.replay = false;
+    d.missed = 1234;
+    msg.header_count = MP_PUBSUB_MAX_MSG_HEADERS;
+    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, missed_text, &env), MPREG_OK);
+    cr_expect_eq(env.header_count, MP_MAX_HEADERS);
+    cr_expect(mp_str_eq_c(mp_envelope_header(&env, "missed"), "1234"));
+    cr_expect_eq(mp_envelope_encode(&env, &buf), MPREG_OK);
+    mp_buf_free(&buf);
+    mp_pubsub_message bare = {.id = idn(9), .topic = mp_str_c("orders.eu")};
+    d.msg = &bare;
+    d.replay = true;
+    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, missed_text, &env), MPREG_OK);
+    cr_expect_eq(env.header_count, 4); /* sub, tag, replay, missed */
+    uint64_t missed = 0;
+    cr_expect_eq(mp_pubsub_deliver_missed(&env, &missed), MPREG_OK);
+    cr_expect_eq(missed, 1234);
+}
+
+Test(pubsub_codec, missed_header_is_the_nodes_own) {
+    /* A publisher's "missed" never reaches a subscriber as if the node
+     * had said it. */
+    mp_header hdr[] = {{mp_str_c("missed"), mp_str_c("99")}, {mp_str_c("k"), mp_str_c("v")}};
+    mp_pubsub_message msg = {
+        .id = idn(3), .topic = mp_str_c("a"), .headers = hdr, .header_count = 2};
+    mp_pubsub_delivery d = {.owner = 1, .sub = 5, .tag = mp_str_c("t"), .msg = &msg};
+    char sub_text[MP_PUBSUB_SUB_TEXT], missed_text[MP_PUBSUB_SUB_TEXT];
+    mp_envelope env;
+    cr_assert_eq(mp_pubsub_deliver_envelope(&d, sub_text, missed_text, &env), MPREG_OK);
+    cr_expect_null(mp_envelope_header(&env, "missed").ptr);
+    cr_expect(mp_str_eq_c(mp_envelope_header(&env, "k"), "v"));
+    /* Reading it: absent is 0; a count must be canonical decimal. */
+    uint64_t missed = 7;
+    cr_expect_eq(mp_pubsub_deliver_missed(&env, &missed), MPREG_OK);
+    cr_expect_eq(missed, 0);
+    static const struct {
+        const char *value;
+        mpreg_err err;
+        uint64_t want;
+    } cases[] = {{"0", MPREG_OK, 0},
+                 {"1", MPREG_OK, 1},
+                 {"9223372036854775807", MPREG_OK, INT64_MAX},
+                 {"9223372036854775808", MPREG_E_INVALID, 0},
+                 {"01", MPREG_E_INVALID, 0},
+                 {"-1", MPREG_E_INVALID, 0},
+                 {"", MPREG_E_INVALID, 0},
+                 {"1x", MPREG_E_INVALID, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mp_envelope e;
+        mp_envelope_init(&e, MP_KIND_DELIVER);
+        cr_assert_eq(mp_envelope_add_header(&e, mp_str_c("missed"), mp_str_c(cases[i].value)),
+                     MPREG_OK);
+        missed = 7;
+        cr_expect_eq(mp_pubsub_deliver_missed(&e, &missed), cases[i].err, "%s", cases[i].value);
+        cr_expect_eq(missed, cases[i].want, "%s", cases[i].value);
+    }
 }
 
 Test(pubsub_codec, deliver_parse_errors) {
@@ -2473,11 +2620,12 @@ typedef struct prop_ud {
     mp_pubsub *ps;
 } prop_ud;
 
-static void prop_deliver(void *ud, const mp_pubsub_delivery *d) {
+static bool prop_deliver(void *ud, const mp_pubsub_delivery *d) {
     prop_ud *u = ud;
     on_deliver(&u->got, d);
     /* Every delivery, live or replayed, framed as the envelope path would. */
     expect_frame_as_envelope(u->ps, d, "node-1", "c1");
+    return true;
 }
 
 static void prop_interest(void *ud, mp_str pattern, mp_str group, bool added) {
