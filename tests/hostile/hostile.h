@@ -74,6 +74,25 @@ static inline long hostile_rss_kib(pid_t pid) {
     return kib;
 }
 
+/* The one node a test attacks (tests that need more start their own). */
+static mp_harness_node *hostile_node;
+
+/* mpregd on 127.0.0.1 port 0 with extra flags (NULL-terminated, may be
+ * NULL); the suite's .fini stops it (hostile_stop). */
+static inline void hostile_start(const char *const *extra) {
+    hostile_node = mp_harness_start(extra);
+    cr_assert_not_null(hostile_node, "mpregd did not start");
+}
+
+static inline void hostile_stop(void) {
+    cr_expect_eq(mp_harness_stop(hostile_node), 0, "mpregd did not stop cleanly");
+    hostile_node = NULL;
+}
+
+static inline long hostile_node_rss(void) {
+    return hostile_rss_kib(mp_harness_daemon_of(hostile_node)->pid);
+}
+
 /* An RPC_REQUEST payload for the commands (JSON list). */
 static inline void hostile_request_payload(const char *commands_json, mpreg_bytes *payload) {
     mpreg_value commands;

@@ -8,23 +8,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
-static mp_harness_node *node;
-
-static void teardown(void) {
-    cr_expect_eq(mp_harness_stop(node), 0, "mpregd did not stop cleanly");
-    node = NULL;
-}
-
-static void start(const char *const *extra) {
-    node = mp_harness_start(extra);
-    cr_assert_not_null(node, "mpregd did not start");
-}
-
-TestSuite(limits, .fini = teardown, .timeout = 120);
-
-static long rss(void) {
-    return hostile_rss_kib(mp_harness_daemon_of(node)->pid);
-}
+TestSuite(limits, .fini = hostile_stop, .timeout = 120);
 
 /* The code of an ERROR envelope's payload. */
 static int64_t error_code(const mp_envelope *e) {
@@ -39,9 +23,9 @@ static int64_t error_code(const mp_envelope *e) {
 /* Seen on the old main: 200 workers x 256 functions took the node to
  * 352 MB. Now functions_per_node (10 000) refuses the rest. */
 Test(limits, a_worker_flood_stops_at_functions_per_node) {
-    start(NULL);
-    uint16_t port = mp_harness_port(node);
-    long base = rss();
+    hostile_start(NULL);
+    uint16_t port = mp_harness_port(hostile_node);
+    long base = hostile_node_rss();
     enum { WORKERS = 200, FNS = 256 };
     int fds[WORKERS];
     int ok = 0, refused = 0;
@@ -83,7 +67,7 @@ Test(limits, a_worker_flood_stops_at_functions_per_node) {
         mp_buf_free(&json);
     }
     uint64_t worst = hostile_worst_echo(port, 5, 50);
-    long peak = rss();
+    long peak = hostile_node_rss();
     cr_log_info("worker flood: %d workers registered 256 functions, %d refused; RSS %ld KiB -> "
                 "%ld KiB; worst ordinary call %llu ms",
                 ok, refused, base, peak, (unsigned long long)worst);
@@ -101,9 +85,9 @@ Test(limits, a_worker_flood_stops_at_functions_per_node) {
  * sleep peaked at 640 MB. Now the request is refused before the command
  * that would take its results over request_bytes (16 MiB) is built. */
 Test(limits, a_request_that_doubles_its_input_is_refused_naming_the_command) {
-    start(NULL);
-    uint16_t port = mp_harness_port(node);
-    long base = rss();
+    hostile_start(NULL);
+    uint16_t port = mp_harness_port(hostile_node);
+    long base = hostile_node_rss();
     char json[8192];
     int n = snprintf(json, sizeof json, "[{\"name\": \"c0\", \"fun\": \"echo\", \"args\": [\"");
     memset(json + n, 'x', 1000);
@@ -126,7 +110,7 @@ Test(limits, a_request_that_doubles_its_input_is_refused_naming_the_command) {
     for (int i = 0; i < 4; i++) {
         mp_rpc_outcome o = {0};
         hostile_rpc(fds[i], json, &o);
-        long r = rss();
+        long r = hostile_node_rss();
         peak = r > peak ? r : peak;
         cr_assert_not(o.ok, "the doubling request ran");
         cr_assert_eq(o.error.code, MPREG_E_TOO_LARGE, "%s", mp_rpc_error_message(&o.error));
@@ -156,10 +140,10 @@ Test(limits, a_request_that_doubles_its_input_is_refused_naming_the_command) {
  * liked. Now the bytes of half-read frames are capped (partial_bytes) and
  * a connection silent mid-frame is closed (read_timeout_ms). */
 Test(limits, stalled_half_frames_are_capped_and_timed_out) {
-    start(
+    hostile_start(
         (const char *[]){"--limit", "partial_bytes=64M", "--limit", "read_timeout_ms=2000", NULL});
-    uint16_t port = mp_harness_port(node);
-    long base = rss();
+    uint16_t port = mp_harness_port(hostile_node);
+    long base = hostile_node_rss();
     enum { CONNS = 100, BODY = 4 * 1024 * 1024 };
     uint8_t *half = malloc(4 + BODY);
     cr_assert_not_null(half);
@@ -176,7 +160,7 @@ Test(limits, stalled_half_frames_are_capped_and_timed_out) {
     }
     free(half);
     hostile_sleep_ms(300);
-    long held = rss();
+    long held = hostile_node_rss();
     uint64_t worst = hostile_worst_echo(port, 5, 50);
     int s = mp_harness_client(port);
     mpreg_value st;
@@ -214,8 +198,8 @@ Test(limits, stalled_half_frames_are_capped_and_timed_out) {
 }
 
 Test(limits, connections_over_the_limit_are_refused_with_an_error) {
-    start((const char *[]){"--limit", "conns=20", NULL});
-    uint16_t port = mp_harness_port(node);
+    hostile_start((const char *[]){"--limit", "conns=20", NULL});
+    uint16_t port = mp_harness_port(hostile_node);
     int fds[20];
     for (int i = 0; i < 20; i++) {
         fds[i] = mp_harness_client(port);
@@ -259,10 +243,10 @@ Test(limits, a_low_file_limit_lowers_conns_and_refuses_cleanly) {
     cr_assert_eq(mp_harness_write_file(wrapper, text), 0);
     cr_assert_eq(chmod(wrapper, 0700), 0);
     setenv("MPREGD", wrapper, 1);
-    node = mp_harness_start(NULL);
+    hostile_node = mp_harness_start(NULL);
     unsetenv("MPREGD");
-    cr_assert_not_null(node);
-    uint16_t port = mp_harness_port(node);
+    cr_assert_not_null(hostile_node);
+    uint16_t port = mp_harness_port(hostile_node);
     int first = mp_harness_client(port);
     cr_assert_geq(first, 0);
     mpreg_value st;
@@ -291,11 +275,12 @@ Test(limits, a_low_file_limit_lowers_conns_and_refuses_cleanly) {
     cr_assert_eq(welcomed + 1, conns, "welcomed up to the limit");
     cr_assert_lt(took, 10000);
     cr_assert_lt(echo_ms, MP_HOSTILE_CALL_MS);
-    cr_assert(mp_harness_file_contains(mp_harness_daemon_of(node)->err_path, "limit conns lowered"),
+    cr_assert(mp_harness_file_contains(mp_harness_daemon_of(hostile_node)->err_path,
+                                       "limit conns lowered"),
               "no word at start about the lowered limit");
-    cr_assert(
-        mp_harness_file_contains(mp_harness_daemon_of(node)->err_path, "refused: limit conns"),
-        "no warning about refused connections");
+    cr_assert(mp_harness_file_contains(mp_harness_daemon_of(hostile_node)->err_path,
+                                       "refused: limit conns"),
+              "no warning about refused connections");
     for (int i = 0; i < N && i + 1 < conns + 5; i++) {
         close(fds[i]);
     }

@@ -6,23 +6,7 @@
 
 #include "services/pubsub.h"
 
-static mp_harness_node *node;
-
-static void teardown(void) {
-    cr_expect_eq(mp_harness_stop(node), 0, "mpregd did not stop cleanly");
-    node = NULL;
-}
-
-static void start(const char *const *extra) {
-    node = mp_harness_start(extra);
-    cr_assert_not_null(node, "mpregd did not start");
-}
-
-TestSuite(memory, .fini = teardown, .timeout = 120);
-
-static long rss(void) {
-    return hostile_rss_kib(mp_harness_daemon_of(node)->pid);
-}
+TestSuite(memory, .fini = hostile_stop, .timeout = 120);
 
 /* A pattern of about 200 bytes, unique to (conn, sub, i): 20 words. */
 static void flood_pattern(char *out, size_t cap, int conn, int sub, int i) {
@@ -90,9 +74,9 @@ Test(memory, a_subscription_flood_is_refused_at_the_limit_and_memory_comes_back)
     /* Withdrawn catalog entries are remembered for the tombstone TTL (5 min
      * by default) and hold their memory that long: 1 s here, so that the
      * test sees the memory come back in seconds. */
-    start((const char *[]){"--log-level", "debug", "--tombstone-ttl", "1000", NULL});
-    uint16_t port = mp_harness_port(node);
-    long base = rss();
+    hostile_start((const char *[]){"--log-level", "debug", "--tombstone-ttl", "1000", NULL});
+    uint16_t port = mp_harness_port(hostile_node);
+    long base = hostile_node_rss();
     int a = mp_harness_client(port), b = mp_harness_client(port);
     cr_assert(a >= 0 && b >= 0);
     int refused_a, refused_b;
@@ -101,7 +85,7 @@ Test(memory, a_subscription_flood_is_refused_at_the_limit_and_memory_comes_back)
     uint64_t worst = hostile_worst_echo(port, 5, 50);
     int ok_b = subscribe_flood(b, 2, 10000, &refused_b);
     uint64_t t1 = hostile_now_ms();
-    long peak = rss();
+    long peak = hostile_node_rss();
     /* patterns_per_conn is 4096 by default: 64 subscriptions of 64. */
     cr_assert_eq(ok_a, 4096 / 64, "%d accepted", ok_a);
     cr_assert_eq(refused_a, 10000 - ok_a);
@@ -124,10 +108,10 @@ Test(memory, a_subscription_flood_is_refused_at_the_limit_and_memory_comes_back)
     /* The memory goes back within a few seconds: the tombstones' TTL (1 s
      * here), then the runtime's next trim (1, 3, 7 s after the close). */
     uint64_t closed_at = hostile_now_ms();
-    long after = rss();
+    long after = hostile_node_rss();
     while (!MP_HOSTILE_ASAN && after - base >= 40 * 1024 && hostile_now_ms() - closed_at < 10000) {
         hostile_sleep_ms(250);
-        after = rss();
+        after = hostile_node_rss();
     }
     uint64_t back_ms = hostile_now_ms() - closed_at;
     uint64_t st1 = hostile_now_ms();
@@ -144,7 +128,7 @@ Test(memory, a_subscription_flood_is_refused_at_the_limit_and_memory_comes_back)
                 (unsigned long long)status_close_ms, (unsigned long long)status_after_ms,
                 (unsigned long long)worst);
     {
-        char *log = mp_harness_read_file(mp_harness_daemon_of(node)->err_path);
+        char *log = mp_harness_read_file(mp_harness_daemon_of(hostile_node)->err_path);
         const char *m = log ? strstr(log, "memory: ") : NULL;
         const char *e = m ? strchr(m, '\n') : NULL;
         cr_log_info("%.*s", m ? (int)(e ? e - m : 200) : 9, m ? m : "(no trim)");
@@ -155,7 +139,7 @@ Test(memory, a_subscription_flood_is_refused_at_the_limit_and_memory_comes_back)
                 cmd, sizeof cmd,
                 "awk '/^[0-9a-f]+-/{m=$0} /^Rss:/{ if ($2 > 1024) print $2, m }' /proc/%d/smaps "
                 ">&2",
-                (int)mp_harness_daemon_of(node)->pid);
+                (int)mp_harness_daemon_of(hostile_node)->pid);
             (void)!system(cmd);
         }
         free(log);
