@@ -593,12 +593,22 @@ static const mp_swim_field *mp_swim_field_find(const char *name, size_t len) {
     return NULL;
 }
 
-/* "swim": {"probe_interval_ms": 500, ...}, kept as FIELD=VALUE like --swim. */
-static void mp_config_swim(const char *path, const char *key, json_t *v, mp_list *l) {
+/* A config object of named numbers ("swim", "limits"), kept as NAME=VALUE
+ * items like the repeatable flag it stands for, and checked with the
+ * flags. */
+typedef struct mp_config_fields_kind {
+    const char *what;    /* "membership settings" */
+    const char *example; /* "{\"probe_interval_ms\": 500}" */
+    bool (*known)(const char *name);
+    const char *(*names)(void);
+    bool sizes; /* values may be strings such as "16M" */
+} mp_config_fields_kind;
+
+static void mp_config_fields(const char *path, const char *key, json_t *v, mp_list *l,
+                             const mp_config_fields_kind *k) {
     if (!json_is_object(v)) {
-        mp_usage_error("config %s: \"%s\" must be an object of membership settings, e.g. "
-                       "{\"probe_interval_ms\": 500}",
-                       path, key);
+        mp_usage_error("config %s: \"%s\" must be an object of %s, e.g. %s", path, key, k->what,
+                       k->example);
     }
     l->set = true;
     const char *field;
@@ -606,53 +616,44 @@ static void mp_config_swim(const char *path, const char *key, json_t *v, mp_list
     json_object_foreach(v, field, value) {
         char buf[64];
         const char *name = mp_config_key(field, buf, sizeof buf);
-        if (name == NULL || mp_swim_field_find(name, strlen(name)) == NULL) {
-            mp_usage_error("config %s: \"%s\": unknown field \"%s\" (known: " MP_SWIM_FIELD_NAMES
-                           ")",
-                           path, key, field);
+        if (name == NULL || !k->known(name)) {
+            mp_usage_error("config %s: \"%s\": unknown field \"%s\" (known: %s)", path, key, field,
+                           k->names());
         }
-        if (!json_is_integer(value) || json_integer_value(value) < 0 ||
-            json_integer_value(value) > UINT32_MAX) {
+        char item[128];
+        if (json_is_integer(value) && json_integer_value(value) >= 0 &&
+            (k->sizes || json_integer_value(value) <= UINT32_MAX)) {
+            snprintf(item, sizeof item, "%s=%lld", name, (long long)json_integer_value(value));
+        } else if (k->sizes && json_is_string(value) && strlen(json_string_value(value)) < 32) {
+            snprintf(item, sizeof item, "%s=%s", name, json_string_value(value));
+        } else if (k->sizes) {
+            mp_usage_error("config %s: \"%s\".\"%s\" must be a number (sizes may be a string "
+                           "such as \"16M\")",
+                           path, key, field);
+        } else {
             mp_usage_error("config %s: \"%s\".\"%s\" must be a number from 0 to %u", path, key,
                            field, UINT32_MAX);
         }
-        char item[96];
-        snprintf(item, sizeof item, "%s=%lld", name, (long long)json_integer_value(value));
         mp_list_push(l, item);
     }
 }
 
-/* "limits": {"subs_per_conn": 100, "request_bytes": "4M", ...}, kept as
- * NAME=VALUE like --limit and checked with the flags. */
-static void mp_config_limits(const char *path, const char *key, json_t *v, mp_list *l) {
-    if (!json_is_object(v)) {
-        mp_usage_error("config %s: \"%s\" must be an object of limits, e.g. "
-                       "{\"subs_per_conn\": 100}",
-                       path, key);
-    }
-    l->set = true;
-    const char *field;
-    json_t *value;
-    json_object_foreach(v, field, value) {
-        char buf[64];
-        const char *name = mp_config_key(field, buf, sizeof buf);
-        if (name == NULL || mp_limit_field_find(name, strlen(name)) == NULL) {
-            mp_usage_error("config %s: \"%s\": unknown limit \"%s\" (known: %s)", path, key, field,
-                           mp_limit_names());
-        }
-        char item[128];
-        if (json_is_integer(value) && json_integer_value(value) >= 0) {
-            snprintf(item, sizeof item, "%s=%lld", name, (long long)json_integer_value(value));
-        } else if (json_is_string(value) && strlen(json_string_value(value)) < 32) {
-            snprintf(item, sizeof item, "%s=%s", name, json_string_value(value));
-        } else {
-            mp_usage_error("config %s: \"%s\".\"%s\" must be a number (sizes may be a string "
-                           "such as \"16M\")",
-                           path, key, field);
-        }
-        mp_list_push(l, item);
-    }
+static bool mp_swim_known(const char *name) {
+    return mp_swim_field_find(name, strlen(name)) != NULL;
 }
+
+static const char *mp_swim_names(void) {
+    return MP_SWIM_FIELD_NAMES;
+}
+
+static bool mp_limit_known(const char *name) {
+    return mp_limit_field_find(name, strlen(name)) != NULL;
+}
+
+static const mp_config_fields_kind mp_swim_kind = {
+    "membership settings", "{\"probe_interval_ms\": 500}", mp_swim_known, mp_swim_names, false};
+static const mp_config_fields_kind mp_limits_kind = {"limits", "{\"subs_per_conn\": 100}",
+                                                     mp_limit_known, mp_limit_names, true};
 
 static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp_settings *c) {
     char buf[32];
@@ -688,9 +689,9 @@ static void mp_config_entry(const char *path, const char *raw_key, json_t *v, mp
     } else if (key != NULL && strcmp(key, "tombstone_ttl_ms") == 0) {
         mp_config_number(path, raw_key, v, &c->tombstone_ttl);
     } else if (key != NULL && strcmp(key, "swim") == 0) {
-        mp_config_swim(path, raw_key, v, &c->swim);
+        mp_config_fields(path, raw_key, v, &c->swim, &mp_swim_kind);
     } else if (key != NULL && strcmp(key, "limits") == 0) {
-        mp_config_limits(path, raw_key, v, &c->limits);
+        mp_config_fields(path, raw_key, v, &c->limits, &mp_limits_kind);
     } else {
         mp_usage_error("config %s: unknown key \"%s\" (known: listen, port_file, name, cluster, "
                        "data_dir, resources, plugins, token, max_frame, retain, log_level, "
