@@ -106,6 +106,7 @@ static const mp_limit_field mp_limit_fields[] = {
     MP_LIMIT_NODE(requests_per_node, 1, UINT32_MAX, false, "16384: RPCs in flight, all"),
     MP_LIMIT_NODE(request_bytes, 1024, UINT64_MAX / 4, true, "16M: results one RPC holds"),
     MP_LIMIT_NODE(results_bytes, 1024, UINT64_MAX / 4, true, "256M: results all RPCs hold"),
+    MP_LIMIT_NODE(tombstones, 1000, UINT32_MAX, false, "200000: withdrawn entries kept"),
     MP_LIMIT_DRIVER(output_high_water, 4096, UINT64_MAX / 8, true,
                     "8M: unsent output: stop reading"),
     MP_LIMIT_DRIVER(output_hard_limit, 4096, UINT64_MAX / 8, true, "64M: unsent output: close"),

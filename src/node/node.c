@@ -198,6 +198,7 @@ void mp_node_limits_default(mp_node_limits *l) {
         .requests_per_node = 16384,
         .request_bytes = 16u * 1024u * 1024u,
         .results_bytes = 256u * 1024u * 1024u,
+        .tombstones = 200000,
     };
 }
 
@@ -219,6 +220,7 @@ void mp_node_limits_resolve(mp_node_limits *l) {
     MP_LIMIT_DEFAULT(requests_per_node)
     MP_LIMIT_DEFAULT(request_bytes)
     MP_LIMIT_DEFAULT(results_bytes)
+    MP_LIMIT_DEFAULT(tombstones)
 #undef MP_LIMIT_DEFAULT
 }
 

@@ -125,6 +125,11 @@ typedef struct mp_node_limits {
     uint32_t requests_per_node;  /* on all connections, peers' invokes included: 16 384 */
     uint64_t request_bytes;      /* results one request may hold at once: 16 MiB */
     uint64_t results_bytes;      /* results all requests may hold at once: 256 MiB */
+    /* Withdrawn catalog entries remembered (tombstones, kept for the
+     * tombstone TTL): a client that churns subscriptions or functions makes
+     * one per pattern or function it drops, so past this many new ones are
+     * refused until old ones expire: 200 000 (about 170 MiB). */
+    uint32_t tombstones;
 } mp_node_limits;
 
 void mp_node_limits_default(mp_node_limits *l);

@@ -106,6 +106,7 @@ static mpreg_err mp_limits_value(const mp_node *n, mpreg_value *out) {
     }
     err = mp_limit_set(err, &m, "request_bytes", L->request_bytes, req_bytes);
     err = mp_limit_set(err, &m, "results_bytes", L->results_bytes, n->result_bytes);
+    err = mp_limit_set(err, &m, "tombstones", L->tombstones, mp_catalog_tombstones(n->catalog));
     if (err) {
         mpreg_value_free(&m);
         return err;

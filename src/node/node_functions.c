@@ -429,6 +429,14 @@ static mpreg_err mp_register_check(mp_node *n, const mp_conn *c, const mpreg_val
                  c->function_count, count, l->functions_per_conn);
         return fe->code;
     }
+    if (mp_catalog_tombstones(n->catalog) >= l->tombstones) {
+        fe->code = MPREG_E_LIMIT;
+        snprintf(fe->message, sizeof fe->message,
+                 "REGISTER: limit tombstones reached (%zu withdrawn catalog entries remembered, at "
+                 "most %u; they expire after --tombstone-ttl; mpregd --limit tombstones=N)",
+                 mp_catalog_tombstones(n->catalog), l->tombstones);
+        return fe->code;
+    }
     if ((uint64_t)n->worker_fn_total + count > l->functions_per_node) {
         fe->code = MPREG_E_LIMIT;
         snprintf(fe->message, sizeof fe->message,

@@ -390,6 +390,8 @@ static bool mp_ps_within_limits(mp_node *n, mp_conn *c, const mp_envelope *env, 
         what = "patterns_per_conn", have = c->pattern_count, limit = l->patterns_per_conn;
     } else if ((uint64_t)n->pattern_total + patterns > l->patterns_per_node) {
         what = "patterns_per_node", have = n->pattern_total, limit = l->patterns_per_node;
+    } else if (mp_catalog_tombstones(n->catalog) >= l->tombstones) {
+        what = "tombstones", have = mp_catalog_tombstones(n->catalog), limit = l->tombstones;
     }
     if (!what) {
         return true;

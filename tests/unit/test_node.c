@@ -2339,6 +2339,46 @@ Test(node, subscriptions_and_patterns_are_bounded_per_connection_and_node, .fini
     subscribe(b, "{\"patterns\": [\"b.9\"], \"tag\": \"\"}");
 }
 
+/* Churn: each pattern subscribed and dropped leaves a tombstone in the
+ * catalog for the tombstone TTL; past the limit new ones are refused until
+ * old ones expire. */
+Test(node, subscription_churn_is_bounded_by_tombstones, .fini = teardown) {
+    mp_node_limits l = {.tombstones = 6};
+    limited_node(&l);
+    uint64_t a = client();
+    int refused_at = -1;
+    for (int i = 0; i < 10 && refused_at < 0; i++) {
+        char json[96];
+        snprintf(json, sizeof json,
+                 "{\"patterns\": [\"churn.%d.a\", \"churn.%d.b\"], \"tag\": \"\"}", i, i);
+        mp_id id = send_json(a, MP_KIND_SUBSCRIBE, NULL, json);
+        frame fr;
+        cr_assert(next_frame(a, &fr), "no answer to SUBSCRIBE %d", i);
+        cr_assert(mp_id_equal(&fr.env.correlation_id, &id));
+        if (fr.env.kind == MP_KIND_ERROR) {
+            cr_assert_eq(get_int(&fr.payload, "code"), MPREG_E_LIMIT);
+            const mpreg_value *m = mpreg_map_get(&fr.payload, "message");
+            cr_assert(m && strstr(m->u.str.ptr, "tombstones"));
+            refused_at = i;
+            frame_free(&fr);
+            break;
+        }
+        cr_assert_eq(fr.env.kind, MP_KIND_OK);
+        uint64_t sub = (uint64_t)get_int(&fr.payload, "subscription");
+        frame_free(&fr);
+        char unsub[64];
+        snprintf(unsub, sizeof unsub, "{\"subscription\": %llu}", (unsigned long long)sub);
+        id = send_json(a, MP_KIND_UNSUBSCRIBE, NULL, unsub);
+        expect_ok(a, &id);
+    }
+    /* Two tombstones a round: the fourth SUBSCRIBE finds six. */
+    cr_assert_eq(refused_at, 3, "refused at round %d", refused_at);
+    cr_assert_eq(limit_used("tombstones"), 6);
+    /* They expire (5 minutes by default), and then it goes on. */
+    advance(5u * 60u * 1000u + 1000u);
+    subscribe(a, "{\"patterns\": [\"after.expiry\"], \"tag\": \"\"}");
+}
+
 Test(node, worker_functions_are_bounded_per_node, .fini = teardown) {
     mp_node_limits l = {.functions_per_node = 3};
     limited_node(&l);
