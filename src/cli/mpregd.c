@@ -203,7 +203,7 @@ static void mp_oom(void) {
     exit(MP_EXIT_FAIL);
 }
 
-static char *mp_strdup(const char *s) {
+static char *mp_xstrdup(const char *s) {
     char *d = strdup(s);
     if (d == NULL) {
         mp_oom();
@@ -213,7 +213,7 @@ static char *mp_strdup(const char *s) {
 
 static void mp_set(char **slot, const char *value) {
     free(*slot);
-    *slot = mp_strdup(value);
+    *slot = mp_xstrdup(value);
 }
 
 static void mp_list_push(mp_list *l, const char *value) {
@@ -222,7 +222,7 @@ static void mp_list_push(mp_list *l, const char *value) {
         mp_oom();
     }
     l->items = items;
-    l->items[l->len++] = mp_strdup(value);
+    l->items[l->len++] = mp_xstrdup(value);
     l->set = true;
 }
 
@@ -1207,7 +1207,7 @@ static char *mp_default_data_dir(const char *name) {
 
 /* mkdir -p, new directories private to the user. */
 static int mp_mkdirs(const char *path) {
-    char *p = mp_strdup(path);
+    char *p = mp_xstrdup(path);
     int rc = 0;
     for (char *s = p + 1; rc == 0; s++) {
         bool end = *s == '\0';
@@ -1486,7 +1486,7 @@ static void mp_daemon_free(mp_daemon *d) {
 static int mp_prepare_data_dir(mp_daemon *d, uint64_t *incarnation) {
     mp_options *o = &d->opts;
     const mp_settings *s = &d->flags;
-    o->data_dir = s->data_dir != NULL ? mp_strdup(s->data_dir) : mp_default_data_dir(o->name);
+    o->data_dir = s->data_dir != NULL ? mp_xstrdup(s->data_dir) : mp_default_data_dir(o->name);
     if (o->data_dir == NULL) {
         mp_fail(o->name, "no home directory for the default data dir: give --data-dir");
         return -1;

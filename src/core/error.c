@@ -1,7 +1,10 @@
 /* error.c - names and messages for mpreg_err codes. */
 #include "mpreg/error.h"
+#include "core/check.h"
 
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 typedef struct mp_err_desc {
     mpreg_err code;
@@ -76,4 +79,11 @@ const char *mpreg_strerror(mpreg_err err) {
 const char *mpreg_err_name(mpreg_err err) {
     const mp_err_desc *d = mp_err_find(err);
     return d ? d->name : "unknown";
+}
+
+/* check.h: the one place an invariant's failure is reported. */
+_Noreturn void mp_assert_fail(const char *expr, const char *file, int line) {
+    fprintf(stderr, "%s:%d: invariant broken: %s\n", file, line, expr);
+    fflush(stderr);
+    abort();
 }

@@ -1,4 +1,4 @@
-/* str.h - borrowed byte-string views.
+/* str.h - borrowed byte-string views, and the one heap string copy.
  *
  * Decoded envelopes point into the frame they came from instead of copying:
  * an mp_str is valid only as long as the bytes it views. Strings are not
@@ -35,5 +35,13 @@ static inline bool mp_str_eq(mp_str a, mp_str b) {
 static inline bool mp_str_eq_c(mp_str a, const char *b) {
     return mp_str_eq(a, mp_str_c(b));
 }
+
+/* The one strdup of the project: a heap copy of s (NULL for NULL, or when
+ * memory runs out). */
+char *mp_strdup(const char *s);
+/* A heap copy of s[0..len) with a NUL after it (s may hold NULs, and may be
+ * NULL when len is 0: an empty view copies to ""; NULL when memory runs
+ * out). */
+char *mp_strndup(const char *s, size_t len);
 
 #endif

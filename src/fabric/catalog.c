@@ -42,6 +42,7 @@
  * binary min-heap of records; each record knows its heap slot, so a refresh
  * re-sifts in place and a removal needs no lazy deletion. */
 #include "fabric/catalog.h"
+#include "core/str.h"
 
 #include "core/map.h"
 #include "core/matcher.h"
@@ -146,18 +147,6 @@ struct mp_catalog {
 };
 
 /* --- small helpers -------------------------------------------------------- */
-
-static char *mp_cat_strdup(const char *s) {
-    if (!s) {
-        s = "";
-    }
-    size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-    if (p) {
-        memcpy(p, s, n);
-    }
-    return p;
-}
 
 static const char *mp_cat_str(const char *s) {
     return s ? s : "";
@@ -570,7 +559,7 @@ static mpreg_err mp_cat_topic_node_get(mp_catalog *c, const char *node, mp_cat_t
         return MPREG_OK;
     }
     tn = calloc(1, sizeof *tn);
-    if (!tn || !(tn->node = mp_cat_strdup(node))) {
+    if (!tn || !(tn->node = mp_strdup(node ? node : ""))) {
         free(tn);
         return MPREG_E_NOMEM;
     }
@@ -601,7 +590,7 @@ static mpreg_err mp_cat_topic_set_get(mp_catalog *c, const mp_topic_key *k, cons
     }
     tn->sets++; /* now, so that undoing a half-made set releases a new node too */
     set = calloc(1, sizeof *set);
-    err = set && (set->group = mp_cat_strdup(k->group)) ? MPREG_OK : MPREG_E_NOMEM;
+    err = set && (set->group = mp_strdup(k->group ? k->group : "")) ? MPREG_OK : MPREG_E_NOMEM;
     if (!err) {
         set->tn = tn;
         set->handle = ++c->next_handle;
@@ -1030,8 +1019,10 @@ mp_catalog *mp_catalog_new(const mp_catalog_config *cfg) {
     if (!c) {
         return NULL;
     }
-    c->local_node = mp_cat_strdup(cfg ? cfg->local_node : NULL);
-    c->local_cluster = mp_cat_strdup(cfg ? cfg->local_cluster : NULL);
+    const char *node = cfg && cfg->local_node ? cfg->local_node : "";
+    const char *cluster = cfg && cfg->local_cluster ? cfg->local_cluster : "";
+    c->local_node = mp_strdup(node);
+    c->local_cluster = mp_strdup(cluster);
     c->matcher = mp_matcher_new();
     c->group_matcher = mp_matcher_new();
     if (!c->local_node || !c->local_cluster || !c->matcher || !c->group_matcher) {

@@ -9,6 +9,7 @@
  * out of memory, a tombstone whose value was never filled) is still safe to
  * handle. Validation rejects NULL, so nothing NULL survives a decode. */
 #include "fabric/entry.h"
+#include "core/str.h"
 
 #include "core/topic.h"
 #include "mpreg/value.h"
@@ -22,15 +23,6 @@
 
 static const char *mp_s(const char *s) {
     return s ? s : "";
-}
-
-static char *mp_dupstr(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-    if (p) {
-        memcpy(p, s, n);
-    }
-    return p;
 }
 
 static bool mp_str_same(const char *a, const char *b) {
@@ -361,7 +353,7 @@ mpreg_err mp_strlist_push(mp_strlist *l, const char *s) {
     if (l->count == UINT32_MAX) {
         return MPREG_E_TOO_LARGE;
     }
-    char *copy = mp_dupstr(s);
+    char *copy = mp_strdup(s);
     if (!copy) {
         return MPREG_E_NOMEM;
     }
@@ -509,7 +501,7 @@ static mpreg_err mp_copy_slot(char **slot, const char *s) {
     if (!s) {
         return MPREG_OK;
     }
-    *slot = mp_dupstr(s);
+    *slot = mp_strdup(s);
     return *slot ? MPREG_OK : MPREG_E_NOMEM;
 }
 
@@ -616,7 +608,7 @@ static mpreg_err mp_entry_start(mp_entry *e, mp_entry_kind kind, const char *con
             mp_entry_free(e);
             return MPREG_E_INVALID;
         }
-        *slots[i] = mp_dupstr(keys[i]);
+        *slots[i] = mp_strdup(keys[i]);
         if (!*slots[i]) {
             mp_entry_free(e);
             return MPREG_E_NOMEM;
@@ -630,7 +622,7 @@ static mpreg_err mp_set_str(char **slot, const char *s, bool optional) {
     if (!s && !optional) {
         return MPREG_E_INVALID;
     }
-    *slot = mp_dupstr(mp_s(s));
+    *slot = mp_strdup(mp_s(s));
     return *slot ? MPREG_OK : MPREG_E_NOMEM;
 }
 

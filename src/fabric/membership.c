@@ -22,6 +22,8 @@
  * so a run is a function of its inputs and seed. */
 #include "fabric/membership.h"
 
+#include "core/check.h"
+
 #include "core/map.h"
 #include "core/mpread.h"
 #include "core/str.h"
@@ -120,17 +122,6 @@ static uint64_t mp_add_sat(uint64_t a, uint64_t b) {
 
 static uint64_t mp_min_u64(uint64_t a, uint64_t b) {
     return a < b ? a : b;
-}
-
-static char *mp_strndup(const char *s, size_t n) {
-    char *c = malloc(n + 1);
-    if (c) {
-        if (n) {
-            memcpy(c, s, n);
-        }
-        c[n] = '\0';
-    }
-    return c;
 }
 
 static bool mp_gone(mp_member_state st) {
@@ -1073,6 +1064,7 @@ static mpreg_err mp_news_put(mp_swim *s, bool is_item, const char *key, const ui
     n->len = len;
     n->order = ++s->news_order;
     s->news[s->news_count++] = n;
+    MP_ASSERT(s->news_count <= MP_SWIM_MAX_NEWS);
     return MPREG_OK;
 }
 

@@ -5,6 +5,7 @@
  * file wires the catalog, the routing engine and the pub/sub service
  * together, advertises what the node is in the catalog, and turns the
  * driver's clock into timer firings. */
+#include "core/str.h"
 #include "node/node_internal.h"
 
 #include "core/frame.h"
@@ -224,25 +225,13 @@ void mp_node_limits_resolve(mp_node_limits *l) {
 #undef MP_LIMIT_DEFAULT
 }
 
-char *mp_node_strdup(const char *s) {
-    if (!s) {
-        return NULL;
-    }
-    size_t len = strlen(s) + 1;
-    char *d = malloc(len);
-    if (d) {
-        memcpy(d, s, len);
-    }
-    return d;
-}
-
 static mpreg_err mp_node_copy_config(mp_node *n, const mp_node_config *cfg) {
-    n->node_id = mp_node_strdup(cfg->node_id);
-    n->name = mp_node_strdup(cfg->name ? cfg->name : cfg->node_id);
-    n->cluster = mp_node_strdup(cfg->cluster ? cfg->cluster : "default");
+    n->node_id = mp_strdup(cfg->node_id);
+    n->name = mp_strdup(cfg->name ? cfg->name : cfg->node_id);
+    n->cluster = mp_strdup(cfg->cluster ? cfg->cluster : "default");
     /* An empty token is no token: nobody could be refused for lacking it. */
     bool has_token = cfg->token && cfg->token[0];
-    n->token = has_token ? mp_node_strdup(cfg->token) : NULL;
+    n->token = has_token ? mp_strdup(cfg->token) : NULL;
     if (!n->node_id || !n->name || !n->cluster || (has_token && !n->token)) {
         return MPREG_E_NOMEM;
     }

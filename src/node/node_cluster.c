@@ -582,7 +582,7 @@ static void mp_cluster_sweep_origins(mp_node *n) {
         klen = klen < sizeof origin ? klen : sizeof origin - 1;
         memcpy(origin, key, klen);
         origin[klen] = '\0';
-        if (mp_origin_due(n, origin, val) && (drop[drop_len] = mp_node_strdup(origin))) {
+        if (mp_origin_due(n, origin, val) && (drop[drop_len] = mp_strdup(origin))) {
             drop_len++;
         }
     }
@@ -701,7 +701,7 @@ static mp_conn *mp_cluster_dial(mp_node *n, const char *id, const char *addr) {
     c->state = MP_CONN_OPEN; /* its handshake timer waits for the WELCOME */
     mp_list_push(&n->peer_lru, &c->peer_link);
     n->peer_conns++;
-    if (id && (!(c->peer_id = mp_node_strdup(id)) ||
+    if (id && (!(c->peer_id = mp_strdup(id)) ||
                mp_map_put(&n->peers, c->peer_id, strlen(c->peer_id), c, NULL))) {
         mp_node_close_conn(n, c, MPREG_E_NOMEM);
         return NULL;
@@ -776,7 +776,7 @@ bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, 
                  n->node_id, n->cluster, (int)cluster.len, cluster.ptr);
         return false;
     }
-    c->peer_id = mp_node_strdup(id);
+    c->peer_id = mp_strdup(id);
     if (!c->peer_id) {
         *code = MPREG_E_NOMEM;
         snprintf(why, cap, "out of memory");
@@ -986,7 +986,7 @@ mpreg_err mp_cluster_start(mp_node *n, const mp_node_config *cfg) {
     if (!cfg->advertise_addr && cfg->seed_count == 0) {
         return MPREG_OK; /* standalone */
     }
-    if (cfg->advertise_addr && !(n->advertise_addr = mp_node_strdup(cfg->advertise_addr))) {
+    if (cfg->advertise_addr && !(n->advertise_addr = mp_strdup(cfg->advertise_addr))) {
         return MPREG_E_NOMEM;
     }
     mp_swim_config sc = cfg->swim;

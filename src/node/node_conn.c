@@ -10,6 +10,7 @@
  *
  * The node never answers an ERROR with an ERROR: two confused endpoints
  * would otherwise bounce them forever. */
+#include "core/str.h"
 #include "node/node_internal.h"
 
 #include "core/frame.h"
@@ -210,18 +211,9 @@ static void mp_handshake_expired(mp_node *n, mp_timer *t) {
     mp_node_close_conn(n, c, MPREG_E_HANDSHAKE);
 }
 
-static char *mp_strndup0(const char *s, size_t len) {
-    char *d = malloc(len + 1);
-    if (d) {
-        memcpy(d, s, len);
-        d[len] = '\0';
-    }
-    return d;
-}
-
 mp_conn *mp_conn_create(mp_node *n, uint64_t id, const char *addr) {
     mp_conn *c = calloc(1, sizeof *c);
-    if (!c || (addr && !(c->addr = mp_strndup0(addr, strlen(addr))))) {
+    if (!c || (addr && !(c->addr = mp_strndup(addr, strlen(addr))))) {
         free(c);
         n->io.close(n->io.ud, id, false, MPREG_E_NOMEM);
         return NULL;
@@ -448,7 +440,7 @@ static void mp_conn_on_hello(mp_node *n, mp_conn *c, const mp_envelope *env) {
         return;
     }
     c->role = h.role;
-    if (h.name.len && !(c->name = mp_strndup0(h.name.ptr, h.name.len))) {
+    if (h.name.len && !(c->name = mp_strndup(h.name.ptr, h.name.len))) {
         mpreg_value_free(&v);
         mp_handshake_refuse(n, c, &env->id, MPREG_E_NOMEM, "out of memory");
         return;
@@ -683,6 +675,7 @@ void mp_node_on_close(mp_node *n, uint64_t conn, mpreg_err reason, uint64_t now_
         return;
     }
     mp_list_remove(&c->link);
+    MP_ASSERT(n->conn_total > 0);
     n->conn_total--;
     mp_timer_cancel(&n->timers, &c->handshake);
     mp_timer_cancel(&n->timers, &c->stall);

@@ -133,9 +133,9 @@ static mp_local_fn *mp_local_create(mp_node *n, const char *key, size_t klen, co
         return NULL;
     }
     mp_list_init(&f->providers);
-    f->name = mp_node_strdup(name);
-    f->function_id = mp_node_strdup(function_id);
-    f->version = mp_node_strdup(version);
+    f->name = mp_strdup(name);
+    f->function_id = mp_strdup(function_id);
+    f->version = mp_strdup(version);
     if (!f->name || !f->function_id || !f->version ||
         mp_map_put(&n->functions, key, klen, f, NULL)) {
         mp_local_free(f);
@@ -254,6 +254,7 @@ void mp_functions_conn_drop(mp_node *n, mp_conn *c) {
     while (!mp_list_empty(&c->functions)) {
         mp_functions_remove(n, MP_CONTAINER(c->functions.next, mp_provider, conn_link));
     }
+    MP_ASSERT(n->worker_fn_total >= c->function_count);
     n->worker_fn_total -= c->function_count;
     c->function_count = 0;
 }

@@ -25,7 +25,9 @@
 #ifndef MP_NODE_INTERNAL_H
 #define MP_NODE_INTERNAL_H
 
+#include "core/check.h"
 #include "core/envelope.h"
+#include "core/list.h"
 #include "core/map.h"
 #include "fabric/engine.h"
 #include "node/node.h"
@@ -50,34 +52,6 @@
 #define MP_NODE_LOG_EVERY_MS 60000u
 #define MP_NODE_LOG_EVERY_KEYS 1024u
 #define MP_NODE_BUILTIN_VERSION "1.0.0"
-
-/* --- intrusive doubly linked lists ----------------------------------------- */
-
-typedef struct mp_link {
-    struct mp_link *prev;
-    struct mp_link *next;
-} mp_link;
-
-#define MP_CONTAINER(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-
-static inline void mp_list_init(mp_link *head) {
-    head->prev = head->next = head;
-}
-static inline bool mp_list_empty(const mp_link *head) {
-    return head->next == head;
-}
-static inline void mp_list_push(mp_link *head, mp_link *l) {
-    l->prev = head->prev;
-    l->next = head;
-    head->prev->next = l;
-    head->prev = l;
-}
-/* Unlinks l and leaves it pointing at itself, so removing twice is harmless. */
-static inline void mp_list_remove(mp_link *l) {
-    l->prev->next = l->next;
-    l->next->prev = l->prev;
-    l->prev = l->next = l;
-}
 
 /* --- timers (node_timer.c) -------------------------------------------------- */
 
@@ -492,9 +466,6 @@ static inline uint64_t mp_node_now(const mp_node *n) {
 static inline uint64_t mp_add_ms(uint64_t a, uint64_t b) {
     return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
-
-/* A heap copy of s (NULL for NULL, or out of memory). */
-char *mp_node_strdup(const char *s);
 
 /* Sorted union without duplicates of dst and add, into dst. */
 mpreg_err mp_strlist_union_into(mp_strlist *dst, const mp_strlist *add);

@@ -479,6 +479,7 @@ void mp_ps_on_unsubscribe(mp_node *n, mp_conn *c, const mp_envelope *env) {
 }
 
 void mp_ps_conn_drop(mp_node *n, mp_conn *c) {
+    MP_ASSERT(n->sub_total >= c->sub_count && n->pattern_total >= c->pattern_count);
     n->sub_total -= c->sub_count;
     n->pattern_total -= c->pattern_count;
     c->pattern_count = 0;

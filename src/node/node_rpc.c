@@ -209,6 +209,7 @@ static void mp_request_free(mp_request *r) {
     mp_timer_cancel(&n->timers, &r->deadline);
     mp_list_remove(&r->conn_link);
     r->conn->request_count--;
+    MP_ASSERT(n->request_total > 0 && n->result_bytes >= r->held_bytes);
     n->request_total--;
     n->result_bytes -= r->held_bytes;
     mp_rpc_plan_free(r->plan);

@@ -16,6 +16,7 @@
  * on_close fails whatever is still pending), its shutdown callback frees it
  * and closes the timer, and the timer's close callback frees the client. */
 #define _GNU_SOURCE
+#include "core/str.h"
 #include "mpreg/client.h"
 
 #include "core/frame.h"
@@ -731,10 +732,6 @@ mpreg_err mpreg_async_unsubscribe(mpreg_async_client *c, uint64_t sub_id, mpreg_
     return rc;
 }
 
-static char *mp_ac_strdup(const char *s) {
-    return s ? strdup(s) : NULL;
-}
-
 mpreg_err mpreg_async_register(mpreg_async_client *c, const mpreg_worker_function *def,
                                mpreg_done_cb done, void *ud) {
     mpreg_err rc = mp_ac_check(c);
@@ -750,9 +747,9 @@ mpreg_err mpreg_async_register(mpreg_async_client *c, const mpreg_worker_functio
     if (op) {
         op->done = done;
         op->reg = *def;
-        op->reg.name = mp_ac_strdup(def->name);
-        op->reg.function_id = mp_ac_strdup(def->function_id);
-        op->reg.version = mp_ac_strdup(def->version);
+        op->reg.name = mp_strdup(def->name);
+        op->reg.function_id = mp_strdup(def->function_id);
+        op->reg.version = mp_strdup(def->version);
         op->reg.resources = NULL;
         op->reg.resource_count = 0;
     }

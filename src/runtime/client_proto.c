@@ -1,6 +1,7 @@
 /* client_proto.c - payloads, tables and helpers shared by both clients. */
 #define _GNU_SOURCE
 #include "runtime/client_proto.h"
+#include "core/str.h"
 
 #include "core/frame.h"
 #include "core/topic.h"
@@ -18,18 +19,6 @@
 #include <unistd.h>
 
 /* ==== small helpers ========================================================= */
-
-static char *mp_cl_strdup(const char *s) {
-    if (s == NULL) {
-        return NULL;
-    }
-    size_t n = strlen(s);
-    char *out = malloc(n + 1);
-    if (out) {
-        memcpy(out, s, n + 1);
-    }
-    return out;
-}
 
 /* Copies s[0..len) into out (cap bytes), cutting if needed; always NUL-ends. */
 static void mp_cl_copy(char *out, size_t cap, const char *s, size_t len) {
@@ -725,9 +714,9 @@ mpreg_err mp_client_functions_add(mp_client_functions *fs, const mpreg_worker_fu
         fs->cap = cap;
     }
     mp_client_function f = {0};
-    f.name = mp_cl_strdup(def->name);
-    f.function_id = def->function_id && def->function_id[0] ? mp_cl_strdup(def->function_id) : NULL;
-    f.version = mp_cl_strdup(def->version ? def->version : "0.0.0");
+    f.name = mp_strdup(def->name);
+    f.function_id = def->function_id && def->function_id[0] ? mp_strdup(def->function_id) : NULL;
+    f.version = mp_strdup(def->version ? def->version : "0.0.0");
     f.semver = v;
     f.handler = def->handler;
     f.ctx = def->ctx;

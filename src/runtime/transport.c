@@ -26,6 +26,7 @@
 
 #include "runtime/transport.h"
 
+#include "core/check.h"
 #include "core/frame.h"
 #include "core/map.h"
 
@@ -686,6 +687,7 @@ static void mp_on_read_timeout(uv_timer_t *h) {
 static mpreg_err mp_conn_after_feed(mp_conn *c) {
     mp_transport *t = c->t;
     size_t now = mp_frame_decoder_buffered(&c->dec);
+    MP_ASSERT(t->partial_bytes >= c->partial_count);
     t->partial_bytes = t->partial_bytes - c->partial_count + now;
     c->partial_count = now;
     if (c->state != MP_CONN_OPEN) {

@@ -10,6 +10,7 @@
  * the value encoder's checks (UTF-8, depth) apply to every payload alike. A
  * view is never freed; its mpreg_values only borrow. */
 #include "services/rpc_plan.h"
+#include "core/str.h"
 
 #include "core/map.h"
 #include "core/mpread.h"
@@ -21,19 +22,6 @@
 #include <string.h>
 
 /* ==== small helpers ======================================================== */
-
-static char *mp_rpc_strndup(const char *s, size_t len) {
-    char *out = malloc(len + 1);
-    if (out) {
-        memcpy(out, s, len);
-        out[len] = '\0';
-    }
-    return out;
-}
-
-static char *mp_rpc_strdup(const char *s) {
-    return s ? mp_rpc_strndup(s, strlen(s)) : NULL;
-}
 
 /* A borrowed string value: never freed, never written through. */
 static mpreg_value mp_view_strn(const char *s, size_t len) {
@@ -179,7 +167,7 @@ mpreg_err mp_rpc_error_set(mp_rpc_error *e, mpreg_err code, const char *command,
     mp_rpc_error_free(e);
     e->code = code;
     if (command) {
-        e->command = mp_rpc_strdup(command);
+        e->command = mp_strdup(command);
     }
     if (fmt) {
         va_list ap;
@@ -197,8 +185,8 @@ const char *mp_rpc_error_message(const mp_rpc_error *e) {
 mpreg_err mp_rpc_error_copy(const mp_rpc_error *src, mp_rpc_error *dst) {
     mp_rpc_error_init(dst);
     dst->code = src->code;
-    if ((src->message && !(dst->message = mp_rpc_strdup(src->message))) ||
-        (src->command && !(dst->command = mp_rpc_strdup(src->command))) ||
+    if ((src->message && !(dst->message = mp_strdup(src->message))) ||
+        (src->command && !(dst->command = mp_strdup(src->command))) ||
         mpreg_value_clone(&src->details, &dst->details) != MPREG_OK) {
         mp_rpc_error_free(dst);
         return MPREG_E_NOMEM;
@@ -243,7 +231,7 @@ static mpreg_err mp_copy_str(const mpreg_value *v, char **out) {
     if (v->type != MPREG_STR) {
         return MPREG_E_TYPE;
     }
-    *out = mp_rpc_strndup(v->u.str.ptr, v->u.str.len);
+    *out = mp_strndup(v->u.str.ptr, v->u.str.len);
     return *out ? MPREG_OK : MPREG_E_NOMEM;
 }
 
@@ -478,7 +466,7 @@ static mpreg_err mp_parse_string(mp_parse_ctx *c, const char *field, const mpreg
     if (err) {
         return err;
     }
-    *out = mp_rpc_strndup(v->u.str.ptr, v->u.str.len);
+    *out = mp_strndup(v->u.str.ptr, v->u.str.len);
     return *out ? MPREG_OK : mp_parse_fail(c, MPREG_E_NOMEM, "out of memory");
 }
 
@@ -1571,7 +1559,7 @@ static mpreg_err mp_plan_fail_step(mp_rpc_plan *plan, uint32_t id, mp_rpc_error 
         plan->error.code = MPREG_E_INTERNAL;
     }
     free(plan->error.command);
-    plan->error.command = mp_rpc_strdup(step->cmd.name);
+    plan->error.command = mp_strdup(step->cmd.name);
     return MPREG_OK;
 }
 
@@ -1907,10 +1895,10 @@ mpreg_err mp_rpc_plan_invoke(mp_rpc_plan *plan, uint32_t id, mp_rpc_invoke *out)
         return rc;
     }
     const mp_rpc_command *c = &plan->steps[id].cmd;
-    out->command = mp_rpc_strdup(c->name);
-    out->fun = mp_rpc_strdup(c->fun);
-    out->function_id = mp_rpc_strdup(c->function_id);
-    out->version = mp_rpc_strdup(c->version);
+    out->command = mp_strdup(c->name);
+    out->fun = mp_strdup(c->fun);
+    out->function_id = mp_strdup(c->function_id);
+    out->version = mp_strdup(c->version);
     if (!out->command || !out->fun || (c->function_id && !out->function_id) ||
         (c->version && !out->version) || mp_strlist_copy(&c->locs, &out->locs) != MPREG_OK) {
         mp_rpc_invoke_free(out);
