@@ -1,4 +1,4 @@
-/* mpreg_bench.c - the project side of ../shared/bench/compare.sh.
+/* mpreg_bench.c - the project side of bench/compare/compare.sh.
  *
  *   mpreg-bench pubsub COUNT SIZE     one publisher -> one subscriber
  *   mpreg-bench fanout COUNT SIZE K   one publisher -> K subscribers
