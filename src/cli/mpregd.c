@@ -11,6 +11,7 @@
  * (port in use, data dir, plugin), 2 for a usage error (bad flag or config). */
 #define _GNU_SOURCE
 
+#include "core/addr.h"
 #include "core/envelope.h"
 #include "core/frame.h"
 #include "fabric/entry.h"
@@ -785,24 +786,6 @@ static void mp_merge(mp_settings *flags, mp_settings *file) {
 
 /* ---- checking ------------------------------------------------------------- */
 
-static bool mp_parse_port(const char *text, uint16_t *out) {
-    if (*text == '\0' || strlen(text) > 5) {
-        return false;
-    }
-    unsigned long v = 0;
-    for (const char *p = text; *p != '\0'; p++) {
-        if (*p < '0' || *p > '9') {
-            return false;
-        }
-        v = v * 10 + (unsigned long)(*p - '0');
-    }
-    if (v > 65535) {
-        return false;
-    }
-    *out = (uint16_t)v;
-    return true;
-}
-
 /* "HOST:PORT" or "[V6]:PORT". */
 static void mp_check_listen(const char *text, mp_options *o) {
     const char *colon;
@@ -829,7 +812,7 @@ static void mp_check_listen(const char *text, mp_options *o) {
     if (host_len >= sizeof o->host) {
         mp_usage_error("--listen '%s': host too long", text);
     }
-    if (!mp_parse_port(colon + 1, &o->port)) {
+    if (!mp_port_parse(colon + 1, strlen(colon + 1), true, &o->port)) {
         mp_usage_error("--listen '%s': port must be a number from 0 to 65535", text);
     }
     memcpy(o->host, text, host_len);

@@ -1,6 +1,7 @@
 /* client_proto.c - payloads, tables and helpers shared by both clients. */
 #define _GNU_SOURCE
 #include "runtime/client_proto.h"
+#include "core/addr.h"
 #include "core/str.h"
 
 #include "core/frame.h"
@@ -51,27 +52,6 @@ static const char *mp_cl_skip_scheme(const char *url) {
         }
     }
     return url;
-}
-
-static mpreg_err mp_cl_parse_port(const char *s, size_t len, uint16_t *port, const char **why) {
-    if (len == 0 || len > 5) {
-        *why = "port must be a number from 1 to 65535";
-        return MPREG_E_INVALID;
-    }
-    uint32_t v = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9') {
-            *why = "port must be a number from 1 to 65535";
-            return MPREG_E_INVALID;
-        }
-        v = v * 10 + (uint32_t)(s[i] - '0');
-    }
-    if (v == 0 || v > 65535) {
-        *why = "port must be a number from 1 to 65535";
-        return MPREG_E_INVALID;
-    }
-    *port = (uint16_t)v;
-    return MPREG_OK;
 }
 
 mpreg_err mp_client_parse_url(const char *url, char host[MP_CLIENT_HOST_MAX], uint16_t *port,
@@ -129,9 +109,9 @@ mpreg_err mp_client_parse_url(const char *url, char host[MP_CLIENT_HOST_MAX], ui
             *why = "expected ':' and a port after the host";
             return MPREG_E_INVALID;
         }
-        mpreg_err err = mp_cl_parse_port(rest + 1, rlen - 1, port, why);
-        if (err) {
-            return err;
+        if (!mp_port_parse(rest + 1, rlen - 1, false, port)) {
+            *why = "port must be a number from 1 to 65535";
+            return MPREG_E_INVALID;
         }
     }
     memcpy(host, h, hlen);

@@ -26,6 +26,7 @@
 
 #include "runtime/transport.h"
 
+#include "core/addr.h"
 #include "core/check.h"
 #include "core/frame.h"
 #include "core/map.h"
@@ -1310,51 +1311,9 @@ mpreg_err mp_transport_dial(mp_transport *t, const char *host, uint16_t port, ui
     return MPREG_OK;
 }
 
-static bool mp_port_text(const char *text, bool allow_port_0, uint16_t *port) {
-    if (*text == '\0' || strlen(text) > 5) {
-        return false;
-    }
-    unsigned long v = 0;
-    for (const char *p = text; *p != '\0'; p++) {
-        if (*p < '0' || *p > '9') {
-            return false;
-        }
-        v = v * 10 + (unsigned long)(*p - '0');
-    }
-    if (v > 65535 || (v == 0 && !allow_port_0)) {
-        return false;
-    }
-    *port = (uint16_t)v;
-    return true;
-}
-
 mpreg_err mp_transport_split_addr(const char *addr, bool allow_port_0,
                                   char host[MP_TRANSPORT_HOST_MAX], uint16_t *port) {
-    if (!addr || !host || !port) {
-        return MPREG_E_INVALID;
-    }
-    const char *start = addr, *end, *colon;
-    if (addr[0] == '[') {
-        end = strchr(addr, ']');
-        if (!end || end[1] != ':') {
-            return MPREG_E_INVALID;
-        }
-        start = addr + 1;
-        colon = end + 1;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon || memchr(addr, ':', (size_t)(colon - addr)) != NULL) {
-            return MPREG_E_INVALID; /* no port, or an IPv6 address without brackets */
-        }
-        end = colon;
-    }
-    size_t n = (size_t)(end - start);
-    if (n == 0 || n >= MP_TRANSPORT_HOST_MAX || !mp_port_text(colon + 1, allow_port_0, port)) {
-        return MPREG_E_INVALID;
-    }
-    memcpy(host, start, n);
-    host[n] = '\0';
-    return MPREG_OK;
+    return mp_addr_split(addr, allow_port_0, host, port);
 }
 
 mpreg_err mp_transport_dial_addr(mp_transport *t, const char *addr, uint64_t *conn_id) {

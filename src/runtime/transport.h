@@ -54,6 +54,7 @@
 #ifndef MP_TRANSPORT_H
 #define MP_TRANSPORT_H
 
+#include "core/addr.h"
 #include "core/buf.h"
 #include "mpreg/error.h"
 
@@ -182,9 +183,10 @@ mpreg_err mp_transport_listen(mp_transport *t, const char *host, uint16_t port,
 mpreg_err mp_transport_dial(mp_transport *t, const char *host, uint16_t port, uint64_t *conn_id);
 
 /* The longest host mp_transport_split_addr hands back, NUL included. */
-#define MP_TRANSPORT_HOST_MAX 256
+#define MP_TRANSPORT_HOST_MAX MP_ADDR_HOST_MAX
 
-/* Splits "host:port" or "[ipv6]:port" into host (brackets dropped) and
+/* mp_addr_split (core/addr.h), for the transport's users. Splits
+ * "host:port" or "[ipv6]:port" into host (brackets dropped) and
  * port. The port must be 1..65535 when allow_port_0 is false, else
  * 0..65535. MPREG_E_INVALID for anything else: no port, an empty host, an
  * IPv6 address without brackets (its colons are ambiguous), a host longer

@@ -9,6 +9,8 @@
  * scheduled and happens later, from the loop, as the runtime does. */
 #include "sim/sim_internal.h"
 
+#include "core/addr.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -446,8 +448,9 @@ static void mp_io_log(void *ud, mp_log_level level, const char *message) {
 /* "host:port" with a non-empty host and a port; anything else cannot even
  * be dialed. */
 static bool mp_addr_ok(const char *addr) {
-    const char *colon = addr ? strrchr(addr, ':') : NULL;
-    return colon && colon != addr && colon[1] != '\0';
+    char host[MP_ADDR_HOST_MAX];
+    uint16_t port;
+    return mp_addr_split(addr, false, host, &port) == MPREG_OK;
 }
 
 static uint64_t mp_io_dial(void *ud, const char *addr) {
