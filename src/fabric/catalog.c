@@ -42,10 +42,12 @@
  * binary min-heap of records; each record knows its heap slot, so a refresh
  * re-sifts in place and a removal needs no lazy deletion. */
 #include "fabric/catalog.h"
-#include "core/str.h"
 
+#include "core/check.h"
+#include "core/heap.h"
 #include "core/map.h"
 #include "core/matcher.h"
+#include "core/str.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -107,12 +109,6 @@ typedef struct mp_cat_topic_set {
     size_t patterns; /* live topic records of the pair */
 } mp_cat_topic_set;
 
-typedef struct mp_cat_heap {
-    mp_cat_record **items;
-    size_t count;
-    size_t cap;
-} mp_cat_heap;
-
 struct mp_catalog {
     char *local_node;
     char *local_cluster;
@@ -133,7 +129,7 @@ struct mp_catalog {
     mp_matcher *matcher;       /* the handles of group "" sets */
     mp_matcher *group_matcher; /* the handles of queue groups' sets */
     uint64_t next_handle;
-    mp_cat_heap heap;
+    mp_heap heap; /* mp_cat_record * by due time (core/heap.h) */
 
     size_t live[MP_CAT_KINDS];
     size_t tombstones;
@@ -403,90 +399,49 @@ static uint64_t mp_cat_due(const mp_cat_record *r) {
     return r->state == MP_CAT_LIVE ? r->expires_at_ms : r->tombstone_until_ms;
 }
 
-static void mp_cat_heap_place(mp_cat_heap *h, size_t i, mp_cat_record *r) {
-    h->items[i] = r;
-    r->heap_pos = i;
+/* Heap elements are record pointers; each record knows its slot. */
+static bool mp_cat_before(const void *pa, const void *pb) {
+    return mp_cat_due(*(mp_cat_record *const *)pa) < mp_cat_due(*(mp_cat_record *const *)pb);
 }
 
-static void mp_cat_heap_up(mp_cat_heap *h, size_t i) {
-    mp_cat_record *r = h->items[i];
-    uint64_t due = mp_cat_due(r);
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (mp_cat_due(h->items[parent]) <= due) {
-            break;
-        }
-        mp_cat_heap_place(h, i, h->items[parent]);
-        i = parent;
-    }
-    mp_cat_heap_place(h, i, r);
+static void mp_cat_placed(void *elem, size_t slot) {
+    (*(mp_cat_record **)elem)->heap_pos = slot;
 }
 
-static void mp_cat_heap_down(mp_cat_heap *h, size_t i) {
-    mp_cat_record *r = h->items[i];
-    uint64_t due = mp_cat_due(r);
-    for (;;) {
-        size_t child = 2 * i + 1;
-        if (child >= h->count) {
-            break;
-        }
-        if (child + 1 < h->count && mp_cat_due(h->items[child + 1]) < mp_cat_due(h->items[child])) {
-            child++;
-        }
-        if (due <= mp_cat_due(h->items[child])) {
-            break;
-        }
-        mp_cat_heap_place(h, i, h->items[child]);
-        i = child;
-    }
-    mp_cat_heap_place(h, i, r);
+static mp_cat_record *mp_cat_heap_at(const mp_heap *h, size_t slot) {
+    return *(mp_cat_record **)mp_heap_at(h, slot);
 }
 
 /* Room for one more, taken before a change is committed so that scheduling
  * the changed record cannot fail half-way. */
-static mpreg_err mp_cat_heap_reserve(mp_cat_heap *h) {
-    if (h->count < h->cap) {
-        return MPREG_OK;
-    }
-    size_t cap = h->cap ? h->cap * 2 : 64;
-    mp_cat_record **items = realloc(h->items, cap * sizeof *items);
-    if (!items) {
-        return MPREG_E_NOMEM;
-    }
-    h->items = items;
-    h->cap = cap;
-    return MPREG_OK;
+static mpreg_err mp_cat_heap_reserve(mp_heap *h) {
+    return mp_heap_reserve(h, 1);
 }
 
-static void mp_cat_heap_remove(mp_cat_heap *h, mp_cat_record *r) {
+static void mp_cat_heap_remove(mp_heap *h, mp_cat_record *r) {
     size_t i = r->heap_pos;
     if (i == MP_CAT_NO_POS) {
         return;
     }
+    MP_ASSERT(i < mp_heap_len(h) && mp_cat_heap_at(h, i) == r);
     r->heap_pos = MP_CAT_NO_POS;
-    mp_cat_record *last = h->items[--h->count];
-    if (last == r) {
-        return;
-    }
-    mp_cat_heap_place(h, i, last);
-    mp_cat_heap_up(h, i);
-    mp_cat_heap_down(h, last->heap_pos);
+    mp_heap_remove_at(h, i);
 }
 
 /* Puts r where its current due time belongs (in, moved or out). The caller
  * has reserved room when r may be new to the heap. */
-static void mp_cat_heap_update(mp_cat_heap *h, mp_cat_record *r) {
+static void mp_cat_heap_update(mp_heap *h, mp_cat_record *r) {
     if (mp_cat_due(r) == 0) {
         mp_cat_heap_remove(h, r);
         return;
     }
     if (r->heap_pos == MP_CAT_NO_POS) {
-        mp_cat_heap_place(h, h->count++, r);
-        mp_cat_heap_up(h, r->heap_pos);
+        mpreg_err err = mp_heap_push(h, &r);
+        MP_ASSERT(err == MPREG_OK); /* room was reserved */
+        (void)err;
         return;
     }
-    mp_cat_heap_up(h, r->heap_pos);
-    mp_cat_heap_down(h, r->heap_pos);
+    mp_heap_update_at(h, r->heap_pos);
 }
 
 /* --- topic interests ------------------------------------------------------ */
@@ -1023,6 +978,7 @@ mp_catalog *mp_catalog_new(const mp_catalog_config *cfg) {
     const char *cluster = cfg && cfg->local_cluster ? cfg->local_cluster : "";
     c->local_node = mp_strdup(node);
     c->local_cluster = mp_strdup(cluster);
+    mp_heap_init(&c->heap, sizeof(mp_cat_record *), mp_cat_before, mp_cat_placed);
     c->matcher = mp_matcher_new();
     c->group_matcher = mp_matcher_new();
     if (!c->local_node || !c->local_cluster || !c->matcher || !c->group_matcher) {
@@ -1063,7 +1019,7 @@ void mp_catalog_free(mp_catalog *c) {
     mp_map_free(&c->topic_handles, NULL);
     mp_matcher_free(c->matcher);
     mp_matcher_free(c->group_matcher);
-    free(c->heap.items);
+    mp_heap_free(&c->heap);
     mp_buf_free(&c->key_scratch);
     mp_buf_free(&c->enc_scratch);
     mp_buf_free(&c->old_scratch);
@@ -1186,8 +1142,8 @@ mpreg_err mp_catalog_apply_delta(mp_catalog *c, const mp_delta *d, uint64_t now_
 
 size_t mp_catalog_expire(mp_catalog *c, uint64_t now_ms) {
     size_t expired = 0;
-    while (c->heap.count && mp_cat_due(c->heap.items[0]) <= now_ms) {
-        mp_cat_record *r = c->heap.items[0];
+    while (mp_heap_len(&c->heap) && mp_cat_due(mp_cat_heap_at(&c->heap, 0)) <= now_ms) {
+        mp_cat_record *r = mp_cat_heap_at(&c->heap, 0);
         if (r->state == MP_CAT_LIVE) {
             mp_cat_expire_one(c, r);
             expired++;
@@ -1199,7 +1155,7 @@ size_t mp_catalog_expire(mp_catalog *c, uint64_t now_ms) {
 }
 
 uint64_t mp_catalog_next_expiry(const mp_catalog *c) {
-    return c->heap.count ? mp_cat_due(c->heap.items[0]) : UINT64_MAX;
+    return mp_heap_len(&c->heap) ? mp_cat_due(mp_cat_heap_at(&c->heap, 0)) : UINT64_MAX;
 }
 
 /* --- queries --------------------------------------------------------------- */

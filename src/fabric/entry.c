@@ -9,8 +9,8 @@
  * out of memory, a tombstone whose value was never filled) is still safe to
  * handle. Validation rejects NULL, so nothing NULL survives a decode. */
 #include "fabric/entry.h"
-#include "core/str.h"
 
+#include "core/str.h"
 #include "core/topic.h"
 #include "mpreg/value.h"
 

@@ -5,10 +5,10 @@
  * file wires the catalog, the routing engine and the pub/sub service
  * together, advertises what the node is in the catalog, and turns the
  * driver's clock into timer firings. */
-#include "core/str.h"
 #include "node/node_internal.h"
 
 #include "core/frame.h"
+#include "core/str.h"
 #include "mpreg/value.h"
 
 #include <stdio.h>

@@ -10,11 +10,11 @@
  *
  * The node never answers an ERROR with an ERROR: two confused endpoints
  * would otherwise bounce them forever. */
-#include "core/str.h"
 #include "node/node_internal.h"
 
 #include "core/frame.h"
 #include "core/mpread.h"
+#include "core/str.h"
 
 #include <stdio.h>
 #include <stdlib.h>

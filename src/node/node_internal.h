@@ -27,6 +27,7 @@
 
 #include "core/check.h"
 #include "core/envelope.h"
+#include "core/heap.h"
 #include "core/list.h"
 #include "core/map.h"
 #include "fabric/engine.h"
@@ -68,10 +69,11 @@ struct mp_timer {
     mp_timer_fn fire;
 };
 
+/* The node's timers: core/heap.h over mp_timer pointers (each timer knows
+ * its slot), with an arming counter to break ties. Zero-initialised is
+ * empty; the heap is set up by the first arm. */
 typedef struct mp_timer_heap {
-    mp_timer **items;
-    size_t len;
-    size_t cap;
+    mp_heap heap;
     uint64_t seq;
 } mp_timer_heap;
 

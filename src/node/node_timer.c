@@ -16,99 +16,58 @@ void mp_timer_init(mp_timer *t, mp_timer_fn fire) {
     t->fire = fire;
 }
 
-static bool mp_timer_before(const mp_timer *a, const mp_timer *b) {
+/* Heap elements are mp_timer pointers. */
+static bool mp_timer_before(const void *pa, const void *pb) {
+    const mp_timer *a = *(mp_timer *const *)pa, *b = *(mp_timer *const *)pb;
     return a->due < b->due || (a->due == b->due && a->seq < b->seq);
 }
 
-static void mp_heap_set(mp_timer_heap *h, size_t i, mp_timer *t) {
-    h->items[i] = t;
-    t->slot = i;
+static void mp_timer_placed(void *elem, size_t slot) {
+    (*(mp_timer **)elem)->slot = slot;
 }
 
-static void mp_heap_up(mp_timer_heap *h, size_t i) {
-    mp_timer *t = h->items[i];
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!mp_timer_before(t, h->items[parent])) {
-            break;
-        }
-        mp_heap_set(h, i, h->items[parent]);
-        i = parent;
-    }
-    mp_heap_set(h, i, t);
-}
-
-static void mp_heap_down(mp_timer_heap *h, size_t i) {
-    mp_timer *t = h->items[i];
-    for (;;) {
-        size_t child = 2 * i + 1;
-        if (child >= h->len) {
-            break;
-        }
-        if (child + 1 < h->len && mp_timer_before(h->items[child + 1], h->items[child])) {
-            child++;
-        }
-        if (!mp_timer_before(h->items[child], t)) {
-            break;
-        }
-        mp_heap_set(h, i, h->items[child]);
-        i = child;
-    }
-    mp_heap_set(h, i, t);
+static mp_timer *mp_timer_at(const mp_timer_heap *h, size_t slot) {
+    return *(mp_timer **)mp_heap_at(&h->heap, slot);
 }
 
 void mp_timer_cancel(mp_timer_heap *h, mp_timer *t) {
     if (!mp_timer_armed(t)) {
         return;
     }
+    MP_ASSERT(t->slot < mp_heap_len(&h->heap) && mp_timer_at(h, t->slot) == t);
     size_t i = t->slot;
     t->slot = SIZE_MAX;
-    h->len--;
-    if (i == h->len) {
-        return;
-    }
-    /* The last timer takes the hole and moves whichever way it must. */
-    mp_timer *moved = h->items[h->len];
-    mp_heap_set(h, i, moved);
-    mp_heap_up(h, i);
-    mp_heap_down(h, moved->slot);
+    mp_heap_remove_at(&h->heap, i);
 }
 
 mpreg_err mp_timer_arm(mp_timer_heap *h, mp_timer *t, uint64_t due) {
-    if (!mp_timer_armed(t) && h->len == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 16;
-        mp_timer **items = realloc(h->items, cap * sizeof *items);
-        if (!items) {
-            return MPREG_E_NOMEM;
-        }
-        h->items = items;
-        h->cap = cap;
+    if (h->heap.size == 0) {
+        mp_heap_init(&h->heap, sizeof(mp_timer *), mp_timer_before, mp_timer_placed);
+    }
+    if (!mp_timer_armed(t) && mp_heap_reserve(&h->heap, 1)) {
+        return MPREG_E_NOMEM;
     }
     mp_timer_cancel(h, t);
     t->due = due;
     t->seq = h->seq++;
-    mp_heap_set(h, h->len++, t);
-    mp_heap_up(h, t->slot);
-    return MPREG_OK;
+    return mp_heap_push(&h->heap, &t); /* room was reserved: cannot fail */
 }
 
 void mp_timers_run(mp_timer_heap *h, mp_node *n, uint64_t now) {
-    while (h->len > 0 && h->items[0]->due <= now) {
-        mp_timer *t = h->items[0];
+    while (mp_heap_len(&h->heap) > 0 && mp_timer_at(h, 0)->due <= now) {
+        mp_timer *t = mp_timer_at(h, 0);
         mp_timer_cancel(h, t);
         t->fire(n, t);
     }
 }
 
 uint64_t mp_timers_next(const mp_timer_heap *h) {
-    return h->len ? h->items[0]->due : UINT64_MAX;
+    return mp_heap_len(&h->heap) ? mp_timer_at(h, 0)->due : UINT64_MAX;
 }
 
 void mp_timer_heap_free(mp_timer_heap *h) {
-    for (size_t i = 0; i < h->len; i++) {
-        h->items[i]->slot = SIZE_MAX;
+    for (size_t i = 0; i < mp_heap_len(&h->heap); i++) {
+        mp_timer_at(h, i)->slot = SIZE_MAX;
     }
-    free(h->items);
-    h->items = NULL;
-    h->len = h->cap = 0;
+    mp_heap_free(&h->heap);
 }

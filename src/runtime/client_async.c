@@ -16,11 +16,11 @@
  * on_close fails whatever is still pending), its shutdown callback frees it
  * and closes the timer, and the timer's close callback frees the client. */
 #define _GNU_SOURCE
-#include "core/str.h"
 #include "mpreg/client.h"
 
 #include "core/frame.h"
 #include "core/map.h"
+#include "core/str.h"
 #include "runtime/client_proto.h"
 #include "runtime/transport.h"
 #include "services/pubsub.h"

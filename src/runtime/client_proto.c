@@ -1,10 +1,10 @@
 /* client_proto.c - payloads, tables and helpers shared by both clients. */
 #define _GNU_SOURCE
 #include "runtime/client_proto.h"
-#include "core/addr.h"
-#include "core/str.h"
 
+#include "core/addr.h"
 #include "core/frame.h"
+#include "core/str.h"
 #include "core/topic.h"
 #include "core/value_json.h"
 #include "services/pubsub.h"

@@ -10,10 +10,10 @@
  * the value encoder's checks (UTF-8, depth) apply to every payload alike. A
  * view is never freed; its mpreg_values only borrow. */
 #include "services/rpc_plan.h"
-#include "core/str.h"
 
 #include "core/map.h"
 #include "core/mpread.h"
+#include "core/str.h"
 #include "fabric/semver.h"
 
 #include <stdarg.h>

@@ -151,6 +151,7 @@ mp_sim *mp_sim_new(const mp_sim_config *cfg) {
         return NULL;
     }
     s->cfg = *cfg;
+    mp_sim_heap_init(&s->heap);
     s->now = MP_SIM_EPOCH_MS;
     s->node_count = cfg->nodes;
     s->next_ep = 1;
@@ -187,10 +188,10 @@ void mp_sim_free(mp_sim *s) {
     }
     mp_sim_net_free(s);
     mp_sim_event ev;
-    while (mp_sim_heap_pop(&s->heap, &ev)) {
+    while (mp_heap_pop(&s->heap, &ev)) {
         mp_sim_event_release(&ev);
     }
-    mp_sim_heap_free(&s->heap);
+    mp_heap_free(&s->heap);
     mp_sim_clients_free(s);
     for (uint32_t i = 0; s->nodes && i < s->node_count; i++) {
         free(s->nodes[i].seeds);
@@ -210,13 +211,13 @@ mpreg_err mp_sim_schedule(mp_sim *s, mp_sim_event *ev) {
         ev->time = s->now;
     }
     ev->seq = ++s->seq;
-    mpreg_err err = mp_sim_heap_push(&s->heap, ev);
+    mpreg_err err = mp_heap_push(&s->heap, ev);
     if (err) {
         mp_sim_event_release(ev);
         return err;
     }
-    if (s->heap.len > s->stats.max_queue) {
-        s->stats.max_queue = s->heap.len;
+    if (mp_heap_len(&s->heap) > s->stats.max_queue) {
+        s->stats.max_queue = mp_heap_len(&s->heap);
     }
     return MPREG_OK;
 }
@@ -296,7 +297,7 @@ static void mp_sim_run_event(mp_sim *s, mp_sim_event *ev) {
 
 bool mp_sim_step(mp_sim *s) {
     mp_sim_event ev;
-    if (!mp_sim_heap_pop(&s->heap, &ev)) {
+    if (!mp_heap_pop(&s->heap, &ev)) {
         return false;
     }
     mp_sim_run_event(s, &ev);
@@ -305,7 +306,7 @@ bool mp_sim_step(mp_sim *s) {
 
 void mp_sim_run_until(mp_sim *s, uint64_t t) {
     const mp_sim_event *next;
-    while ((next = mp_sim_heap_peek(&s->heap)) && next->time <= t) {
+    while ((next = mp_heap_peek(&s->heap)) && next->time <= t) {
         mp_sim_step(s);
     }
     if (t > s->now) {

@@ -19,6 +19,7 @@
 
 #include "core/buf.h"
 #include "core/frame.h"
+#include "core/heap.h"
 #include "core/map.h"
 #include "core/rng.h"
 
@@ -82,19 +83,9 @@ typedef struct mp_sim_event {
     uint16_t aux;
 } mp_sim_event;
 
-typedef struct mp_sim_heap {
-    mp_sim_event *items;
-    size_t len;
-    size_t cap;
-} mp_sim_heap;
-
-mpreg_err mp_sim_heap_push(mp_sim_heap *h, const mp_sim_event *ev);
-/* Pops the earliest event into *out; false when empty. */
-bool mp_sim_heap_pop(mp_sim_heap *h, mp_sim_event *out);
-static inline const mp_sim_event *mp_sim_heap_peek(const mp_sim_heap *h) {
-    return h->len ? &h->items[0] : NULL;
-}
-void mp_sim_heap_free(mp_sim_heap *h);
+/* The event queue: core/heap.h over events by value, earliest (time, seq)
+ * first (sim_heap.c). */
+void mp_sim_heap_init(mp_heap *h);
 
 typedef struct mp_sim_action {
     mp_sim_fn fn;
@@ -210,7 +201,7 @@ struct mp_sim {
     mp_sim_config cfg;
     uint64_t now; /* absolute ms */
     uint64_t seq;
-    mp_sim_heap heap;
+    mp_heap heap;
     mp_xoshiro net_rng;
     mp_sim_slot *nodes;
     uint32_t node_count;
