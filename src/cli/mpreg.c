@@ -20,6 +20,7 @@
 #include "mpreg/value.h"
 
 #include "core/value_json.h"
+#include "core/vec.h"
 #include "runtime/client_proto.h"
 
 #include <errno.h>
@@ -886,15 +887,9 @@ static void table_cell(text_table *t, const char *text) {
     if (t->nomem) {
         return;
     }
-    if (t->ncells == t->cap) {
-        size_t cap = t->cap ? t->cap * 2 : 64;
-        char **cells = realloc(t->cells, cap * sizeof *cells);
-        if (cells == NULL) {
-            t->nomem = true;
-            return;
-        }
-        t->cells = cells;
-        t->cap = cap;
+    if (MP_VEC_GROW(t->cells, t->cap, t->ncells + 1, 64) != MPREG_OK) {
+        t->nomem = true;
+        return;
     }
     char *copy = strdup(text != NULL && text[0] != '\0' ? text : "-");
     if (copy == NULL) {

@@ -39,6 +39,7 @@
 
 #include "core/map.h"
 #include "core/topic.h"
+#include "core/vec.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -573,20 +574,6 @@ static void mp_mnode_free_tree(mp_matcher *m, mp_mnode *n) {
 
 /* --- growable arrays ------------------------------------------------------ */
 
-static mpreg_err mp_grow(void **arr, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) {
-        return MPREG_OK;
-    }
-    size_t ncap = *cap ? *cap * 2 : 1; /* most nodes and subs hold one */
-    void *p = realloc(*arr, ncap * elem);
-    if (!p) {
-        return MPREG_E_NOMEM;
-    }
-    *arr = p;
-    *cap = ncap;
-    return MPREG_OK;
-}
-
 /* --- a node's entries -----------------------------------------------------
  * Most nodes end one pattern of one subscription, so a single entry is just
  * the subscription pointer (a hit reads one line less, and there is no
@@ -728,7 +715,7 @@ static mpreg_err mp_matcher_link(mp_matcher *m, mp_msub *s, mp_mnode *n, const m
         return MPREG_E_NOMEM;
     }
     mp_mbind *b = malloc(sizeof *b + len);
-    if (!b || mp_grow((void **)&s->binds, &s->cap, s->nbinds + 1, sizeof *s->binds) ||
+    if (!b || MP_VEC_GROW(s->binds, s->cap, s->nbinds + 1, 1) ||
         mp_map_put(&m->binds, k->bytes, k->len, b, NULL)) {
         free(b);
         free(spare);

@@ -21,6 +21,7 @@
 #include "core/buf.h"
 #include "core/map.h"
 #include "core/mpread.h"
+#include "core/vec.h"
 
 #include <math.h>
 #include <msgpack.h>
@@ -92,28 +93,11 @@ mpreg_value mpreg_map(void) {
 }
 
 /* Makes room for one more element of `size` bytes in a vector. */
-static mpreg_err mp_vec_grow(void **items, size_t *cap, size_t len, size_t size) {
-    if (len < *cap) {
-        return MPREG_OK;
-    }
-    size_t ncap = *cap ? *cap * 2 : 4;
-    if (ncap < *cap || ncap > SIZE_MAX / size) {
-        return MPREG_E_NOMEM;
-    }
-    void *p = realloc(*items, ncap * size);
-    if (!p) {
-        return MPREG_E_NOMEM;
-    }
-    *items = p;
-    *cap = ncap;
-    return MPREG_OK;
-}
-
 mpreg_err mpreg_array_push(mpreg_value *arr, mpreg_value item) {
     mpreg_err err = MPREG_E_TYPE;
     if (arr && arr->type == MPREG_ARRAY) {
-        err = mp_vec_grow((void **)&arr->u.arr.items, &arr->u.arr.cap, arr->u.arr.len,
-                          sizeof(mpreg_value));
+        err = mp_vec_grow((void **)&arr->u.arr.items, &arr->u.arr.cap, arr->u.arr.len + 1,
+                          sizeof(mpreg_value), 4);
     }
     if (err) {
         /* We were given the item: on failure it is ours to drop. */
@@ -156,8 +140,8 @@ mpreg_err mpreg_map_setn(mpreg_value *map, const char *key, size_t klen, mpreg_v
     mpreg_value k = mpreg_strn(key, klen);
     mpreg_err err = MPREG_E_NOMEM;
     if (k.type == MPREG_STR) {
-        err = mp_vec_grow((void **)&map->u.map.items, &map->u.map.cap, map->u.map.len,
-                          sizeof(mpreg_kv));
+        err = mp_vec_grow((void **)&map->u.map.items, &map->u.map.cap, map->u.map.len + 1,
+                          sizeof(mpreg_kv), 4);
     }
     if (err) {
         mpreg_value_free(&k);

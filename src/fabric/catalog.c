@@ -48,6 +48,7 @@
 #include "core/map.h"
 #include "core/matcher.h"
 #include "core/str.h"
+#include "core/vec.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -318,14 +319,8 @@ static int mp_cat_bytes_cmp(const mp_buf *a, const mp_buf *b) {
 /* --- record lists --------------------------------------------------------- */
 
 static mpreg_err mp_cat_list_push(mp_cat_list *l, mp_cat_record *r, mp_cat_slot slot) {
-    if (l->count == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 4;
-        mp_cat_record **items = realloc(l->items, cap * sizeof *items);
-        if (!items) {
-            return MPREG_E_NOMEM;
-        }
-        l->items = items;
-        l->cap = cap;
+    if (MP_VEC_GROW(l->items, l->cap, l->count + 1, 4) != MPREG_OK) {
+        return MPREG_E_NOMEM;
     }
     r->list_pos[slot] = l->count;
     l->items[l->count++] = r;

@@ -16,6 +16,7 @@
 #include "fabric/delta.h"
 
 #include "core/mpread.h"
+#include "core/vec.h"
 
 #include <msgpack.h>
 #include <stddef.h>
@@ -40,27 +41,12 @@ void mp_delta_free(mp_delta *d) {
     mp_delta_init(d);
 }
 
-/* Doubles the capacity of an array of `size`-byte items when it is full. */
-static mpreg_err mp_grow(void **items, uint32_t count, uint32_t *cap, size_t size) {
-    if (count < *cap) {
-        return MPREG_OK;
-    }
-    if (*cap >= UINT32_MAX / 2) {
-        return MPREG_E_TOO_LARGE;
-    }
-    uint32_t ncap = *cap ? *cap * 2 : 8;
-    void *p = realloc(*items, (size_t)ncap * size);
-    if (!p) {
-        return MPREG_E_NOMEM;
-    }
-    *items = p;
-    *cap = ncap;
-    return MPREG_OK;
-}
-
 static mpreg_err mp_grow_entries(mp_delta *d) {
     void *items = d->entries;
-    mpreg_err err = mp_grow(&items, d->entry_count, &d->entry_cap, sizeof *d->entries);
+    mpreg_err err =
+        d->entry_count >= UINT32_MAX / 2
+            ? MPREG_E_TOO_LARGE
+            : mp_vec_grow(&items, &d->entry_cap, d->entry_count + 1, sizeof *d->entries, 8);
     d->entries = items;
     return err;
 }
@@ -91,7 +77,10 @@ mpreg_err mp_delta_add_death(mp_delta *d, const char *node, uint64_t incarnation
         return MPREG_E_INVALID;
     }
     void *items = d->deaths;
-    mpreg_err err = mp_grow(&items, d->death_count, &d->death_cap, sizeof *d->deaths);
+    mpreg_err err =
+        d->death_count >= UINT32_MAX / 2
+            ? MPREG_E_TOO_LARGE
+            : mp_vec_grow(&items, &d->death_cap, d->death_count + 1, sizeof *d->deaths, 8);
     d->deaths = items;
     if (err) {
         return err;

@@ -29,10 +29,10 @@ typedef struct mp_node_death {
 typedef struct mp_delta {
     mp_entry *entries;
     uint32_t entry_count;
-    uint32_t entry_cap;
+    size_t entry_cap;
     mp_node_death *deaths;
     uint32_t death_count;
-    uint32_t death_cap;
+    size_t death_cap;
 } mp_delta;
 
 void mp_delta_init(mp_delta *d);

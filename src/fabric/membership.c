@@ -27,6 +27,7 @@
 #include "core/map.h"
 #include "core/mpread.h"
 #include "core/str.h"
+#include "core/vec.h"
 #include "mpreg/value.h" /* mpreg_utf8_valid */
 
 #include <math.h>
@@ -670,22 +671,7 @@ struct mp_swim {
     mp_swim_stats stats;
 };
 
-/* Grows an array of `size`-byte items to hold one more. */
-static bool mp_grow(void **items, size_t count, size_t *cap, size_t size) {
-    if (count < *cap) {
-        return true;
-    }
-    size_t ncap = *cap ? *cap * 2 : 8;
-    void *p = realloc(*items, ncap * size);
-    if (!p) {
-        return false;
-    }
-    *items = p;
-    *cap = ncap;
-    return true;
-}
-
-#define MP_GROW(arr, count, cap) mp_grow((void **)&(arr), (count), &(cap), sizeof *(arr))
+#define MP_GROW(arr, count, cap) (MP_VEC_GROW(arr, cap, (count) + 1, 8) == MPREG_OK)
 
 /* The cluster size the formulas use: alive and suspect members, self included. */
 static double mp_cluster_n(const mp_swim *s) {

@@ -30,6 +30,7 @@
 #include "node/node_internal.h"
 
 #include "core/map.h"
+#include "core/vec.h"
 #include "fabric/delta.h"
 
 #include <stdio.h>
@@ -159,15 +160,9 @@ static bool mp_collect_own(void *ud, const mp_entry *e) {
     if (strcmp(mp_entry_origin(e), o->self) != 0) {
         return true;
     }
-    if (o->len == o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 16;
-        mp_entry *items = realloc(o->items, cap * sizeof *items);
-        if (!items) {
-            o->failed = true;
-            return false;
-        }
-        o->items = items;
-        o->cap = cap;
+    if (MP_VEC_GROW(o->items, o->cap, o->len + 1, 16) != MPREG_OK) {
+        o->failed = true;
+        return false;
     }
     if (mp_entry_clone(e, &o->items[o->len]) != MPREG_OK) {
         o->failed = true;

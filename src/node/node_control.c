@@ -10,6 +10,8 @@
  * the same catalog print the same text. */
 #include "node/node_internal.h"
 
+#include "core/vec.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,15 +179,9 @@ typedef struct mp_entry_list {
 
 static bool mp_collect(void *ud, const mp_entry *e) {
     mp_entry_list *l = ud;
-    if (l->len == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 32;
-        const mp_entry **items = realloc(l->items, cap * sizeof *items);
-        if (!items) {
-            l->nomem = true;
-            return false;
-        }
-        l->items = items;
-        l->cap = cap;
+    if (MP_VEC_GROW(l->items, l->cap, l->len + 1, 32) != MPREG_OK) {
+        l->nomem = true;
+        return false;
     }
     l->items[l->len++] = e;
     return true;

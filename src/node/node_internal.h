@@ -164,7 +164,7 @@ typedef struct mp_conn {
     uint32_t function_count;
     uint64_t *subs; /* its subscription ids, unordered */
     uint32_t sub_count;
-    uint32_t sub_cap;
+    size_t sub_cap;
     uint32_t pattern_count; /* over its subscriptions (limits.patterns_per_conn) */
     bool reading_paused;    /* we told the driver to stop reading it (RPC backpressure) */
     bool stalled;           /* a publisher paused while a subscriber catches up */
@@ -416,7 +416,7 @@ struct mp_node {
      * accepting once it returns (mp_ps_flush_shedding). */
     uint64_t *shed_pending;
     uint32_t shed_len;
-    uint32_t shed_cap;
+    size_t shed_cap;
 
     /* Clustering (node_cluster.c). */
     mp_swim *swim;        /* NULL: a standalone node (no address and no seeds) */

@@ -46,6 +46,7 @@
 #include "node/node_internal.h"
 
 #include "core/topic.h"
+#include "core/vec.h"
 #include "fabric/catalog.h"
 
 #include <stdint.h>
@@ -55,17 +56,7 @@
 /* --- a connection's subscription ids ---------------------------------------- */
 
 static mpreg_err mp_conn_subs_reserve(mp_conn *c) {
-    if (c->sub_count < c->sub_cap) {
-        return MPREG_OK;
-    }
-    uint32_t cap = c->sub_cap ? c->sub_cap * 2 : 8;
-    uint64_t *subs = realloc(c->subs, cap * sizeof *subs);
-    if (!subs) {
-        return MPREG_E_NOMEM;
-    }
-    c->subs = subs;
-    c->sub_cap = cap;
-    return MPREG_OK;
+    return MP_VEC_GROW(c->subs, c->sub_cap, (size_t)c->sub_count + 1, 8);
 }
 
 static void mp_conn_subs_remove(mp_conn *c, uint64_t sub) {
@@ -98,14 +89,8 @@ static void mp_ps_start_shedding(mp_node *n, mp_conn *c) {
     c->dropped_base = mp_conn_subs_dropped(n, c);
     mp_node_log(n, MP_LOG_DEBUG, "conn %llu: slow consumer, shedding deliveries",
                 (unsigned long long)c->id);
-    if (n->shed_len == n->shed_cap) {
-        uint32_t cap = n->shed_cap ? n->shed_cap * 2 : 8;
-        uint64_t *p = realloc(n->shed_pending, cap * sizeof *p);
-        if (!p) {
-            return; /* the deliver hook still drops for it: c->shedding */
-        }
-        n->shed_pending = p;
-        n->shed_cap = cap;
+    if (MP_VEC_GROW(n->shed_pending, n->shed_cap, (size_t)n->shed_len + 1, 8) != MPREG_OK) {
+        return; /* the deliver hook still drops for it: c->shedding */
     }
     n->shed_pending[n->shed_len++] = c->id;
 }

@@ -21,6 +21,7 @@
 #include "core/frame.h"
 #include "core/map.h"
 #include "core/str.h"
+#include "core/vec.h"
 #include "runtime/client_proto.h"
 #include "runtime/transport.h"
 #include "services/pubsub.h"
@@ -200,14 +201,9 @@ static void mp_ac_timer_cb(uv_timer_t *h) {
     for (size_t it = 0; mp_map_next(&c->ops, &it, &key, &klen, &val);) {
         mp_ac_op *op = val;
         if (op->deadline <= now) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 16;
-                mp_ac_op **grown = realloc(expired, cap * sizeof *grown);
-                if (grown == NULL) {
-                    partial = true; /* the rest expire on the next tick */
-                    break;
-                }
-                expired = grown;
+            if (MP_VEC_GROW(expired, cap, n + 1, 16) != MPREG_OK) {
+                partial = true; /* the rest expire on the next tick */
+                break;
             }
             expired[n++] = op;
         } else if (next == 0 || op->deadline < next) {

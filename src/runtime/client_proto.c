@@ -7,6 +7,7 @@
 #include "core/str.h"
 #include "core/topic.h"
 #include "core/value_json.h"
+#include "core/vec.h"
 #include "services/pubsub.h"
 
 #include <errno.h>
@@ -684,14 +685,8 @@ mpreg_err mp_client_functions_add(mp_client_functions *fs, const mpreg_worker_fu
                                        def->name);
         }
     }
-    if (fs->len == fs->cap) {
-        size_t cap = fs->cap ? fs->cap * 2 : 4;
-        mp_client_function *items = realloc(fs->items, cap * sizeof *items);
-        if (items == NULL) {
-            return mp_client_error_set(err, MPREG_E_NOMEM, "out of memory");
-        }
-        fs->items = items;
-        fs->cap = cap;
+    if (MP_VEC_GROW(fs->items, fs->cap, fs->len + 1, 4) != MPREG_OK) {
+        return mp_client_error_set(err, MPREG_E_NOMEM, "out of memory");
     }
     mp_client_function f = {0};
     f.name = mp_strdup(def->name);
@@ -856,14 +851,8 @@ void mp_client_subs_free(mp_client_subs *s) {
 }
 
 mpreg_err mp_client_subs_add(mp_client_subs *s, uint64_t id, mpreg_message_cb cb, void *ud) {
-    if (s->len == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 4;
-        mp_client_sub *items = realloc(s->items, cap * sizeof *items);
-        if (items == NULL) {
-            return MPREG_E_NOMEM;
-        }
-        s->items = items;
-        s->cap = cap;
+    if (MP_VEC_GROW(s->items, s->cap, s->len + 1, 4) != MPREG_OK) {
+        return MPREG_E_NOMEM;
     }
     s->items[s->len++] = (mp_client_sub){id, cb, ud};
     return MPREG_OK;

@@ -11,6 +11,8 @@
  * exactly one answer", "no message delivered twice"). */
 #include "sim/sim_internal.h"
 
+#include "core/vec.h"
+
 #include "services/pubsub.h"
 #include "services/rpc_plan.h"
 
@@ -63,14 +65,8 @@ uint32_t mp_sim_client_open_from(mp_sim *s, uint32_t host, uint32_t node, const 
     if (node >= s->node_count || (host != MP_SIM_NONE && host >= s->node_count)) {
         return MP_SIM_NONE;
     }
-    if (s->client_len == s->client_cap) {
-        uint32_t cap = s->client_cap ? s->client_cap * 2 : 16;
-        mp_sim_client **cs = realloc(s->clients, cap * sizeof *cs);
-        if (!cs) {
-            return MP_SIM_NONE;
-        }
-        s->clients = cs;
-        s->client_cap = cap;
+    if (MP_VEC_GROW(s->clients, s->client_cap, (size_t)s->client_len + 1, 16) != MPREG_OK) {
+        return MP_SIM_NONE;
     }
     mp_sim_client *cl = calloc(1, sizeof *cl);
     if (!cl) {
@@ -141,14 +137,8 @@ static uint32_t mp_cl_op(mp_sim *s, uint32_t c, mp_sim_op_type type, mp_envelope
     if (!cl || cl->closed) {
         return MP_SIM_NONE;
     }
-    if (cl->op_len == cl->op_cap) {
-        uint32_t cap = cl->op_cap ? cl->op_cap * 2 : 64;
-        mp_sim_op *ops = realloc(cl->ops, cap * sizeof *ops);
-        if (!ops) {
-            return MP_SIM_NONE;
-        }
-        cl->ops = ops;
-        cl->op_cap = cap;
+    if (MP_VEC_GROW(cl->ops, cl->op_cap, (size_t)cl->op_len + 1, 64) != MPREG_OK) {
+        return MP_SIM_NONE;
     }
     if (mp_cl_send(s, cl, env)) {
         return MP_SIM_NONE;
@@ -412,14 +402,8 @@ static void mp_cl_on_deliver(mp_sim *s, mp_sim_client *cl, const mp_envelope *en
         cl->stats.uncorrelated++;
         return;
     }
-    if (cl->del_len == cl->del_cap) {
-        size_t cap = cl->del_cap ? cl->del_cap * 2 : 64;
-        mp_sim_delivery *d = realloc(cl->dels, cap * sizeof *d);
-        if (!d) {
-            return;
-        }
-        cl->dels = d;
-        cl->del_cap = cap;
+    if (MP_VEC_GROW(cl->dels, cl->del_cap, cl->del_len + 1, 64) != MPREG_OK) {
+        return;
     }
     mp_sim_delivery *d = &cl->dels[cl->del_len];
     d->topic = malloc(env->topic.len + 1);

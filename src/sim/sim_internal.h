@@ -185,7 +185,7 @@ typedef struct mp_sim_client {
     mp_xoshiro rng;
     mp_sim_op *ops;
     uint32_t op_len;
-    uint32_t op_cap;
+    size_t op_cap;
     mp_map op_by_id; /* message id -> op index + 1 */
     mp_sim_delivery *dels;
     size_t del_len;
@@ -210,12 +210,12 @@ struct mp_sim {
     mp_map by_id;   /* node id -> index + 1 */
     /* endpoints by id (ids are never reused; slot NULL once gone) */
     mp_sim_ep **eps;
-    uint64_t ep_cap;
+    size_t ep_cap;
     uint64_t next_ep;
     mp_sim_link all_eps;
     mp_sim_client **clients;
     uint32_t client_len;
-    uint32_t client_cap;
+    size_t client_cap;
     mp_sim_stats stats;
     uint64_t hash;
     void (*trace)(void *ud, const mp_sim_trace *t);

@@ -25,6 +25,7 @@
 #include "sim/sim_internal.h"
 
 #include "core/mpread.h"
+#include "core/vec.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -53,14 +54,11 @@ static bool mp_ep_reachable(const mp_sim *s, const mp_sim_ep *ep) {
 
 static mp_sim_ep *mp_sim_ep_new(mp_sim *s, mp_sim_owner kind, uint32_t owner, uint32_t host) {
     if (s->next_ep >= s->ep_cap) {
-        uint64_t cap = s->ep_cap ? s->ep_cap * 2 : 1024;
-        mp_sim_ep **eps = realloc(s->eps, cap * sizeof *eps);
-        if (!eps) {
+        size_t old = s->ep_cap;
+        if (MP_VEC_GROW(s->eps, s->ep_cap, (size_t)s->next_ep + 1, 1024) != MPREG_OK) {
             return NULL;
         }
-        memset(eps + s->ep_cap, 0, (cap - s->ep_cap) * sizeof *eps);
-        s->eps = eps;
-        s->ep_cap = cap;
+        memset(s->eps + old, 0, (s->ep_cap - old) * sizeof *s->eps); /* ids not yet given */
     }
     mp_sim_ep *ep = calloc(1, sizeof *ep);
     if (!ep) {
