@@ -327,10 +327,9 @@ mp_node *mp_node_new(const mp_node_config *cfg, const mp_node_io *io, mp_rng *rn
     mp_map_init(&n->invokes);
     mp_list_init(&n->conn_list);
     mp_list_init(&n->orphans);
-    mp_map_init(&n->peers);
     mp_map_init(&n->origins);
     mp_map_init(&n->log_every);
-    mp_list_init(&n->peer_lru);
+    mp_links_init(&n->links, cfg->max_peer_conns ? cfg->max_peer_conns : MP_LINKS_DEFAULT_MAX);
     if (mp_node_copy_config(n, cfg) || mp_node_compose(n, cfg) || mp_node_describe(n, cfg) ||
         (!cfg->no_builtins && mp_builtins_register(n)) || mp_cluster_start(n, cfg)) {
         mp_node_free(n);

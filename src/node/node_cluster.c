@@ -12,10 +12,10 @@
  *     node records a catalog death for it and closes its link, so calls in
  *     flight there fail at once;
  *   - SWIM messages, RPC invokes and forwarded publishes travel over peer
- *     links: connections this node dialed (io->dial, HELLO role "peer") or
- *     that a peer dialed. Links are opened on demand and at most
- *     max_peer_conns are kept: the least recently used idle one is closed
- *     to make room, so a large cluster never needs a full mesh.
+ *     links (node_links.c: dialed on demand, bounded, least recently used
+ *     idle one closed to make room); this file says what a link's HELLO
+ *     carries, where a member is dialed and what a link's loss means to
+ *     the membership.
  *
  * Epochs. The incarnation of this node's catalog entries (n->incarnation)
  * starts at the configured incarnation and may grow while the node runs:
@@ -37,7 +37,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MP_CLUSTER_DEFAULT_MAX_PEERS 64u
 #define MP_CLUSTER_STATE_CHUNK 4096u /* catalog records per push-pull chunk */
 
 static void mp_cluster_flush(mp_node *n);
@@ -337,7 +336,7 @@ static void mp_cluster_close_links(mp_node *n, const char *id, mpreg_err reason)
             mp_node_close_conn(n, c, reason);
         }
     }
-    mp_map_remove(&n->peers, id, strlen(id));
+    mp_links_forget(n, id);
 }
 
 static void mp_swim_on_member_cb(void *ud, mp_member_event_kind ev, const mp_member *m) {
@@ -609,50 +608,7 @@ static void mp_cluster_sweep_due(mp_node *n) {
                 n->catalog_ttl_ms);
 }
 
-/* --- peer links ---------------------------------------------------------------- */
-
-static bool mp_conn_idle(const mp_conn *c) {
-    return c->inflight == 0 && mp_list_empty(&c->served) && mp_list_empty(&c->requests);
-}
-
-void mp_cluster_touch(mp_node *n, mp_conn *c) {
-    if (c->role == MP_ROLE_PEER && c->state != MP_CONN_CLOSING) {
-        mp_list_remove(&c->peer_link);
-        mp_list_push(&n->peer_lru, &c->peer_link);
-    }
-}
-
-/* Makes room for one more link: closes the least recently used idle one
- * when the node is at its bound. The LRU list keeps this O(busy links). */
-static void mp_cluster_make_room(mp_node *n, const mp_conn *keep) {
-    while (n->peer_conns >= n->max_peer_conns) {
-        mp_conn *lru = NULL;
-        for (mp_link *l = n->peer_lru.next; l != &n->peer_lru && !lru; l = l->next) {
-            mp_conn *c = MP_CONTAINER(l, mp_conn, peer_link);
-            if (c != keep && mp_conn_idle(c)) {
-                lru = c;
-            }
-        }
-        if (!lru) {
-            return; /* every link is busy: go over the bound rather than fail calls */
-        }
-        mp_node_log(n, MP_LOG_DEBUG, "peer link to %s closed to make room",
-                    lru->peer_id ? lru->peer_id : "?");
-        if (lru->peer_id) {
-            mp_conn *mapped = mp_map_get(&n->peers, lru->peer_id, strlen(lru->peer_id));
-            if (mapped == lru) {
-                mp_map_remove(&n->peers, lru->peer_id, strlen(lru->peer_id));
-            }
-        }
-        mp_envelope bye;
-        mp_envelope_init(&bye, MP_KIND_GOODBYE);
-        mp_node_send(n, lru->id, &bye);
-        mp_node_close_conn(n, lru, MPREG_E_CLOSED);
-        n->peer_conns--; /* counted out now; its on_close will not count it again */
-        mp_list_remove(&lru->peer_link);
-        lru->role = MP_ROLE_NONE;
-    }
-}
+/* --- peer links (node_links.c owns them; this is what the cluster says) ----------- */
 
 static mpreg_err mp_cluster_send_hello(mp_node *n, mp_conn *c) {
     mpreg_value h = mpreg_map();
@@ -674,40 +630,8 @@ static mpreg_err mp_cluster_send_hello(mp_node *n, mp_conn *c) {
     return err;
 }
 
-/* Dials addr for member id (NULL: a seed not known by id yet). */
 static mp_conn *mp_cluster_dial(mp_node *n, const char *id, const char *addr) {
-    if (!n->io.dial || !addr || !*addr || n->stopping) {
-        return NULL;
-    }
-    mp_cluster_make_room(n, NULL);
-    uint64_t conn = n->io.dial(n->io.ud, addr);
-    if (conn == 0) {
-        char key[2 * MP_SWIM_MAX_ID + 16];
-        snprintf(key, sizeof key, "reach:%s", addr);
-        mp_node_log_every(n, MP_LOG_WARN, key, "cannot dial %s (%s)", addr, id ? id : "seed");
-        return NULL;
-    }
-    mp_conn *c = mp_conn_create(n, conn, addr);
-    if (!c) {
-        return NULL;
-    }
-    c->role = MP_ROLE_PEER;
-    c->outbound = true;
-    c->state = MP_CONN_OPEN; /* its handshake timer waits for the WELCOME */
-    mp_list_push(&n->peer_lru, &c->peer_link);
-    n->peer_conns++;
-    if (id && (!(c->peer_id = mp_strdup(id)) ||
-               mp_map_put(&n->peers, c->peer_id, strlen(c->peer_id), c, NULL))) {
-        mp_node_close_conn(n, c, MPREG_E_NOMEM);
-        return NULL;
-    }
-    if (mp_cluster_send_hello(n, c)) {
-        mp_node_close_conn(n, c, MPREG_E_NOMEM);
-        return NULL;
-    }
-    mp_node_log(n, MP_LOG_DEBUG, "dialing %s (%s) on conn %llu", addr, id ? id : "seed",
-                (unsigned long long)conn);
-    return c;
+    return mp_links_dial(n, id, addr, mp_cluster_send_hello);
 }
 
 /* Where member `node` can be dialed: its membership address, else the
@@ -728,16 +652,12 @@ mp_conn *mp_conn_for_node(mp_node *n, const char *node) {
     if (!node || strcmp(node, n->node_id) == 0) {
         return NULL;
     }
-    mp_conn *c = mp_map_get(&n->peers, node, strlen(node));
-    if (c && c->state == MP_CONN_CLOSING) {
-        mp_map_remove(&n->peers, node, strlen(node));
-        c = NULL;
-    }
+    mp_conn *c = mp_links_find(n, node);
     if (!c) {
         c = mp_cluster_dial(n, node, mp_cluster_addr_of(n, node));
     }
     if (c) {
-        mp_cluster_touch(n, c);
+        mp_links_touch(n, c);
     }
     return c;
 }
@@ -777,12 +697,9 @@ bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, 
         snprintf(why, cap, "out of memory");
         return false;
     }
-    mp_list_push(&n->peer_lru, &c->peer_link);
-    n->peer_conns++;
-    if (!mp_map_get(&n->peers, c->peer_id, node.len)) {
-        mp_map_put(&n->peers, c->peer_id, node.len, c, NULL);
-    }
-    mp_cluster_make_room(n, c);
+    mp_links_add(n, c);
+    mp_links_bind(n, c);
+    mp_links_make_room(n, c);
     return true;
 }
 
@@ -809,8 +726,8 @@ void mp_cluster_on_welcome(mp_node *n, mp_conn *c, const mp_envelope *env) {
             memcpy(c->peer_id, node->u.str.ptr, node->u.str.len);
             c->peer_id[node->u.str.len] = '\0';
             ok = strcmp(c->peer_id, n->node_id) != 0;
-            if (ok && !mp_map_get(&n->peers, c->peer_id, strlen(c->peer_id))) {
-                mp_map_put(&n->peers, c->peer_id, strlen(c->peer_id), c, NULL);
+            if (ok) {
+                mp_links_bind(n, c);
             }
         }
     }
@@ -851,22 +768,9 @@ void mp_cluster_conn_closed(mp_node *n, mp_conn *c, mpreg_err reason) {
         return;
     }
     mp_cluster_log_unreachable(n, c, reason);
-    mp_list_remove(&c->peer_link);
-    n->peer_conns--;
+    mp_links_closed(n, c);
     if (!c->peer_id) {
         return;
-    }
-    if (mp_map_get(&n->peers, c->peer_id, strlen(c->peer_id)) == c) {
-        mp_map_remove(&n->peers, c->peer_id, strlen(c->peer_id));
-        /* Another open link to the same member takes over. */
-        for (mp_link *l = n->conn_list.next; l != &n->conn_list; l = l->next) {
-            mp_conn *o = MP_CONTAINER(l, mp_conn, link);
-            if (o != c && o->role == MP_ROLE_PEER && o->state != MP_CONN_CLOSING && o->peer_id &&
-                strcmp(o->peer_id, c->peer_id) == 0) {
-                mp_map_put(&n->peers, o->peer_id, strlen(o->peer_id), o, NULL);
-                break;
-            }
-        }
     }
     if (n->swim && reason != MPREG_OK && reason != MPREG_E_CLOSED) {
         n->in_swim = true;
@@ -885,14 +789,14 @@ static void mp_cluster_flush(mp_node *n) {
     }
     mp_swim_send s;
     while (mp_swim_next_send(n->swim, &s)) {
-        mp_conn *c = s.to_id ? mp_map_get(&n->peers, s.to_id, strlen(s.to_id)) : NULL;
+        mp_conn *c = s.to_id ? mp_links_find(n, s.to_id) : NULL;
         if (!c) {
             c = mp_cluster_dial(n, s.to_id, s.to_addr);
         }
         if (!c) {
             continue; /* the membership's timeouts cover a message that never left */
         }
-        mp_cluster_touch(n, c);
+        mp_links_touch(n, c);
         mp_envelope env;
         mp_envelope_init(&env, MP_KIND_GOSSIP);
         env.payload = (mp_bytes){s.payload, s.len};
@@ -909,7 +813,7 @@ void mp_cluster_on_gossip(mp_node *n, mp_conn *c, const mp_envelope *env) {
                             "GOSSIP: this node is not in a cluster");
         return;
     }
-    mp_cluster_touch(n, c);
+    mp_links_touch(n, c);
     n->in_swim = true;
     n->conflict[0] = '\0';
     mpreg_err err = mp_swim_on_payload(n->swim, env->payload.ptr, env->payload.len, n->now_ms);
@@ -971,7 +875,6 @@ static bool mp_broadcast_own(void *ud, const mp_entry *e) {
 }
 
 mpreg_err mp_cluster_start(mp_node *n, const mp_node_config *cfg) {
-    n->max_peer_conns = cfg->max_peer_conns ? cfg->max_peer_conns : MP_CLUSTER_DEFAULT_MAX_PEERS;
     n->generation = n->incarnation;
     if (n->incarnation > 0) {
         /* Entries of an earlier life of this node, still gossiped by
@@ -1041,7 +944,7 @@ mpreg_err mp_cluster_start(mp_node *n, const mp_node_config *cfg) {
 void mp_cluster_free(mp_node *n) {
     mp_swim_free(n->swim);
     n->swim = NULL;
-    mp_map_free(&n->peers, NULL);
+    mp_links_free(&n->links);
     mp_map_free(&n->origins, free);
     mp_buf_free(&n->pending);
     free(n->advertise_addr);
@@ -1123,7 +1026,7 @@ mpreg_err mp_node_members(const mp_node *n, uint64_t now_ms, mpreg_value *out) {
         err = err ? err : mpreg_map_set(&s, "suspicions", mpreg_int((int64_t)st.suspicions));
         err = err ? err : mpreg_map_set(&s, "refutations", mpreg_int((int64_t)st.refutations));
         err = err ? err : mpreg_map_set(&s, "push_pulls", mpreg_int((int64_t)st.push_pulls));
-        err = err ? err : mpreg_map_set(&s, "peer_links", mpreg_int((int64_t)n->peer_conns));
+        err = err ? err : mpreg_map_set(&s, "peer_links", mpreg_int((int64_t)n->links.count));
         err = err ? err
                   : mpreg_map_set(&s, "identity_conflicts",
                                   mpreg_int((int64_t)st.identity_conflicts));

@@ -555,7 +555,7 @@ static void mp_conn_dispatch_client(mp_node *n, mp_conn *c, const mp_envelope *e
 /* What peers carry: membership gossip, invokes of this node's functions
  * and their results, and publishes for this node's subscribers. */
 static void mp_conn_dispatch_peer(mp_node *n, mp_conn *c, const mp_envelope *env) {
-    mp_cluster_touch(n, c);
+    mp_links_touch(n, c);
     switch (env->kind) {
     case MP_KIND_WELCOME:
         mp_cluster_on_welcome(n, c, env);

@@ -184,7 +184,7 @@ typedef struct mp_conn {
     bool refused;      /* outbound: the peer answered our HELLO with an ERROR (logged) */
     bool outbound;     /* this node dialed it (and sent the HELLO) */
     bool welcomed;     /* outbound: its WELCOME arrived */
-    mp_link peer_link; /* in node->peer_lru, least recently used first */
+    mp_link peer_link; /* in node->links.lru, least recently used first */
     mp_link served;    /* mp_served.conn_link: a peer's invokes this node runs */
 } mp_conn;
 
@@ -314,6 +314,40 @@ void mp_ps_conn_drop(mp_node *n, mp_conn *c);
 bool mp_ps_deliver(void *ud, const mp_pubsub_delivery *d);
 void mp_ps_interest(void *ud, mp_str pattern, mp_str group, bool added);
 
+/* --- peer links (node_links.c) --------------------------------------------- */
+
+/* The node's links to other nodes: at most `max` kept, least recently used
+ * idle one closed to make room; one per node that messages for it take. */
+#define MP_LINKS_DEFAULT_MAX 64u
+
+typedef struct mp_links {
+    mp_map by_node; /* node id -> mp_conn * */
+    mp_link lru;    /* mp_conn.peer_link, least recently used first */
+    uint32_t count; /* open peer links */
+    uint32_t max;
+} mp_links;
+
+void mp_links_init(mp_links *l, uint32_t max);
+void mp_links_free(mp_links *l);
+/* A link carried something: it moves to the back of the LRU list. */
+void mp_links_touch(mp_node *n, mp_conn *c);
+/* The open link messages for node take, or NULL. */
+mp_conn *mp_links_find(mp_node *n, const char *node);
+/* c (a link whose peer_id is known) becomes node's link, unless it has one. */
+void mp_links_bind(mp_node *n, mp_conn *c);
+void mp_links_forget(mp_node *n, const char *node);
+/* c becomes a peer link (counted, in the LRU list). */
+void mp_links_add(mp_node *n, mp_conn *c);
+/* At the bound: closes least recently used idle links (never keep). */
+void mp_links_make_room(mp_node *n, const mp_conn *keep);
+/* Dials addr for node id (NULL: a seed not known by id yet); hello queues
+ * the connection's HELLO. NULL when it cannot even start. */
+mp_conn *mp_links_dial(mp_node *n, const char *id, const char *addr,
+                       mpreg_err (*hello)(mp_node *n, mp_conn *c));
+/* A peer link closed: out of the count, the LRU list and the map (another
+ * open link to the same node takes over). */
+void mp_links_closed(mp_node *n, mp_conn *c);
+
 /* --- clustering (node_cluster.c) ------------------------------------------- */
 
 /* Creates the membership (when the config gives an address or seeds) and
@@ -335,7 +369,7 @@ bool mp_cluster_peer_hello(mp_node *n, mp_conn *c, mp_str node, mp_str cluster, 
 void mp_cluster_on_error(mp_node *n, mp_conn *c, const mp_envelope *env);
 void mp_cluster_conn_closed(mp_node *n, mp_conn *c, mpreg_err reason);
 /* A peer link carried something: it moves to the back of the LRU list. */
-void mp_cluster_touch(mp_node *n, mp_conn *c);
+/* --- peer links (node_links.c) --------------------------------------------- */
 void mp_cluster_tick(mp_node *n);
 uint64_t mp_cluster_next_wakeup(const mp_node *n);
 void mp_cluster_leave(mp_node *n);
@@ -419,13 +453,10 @@ struct mp_node {
     size_t shed_cap;
 
     /* Clustering (node_cluster.c). */
-    mp_swim *swim;        /* NULL: a standalone node (no address and no seeds) */
-    char *advertise_addr; /* NULL = cannot be dialed */
-    uint64_t generation;  /* the SWIM generation: the incarnation at start */
-    mp_map peers;         /* member id -> mp_conn *: the link messages to it take */
-    mp_link peer_lru;     /* peer links, least recently used first */
-    uint32_t peer_conns;  /* open peer connections */
-    uint32_t max_peer_conns;
+    mp_swim *swim;             /* NULL: a standalone node (no address and no seeds) */
+    char *advertise_addr;      /* NULL = cannot be dialed */
+    uint64_t generation;       /* the SWIM generation: the incarnation at start */
+    mp_links links;            /* peer links (node_links.c) */
     uint64_t seen_refutations; /* mp_swim_stats.refutations last looked at */
     bool in_swim;              /* inside an mp_swim call: broadcasts wait */
     mp_buf pending;            /* deferred broadcasts: [u32 keylen][key][u32 len][data]... */
