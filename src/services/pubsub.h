@@ -308,7 +308,15 @@ size_t mp_pubsub_each_pattern(const mp_pubsub *ps,
                                          size_t subscribers),
                               void *ud);
 
+/* The rules mp_pubsub_subscribe applies to a subscription's parts (a tag
+ * and group of at most 255 bytes without NUL, 1..MP_PUBSUB_MAX_PATTERNS
+ * patterns of valid syntax): MPREG_OK, or the error with *why naming the
+ * part. The SUBSCRIBE decoder (pubsub_wire.c) applies the same. */
+mpreg_err mp_pubsub_parts_check(mp_str tag, mp_str group, const mp_str *patterns, size_t count,
+                                const char **why);
+
 /* --- wire payloads (docs/PROTOCOL.md "Pub/sub") ----------------------------- */
+/* (pubsub_wire.c) */
 
 /* The SUBSCRIBE payload. Decoding fills the views from `storage`, which owns
  * the decoded strings (free with mp_pubsub_subscribe_payload_free); to
