@@ -19,9 +19,10 @@
 #include "mpreg/client.h"
 #include "mpreg/value.h"
 
+#include "client/client_proto.h"
 #include "core/value_json.h"
 #include "core/vec.h"
-#include "runtime/client_proto.h"
+#include "runtime/sysclock.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -805,11 +806,11 @@ static bool sub_done(const sub_state *s) {
 /* cmd_sub's receiving, until done: its exit status. */
 static int sub_loop(const cli *c, mpreg_client *client, sub_state *s) {
     mpreg_error err = {0};
-    uint64_t deadline = c->has_timeout ? mp_client_mono_ms() + c->timeout_ms : 0;
+    uint64_t deadline = c->has_timeout ? mp_sysclock_mono_ms() + c->timeout_ms : 0;
     while (!sub_done(s)) {
         int slice = 250; /* wake up now and then to notice signals */
         if (deadline) {
-            uint64_t now = mp_client_mono_ms();
+            uint64_t now = mp_sysclock_mono_ms();
             if (now >= deadline) {
                 break;
             }

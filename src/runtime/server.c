@@ -597,12 +597,7 @@ static void mp_server_on_signal(uv_signal_t *h, int signum) {
  * not collide with another node's, and a 64-bit seed would make that merely
  * unlikely. xoshiro's state may be anything but all zero. */
 static void mp_server_seed_rng(mp_server *s) {
-    mp_xoshiro_seed(&s->rng, 0);
-    uint64_t state[4];
-    randombytes_buf(state, sizeof state);
-    if ((state[0] | state[1] | state[2] | state[3]) != 0) {
-        memcpy(s->rng.s, state, sizeof state);
-    }
+    mp_sysrand_seed(&s->rng);
 }
 
 static int mp_server_init_handles(mp_server *s) {

@@ -8,13 +8,23 @@
 #define MP_SYSCLOCK_H
 
 #include "core/clock.h"
+#include "core/rng.h"
 
 /* The process-wide system clock. It has no state, so one instance serves
  * every caller and every thread. */
 mp_clock *mp_sysclock(void);
 
-/* Shorthands for mp_clock_wall_ms(mp_sysclock()) and mp_clock_mono_ns(...). */
+/* Shorthands for mp_clock_wall_ms(mp_sysclock()) and mp_clock_mono_ns(...),
+ * and monotonic milliseconds. */
 uint64_t mp_sysclock_wall_ms(void);
 uint64_t mp_sysclock_mono_ns(void);
+uint64_t mp_sysclock_mono_ms(void);
+
+/* Seeds a generator from the operating system's random source (all 256
+ * bits of its state): ids drawn from it must not collide with another
+ * process's. With no entropy yet (early boot) it falls back to time, pid
+ * and an address, unique enough for ids, which need not be secret. The
+ * runtime's one source of randomness, for the node and the client alike. */
+void mp_sysrand_seed(mp_xoshiro *x);
 
 #endif

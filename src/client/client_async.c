@@ -18,11 +18,12 @@
 #define _GNU_SOURCE
 #include "mpreg/client.h"
 
+#include "client/client_proto.h"
 #include "core/frame.h"
 #include "core/map.h"
 #include "core/str.h"
 #include "core/vec.h"
-#include "runtime/client_proto.h"
+#include "runtime/sysclock.h"
 #include "runtime/transport.h"
 #include "services/pubsub.h"
 
@@ -115,7 +116,7 @@ static void mp_ac_arm(mpreg_async_client *c, uint64_t deadline) {
     if (c->armed != 0 && c->armed <= deadline) {
         return;
     }
-    uint64_t now = mp_client_mono_ms();
+    uint64_t now = mp_sysclock_mono_ms();
     c->armed = deadline;
     uv_timer_start(&c->timer, mp_ac_timer_cb, deadline > now ? deadline - now : 0, 0);
 }
@@ -189,7 +190,7 @@ static void mp_ac_fail_all(mpreg_async_client *c, const mpreg_error *err) {
 static void mp_ac_timer_cb(uv_timer_t *h) {
     mpreg_async_client *c = h->data;
     c->armed = 0;
-    uint64_t now = mp_client_mono_ms();
+    uint64_t now = mp_sysclock_mono_ms();
     uint64_t next = 0;
     bool partial = false;
     /* Collect first: the map must not change while it is iterated. */
@@ -273,7 +274,7 @@ static mpreg_err mp_ac_start(mpreg_async_client *c, const mp_client_msg *m, mp_a
         mp_ac_op_free(op);
         return rc;
     }
-    op->deadline = mp_client_mono_ms() + wait_ms;
+    op->deadline = mp_sysclock_mono_ms() + wait_ms;
     mp_ac_arm(c, op->deadline);
     return MPREG_OK;
 }
@@ -526,7 +527,7 @@ mpreg_async_client *mpreg_async_connect(struct uv_loop_s *loop, const char *url,
     c->connect_cb = cb;
     c->connect_ud = ud;
     mp_map_init(&c->ops);
-    mp_client_rng_seed(&c->rng);
+    mp_sysrand_seed(&c->rng);
     mp_transport_config cfg = {.connect_timeout_ms = c->timeout_ms};
     mp_transport_callbacks cbs = {
         .on_connected = mp_ac_on_connected, .on_frame = mp_ac_on_frame, .on_close = mp_ac_on_close};
@@ -551,7 +552,7 @@ mpreg_async_client *mpreg_async_connect(struct uv_loop_s *loop, const char *url,
         const char *why = mp_transport_last_error(c->t);
         mp_client_error_set(&c->down_err, MPREG_E_UNREACHABLE, "connect %s:%u: %s", host,
                             (unsigned)port, why && why[0] ? why : mpreg_strerror(rc));
-        mp_ac_arm(c, mp_client_mono_ms());
+        mp_ac_arm(c, mp_sysclock_mono_ms());
     }
     return c;
 }
@@ -630,7 +631,7 @@ mpreg_err mpreg_async_call(mpreg_async_client *c, const char *fun, const mpreg_v
         return rc;
     }
     mp_client_msg m = {.kind = MP_KIND_RPC_REQUEST,
-                       .deadline_ms = mp_client_wall_ms() + timeout,
+                       .deadline_ms = mp_sysclock_wall_ms() + timeout,
                        .payload = payload.data,
                        .payload_len = payload.len};
     rc = mp_ac_start(c, &m, op, mp_client_reply_wait(timeout));
@@ -655,7 +656,7 @@ mpreg_err mpreg_async_request(mpreg_async_client *c, const mpreg_value *commands
         op->reply = cb;
     }
     mp_client_msg m = {.kind = MP_KIND_RPC_REQUEST,
-                       .deadline_ms = mp_client_wall_ms() + timeout,
+                       .deadline_ms = mp_sysclock_wall_ms() + timeout,
                        .payload = payload.data,
                        .payload_len = payload.len};
     rc = mp_ac_start(c, &m, op, mp_client_reply_wait(timeout));
@@ -807,7 +808,7 @@ static mpreg_err mp_ac_catalog_send(mpreg_async_client *c, mp_ac_op *op, const m
     mpreg_bytes_free(&payload);
     rc = rc ? rc : mp_map_put(&c->ops, op->id.bytes, MP_ID_LEN, op, NULL);
     if (rc == MPREG_OK) {
-        op->deadline = mp_client_mono_ms() + c->timeout_ms;
+        op->deadline = mp_sysclock_mono_ms() + c->timeout_ms;
         mp_ac_arm(c, op->deadline);
     }
     return rc;

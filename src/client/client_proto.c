@@ -1,6 +1,7 @@
 /* client_proto.c - payloads, tables and helpers shared by both clients. */
 #define _GNU_SOURCE
-#include "runtime/client_proto.h"
+#include "client/client_proto.h"
+#include "runtime/sysclock.h"
 
 #include "core/addr.h"
 #include "core/frame.h"
@@ -118,31 +119,6 @@ mpreg_err mp_client_parse_url(const char *url, char host[MP_CLIENT_HOST_MAX], ui
     memcpy(host, h, hlen);
     host[hlen] = '\0';
     return MPREG_OK;
-}
-
-uint64_t mp_client_mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-uint64_t mp_client_wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-void mp_client_rng_seed(mp_xoshiro *x) {
-    uint64_t seed = 0;
-    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed) {
-        /* No entropy yet (early boot): ids must only be unique, not secret,
-         * and time, pid and an address are unique enough for that. */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        seed = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16) ^
-               (uint64_t)(uintptr_t)x;
-    }
-    mp_xoshiro_seed(x, seed);
 }
 
 uint32_t mp_client_timeout(uint32_t op_ms, uint32_t client_ms) {
@@ -810,7 +786,7 @@ mpreg_err mp_client_functions_serve(mp_client_functions *fs, const mp_envelope *
             mp_rpc_error_set(&re, rc, NULL, "malformed RPC_INVOKE");
         }
         mp_rpc_error_move(&o.error, &re);
-    } else if (invoke->deadline_ms && mp_client_wall_ms() > invoke->deadline_ms) {
+    } else if (invoke->deadline_ms && mp_sysclock_wall_ms() > invoke->deadline_ms) {
         mp_rpc_error_set(&o.error, MPREG_E_DEADLINE, inv.command, "deadline passed before '%s' ran",
                          inv.fun);
     } else {

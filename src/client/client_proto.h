@@ -33,11 +33,6 @@
 mpreg_err mp_client_parse_url(const char *url, char host[MP_CLIENT_HOST_MAX], uint16_t *port,
                               const char **why);
 
-uint64_t mp_client_mono_ms(void); /* monotonic milliseconds */
-uint64_t mp_client_wall_ms(void); /* Unix epoch milliseconds */
-/* Seeds a generator for message ids from the OS's random source. */
-void mp_client_rng_seed(mp_xoshiro *x);
-
 /* The effective timeout of an operation: its own, else the client's, else
  * MPREG_DEFAULT_TIMEOUT_MS. */
 uint32_t mp_client_timeout(uint32_t op_ms, uint32_t client_ms);

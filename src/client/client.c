@@ -21,8 +21,9 @@
 #define _GNU_SOURCE
 #include "mpreg/client.h"
 
+#include "client/client_proto.h"
 #include "core/frame.h"
-#include "runtime/client_proto.h"
+#include "runtime/sysclock.h"
 #include "services/pubsub.h"
 
 #include <errno.h>
@@ -442,7 +443,7 @@ static mpreg_err mp_cl_pump(mpreg_client *c, int wait_ms) {
 }
 
 static int mp_cl_remaining(uint64_t deadline) {
-    uint64_t now = mp_client_mono_ms();
+    uint64_t now = mp_sysclock_mono_ms();
     if (now >= deadline) {
         return 0;
     }
@@ -556,7 +557,7 @@ static mpreg_err mp_cl_request(mpreg_client *c, const mp_cl_req *r, mpreg_value 
     }
     w.next = c->waiters;
     c->waiters = &w;
-    rc = mp_cl_wait(c, &w, mp_client_mono_ms() + r->wait_ms);
+    rc = mp_cl_wait(c, &w, mp_sysclock_mono_ms() + r->wait_ms);
     mp_cl_unlink(c, &w);
     if (rc == MPREG_E_TIMEOUT) {
         return mp_client_error_set(err, MPREG_E_TIMEOUT, "no answer from the node within %u ms",
@@ -664,7 +665,7 @@ static mpreg_client *mp_cl_new(const mpreg_client_options *opts) {
     c->max_queued = opts && opts->max_queued_bytes ? opts->max_queued_bytes : MP_CL_DEFAULT_QUEUED;
     c->max_frame = MP_FRAME_DEFAULT_MAX;
     mp_frame_decoder_init(&c->dec, MP_FRAME_DEFAULT_MAX);
-    mp_client_rng_seed(&c->rng);
+    mp_sysrand_seed(&c->rng);
     return c;
 }
 
@@ -744,7 +745,7 @@ mpreg_client *mpreg_connect(const char *url, const mpreg_client_options *opts, m
         mp_client_error_set(err, MPREG_E_NOMEM, "out of memory");
         return NULL;
     }
-    uint64_t deadline = mp_client_mono_ms() + c->timeout_ms;
+    uint64_t deadline = mp_sysclock_mono_ms() + c->timeout_ms;
     if (mp_cl_dial(host, port, deadline, &c->fd, err) != MPREG_OK ||
         mp_cl_handshake(c, opts, deadline, err) != MPREG_OK) {
         mp_cl_free(c);
@@ -763,12 +764,12 @@ void mpreg_close(mpreg_client *c) {
             c->timeout_ms < MP_CL_CLOSE_GRACE_MS ? c->timeout_ms : MP_CL_CLOSE_GRACE_MS;
         c->closing = true;
         if (mp_client_frame(&c->out, &c->rng.rng, &m, c->max_frame, NULL) == MPREG_OK) {
-            mp_cl_flush(c, mp_client_mono_ms() + grace);
+            mp_cl_flush(c, mp_sysclock_mono_ms() + grace);
         }
         /* Half-close and wait briefly for the node's side to end, so that
          * it reads everything we sent instead of a reset. */
         if (!c->closed && shutdown(c->fd, SHUT_WR) == 0) {
-            uint64_t deadline = mp_client_mono_ms() + MP_CL_DRAIN_MS;
+            uint64_t deadline = mp_sysclock_mono_ms() + MP_CL_DRAIN_MS;
             while (!c->closed && mp_cl_remaining(deadline) > 0) {
                 mp_cl_pump(c, mp_cl_remaining(deadline));
             }
@@ -795,7 +796,7 @@ mpreg_err mpreg_call(mpreg_client *c, const char *fun, const mpreg_value *args,
         return rc;
     }
     mp_cl_req r = mp_cl_simple(MP_KIND_RPC_REQUEST, NULL, &payload, mp_client_reply_wait(timeout));
-    r.deadline_ms = mp_client_wall_ms() + timeout;
+    r.deadline_ms = mp_sysclock_wall_ms() + timeout;
     mpreg_value results;
     rc = mp_cl_request(c, &r, &results, err);
     mpreg_bytes_free(&payload);
@@ -821,7 +822,7 @@ mpreg_err mpreg_request(mpreg_client *c, const mpreg_value *commands, uint32_t t
         return rc;
     }
     mp_cl_req r = mp_cl_simple(MP_KIND_RPC_REQUEST, NULL, &payload, mp_client_reply_wait(timeout));
-    r.deadline_ms = mp_client_wall_ms() + timeout;
+    r.deadline_ms = mp_sysclock_wall_ms() + timeout;
     rc = mp_cl_request(c, &r, results, err);
     mpreg_bytes_free(&payload);
     return rc;
@@ -847,7 +848,7 @@ mpreg_err mpreg_publish(mpreg_client *c, const char *topic, const void *data, si
     if (rc != MPREG_OK) {
         return mp_client_error_set(err, rc, "cannot publish: %s", mpreg_strerror(rc));
     }
-    rc = mp_cl_flush(c, mp_client_mono_ms() + c->timeout_ms);
+    rc = mp_cl_flush(c, mp_sysclock_mono_ms() + c->timeout_ms);
     if (rc == MPREG_E_TIMEOUT) {
         return mp_client_error_set(err, rc, "the node did not take the message within %u ms",
                                    (unsigned)c->timeout_ms);
@@ -1045,7 +1046,7 @@ int mpreg_poll(mpreg_client *c, int timeout_ms) {
     if (c == NULL) {
         return -MPREG_E_INVALID;
     }
-    uint64_t deadline = timeout_ms > 0 ? mp_client_mono_ms() + (uint64_t)timeout_ms : 0;
+    uint64_t deadline = timeout_ms > 0 ? mp_sysclock_mono_ms() + (uint64_t)timeout_ms : 0;
     while (!c->closed && !c->deliveries.head && !c->invokes.head) {
         int wait = timeout_ms < 0 ? -1 : timeout_ms == 0 ? 0 : mp_cl_remaining(deadline);
         if (mp_cl_pump(c, wait) == MPREG_E_TIMEOUT || (timeout_ms >= 0 && wait == 0)) {
@@ -1057,7 +1058,7 @@ int mpreg_poll(mpreg_client *c, int timeout_ms) {
     }
     int handled = mp_cl_dispatch(c);
     if (mp_cl_out_pending(c) && !c->closed) {
-        mp_cl_flush(c, mp_client_mono_ms() + c->timeout_ms);
+        mp_cl_flush(c, mp_sysclock_mono_ms() + c->timeout_ms);
     }
     if (handled == 0 && c->closed) {
         return -(int)MPREG_E_CLOSED;
