@@ -949,16 +949,22 @@ static void mp_check_advertise(const char *text, mp_options *o) {
     snprintf(o->advertise, sizeof o->advertise, "%s", text);
 }
 
+/* The '=' of a repeatable flag's NAME=VALUE item; a usage error without. */
+static const char *mp_item_eq(const char *flag, const char *item, const char *form) {
+    const char *eq = strchr(item, '=');
+    if (eq == NULL) {
+        mp_usage_error("%s '%s': expected %s", flag, item, form);
+    }
+    return eq;
+}
+
 /* Each FIELD=VALUE over the defaults, in order, then the whole checked:
  * some limits tie two fields together (probe_timeout_ms < probe_interval_ms). */
 static void mp_check_swim(const mp_list *l, mp_options *o) {
     mp_swim_config_default(&o->swim);
     for (size_t i = 0; i < l->len; i++) {
         const char *item = l->items[i];
-        const char *eq = strchr(item, '=');
-        if (eq == NULL) {
-            mp_usage_error("--swim '%s': expected FIELD=VALUE, e.g. probe_interval_ms=500", item);
-        }
+        const char *eq = mp_item_eq("--swim", item, "FIELD=VALUE, e.g. probe_interval_ms=500");
         const mp_swim_field *f = mp_swim_field_find(item, (size_t)(eq - item));
         if (f == NULL) {
             mp_usage_error("--swim '%s': unknown field '%.*s' (known: " MP_SWIM_FIELD_NAMES ")",
@@ -1043,10 +1049,7 @@ static void mp_check_limits(const mp_list *l, mp_options *o) {
     o->limits.partial_bytes = 256u * 1024 * 1024;
     for (size_t i = 0; i < l->len; i++) {
         const char *item = l->items[i];
-        const char *eq = strchr(item, '=');
-        if (eq == NULL) {
-            mp_usage_error("--limit '%s': expected NAME=VALUE, e.g. subs_per_conn=1000", item);
-        }
+        const char *eq = mp_item_eq("--limit", item, "NAME=VALUE, e.g. subs_per_conn=1000");
         const mp_limit_field *f = mp_limit_field_find(item, (size_t)(eq - item));
         if (f == NULL) {
             mp_usage_error("--limit '%s': unknown limit '%.*s' (known: %s)", item, (int)(eq - item),
